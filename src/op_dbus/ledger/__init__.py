@@ -1,0 +1,1 @@
+"""The audit log ("blockchain" in the commands): append-only blocks, Merkle tree, signed checkpoints."""

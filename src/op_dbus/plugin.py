@@ -1,0 +1,193 @@
+"""The plugin contract every state section implements: query, diff (pure), apply (recording undo), verify.
+
+A plugin owns one key under `plugins` in the state document. The engine calls it in this order:
+
+    check(desired)        semantic pre-flight against the live system (e.g. a named unit must exist);
+                          returns problems, and nothing is applied if any plugin reports one
+    query(scope)          read the live state; `scope=None` means everything (introspect), otherwise
+                          only the objects the desired state names
+    diff(desired, cur)    pure: the ordered changes that turn `cur` into `desired`; objects the desired
+                          state does not name are never in it
+    apply(changes, undo)  the only writer; before each change takes effect it records in `undo` the
+                          inverse change, so the engine can roll back whatever part was applied
+    verify(desired)       re-query and list what still differs (empty list = converged)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from op_dbus.errors import OpDbusError, Problem
+
+
+class Section(BaseModel):
+    """Base of every plugin's state model: strict types, unknown keys rejected, JSON names as declared."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+S = TypeVar("S", bound=Section)
+
+
+@dataclass
+class Change:
+    """One step of a plan: `action` on `object`, moving its managed fields from `before` to `after`.
+
+    `payload` is private to the plugin that made the change (what apply needs); it is kept out of
+    the audit log. `before`/`after` are JSON values and are what the log records.
+    """
+
+    plugin: str
+    object: str
+    action: str
+    before: Any = None
+    after: Any = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{self.plugin}: {self.action} {self.object}"
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "object": self.object,
+            "action": self.action,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+class UndoLog:
+    """Inverse changes, recorded by plugins as they apply; the engine replays them newest first."""
+
+    def __init__(self) -> None:
+        self.entries: list[Change] = []
+
+    def record(self, inverse: Change) -> None:
+        self.entries.append(inverse)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class Settings:
+    """Where op-dbus talks to and keeps its data; set by global CLI options or the environment."""
+
+    bus_address: str | None = None  # None: DBUS_SYSTEM_BUS_ADDRESS or the default system bus
+    state_dir: Path = Path("/var/lib/op-dbus")
+    job_timeout: float = 90.0  # seconds to wait for one systemd job / one backend operation
+    netns: str | None = None
+    ovsdb: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Context:
+    """What plugins share during one command: settings, and connections opened once and closed at the end.
+
+    Plugins ask for a connection with `await ctx.resource(key, opener)`; the first caller opens it, the
+    rest reuse it, and `aclose()` closes them all. The core stays free of any protocol library.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._resources: dict[str, Any] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    async def resource(self, key: str, opener: Callable[[], Awaitable[Any]],
+                       closer: Callable[[Any], Awaitable[None] | None] | None = None) -> Any:
+        if key not in self._resources:
+            value = await opener()
+            self._resources[key] = value
+            if closer is not None:
+                async def _close(v: Any = value) -> None:
+                    result = closer(v)
+                    if result is not None:
+                        await result
+                self._stack.push_async_callback(_close)
+        return self._resources[key]
+
+    async def aclose(self) -> None:
+        self._resources.clear()
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> Context:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Plugin(ABC, Generic[S]):
+    """One state section. Subclasses set `name`, `model` and `order`, and implement the verbs."""
+
+    name: ClassVar[str]
+    model: ClassVar[type[Section]]
+    # Apply order across plugins (lower first): the network comes up before the units that use it.
+    order: ClassVar[int] = 50
+
+    async def check(self, desired: S, ctx: Context) -> list[Problem]:
+        return []
+
+    @abstractmethod
+    async def query(self, ctx: Context, scope: S | None = None) -> S: ...
+
+    @abstractmethod
+    def diff(self, desired: S, current: S) -> list[Change]: ...
+
+    @abstractmethod
+    async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None: ...
+
+    async def verify(self, desired: S, ctx: Context) -> list[Change]:
+        return self.diff(desired, await self.query(ctx, scope=desired))
+
+    def dump(self, state: S) -> dict[str, Any]:
+        """The section as it appears in a state file (and in the log): JSON, no unset fields."""
+        return state.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# Plugins that ship with op-dbus; used when the package metadata (entry points) is not installed,
+# e.g. when running from a source tree.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
+}
+
+ENTRY_POINT_GROUP = "op_dbus.plugins"
+
+
+def _load(spec: str) -> type[Plugin[Any]]:
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+        raise OpDbusError(f"{spec} is not an op-dbus plugin class")
+    return cls
+
+
+def plugin_specs() -> dict[str, str]:
+    """name -> "module:Class" for every installed plugin (entry points win over the built-in table)."""
+    specs = dict(BUILTIN_PLUGINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        specs[ep.name] = ep.value
+    return specs
+
+
+def load_plugins(names: list[str] | None = None) -> dict[str, Plugin[Any]]:
+    """Instantiate the named plugins (all installed ones when `names` is None), in apply order."""
+    specs = plugin_specs()
+    wanted = sorted(specs) if names is None else names
+    plugins: dict[str, Plugin[Any]] = {}
+    for name in wanted:
+        if name not in specs:
+            raise OpDbusError(f"unknown plugin {name!r}; installed: {', '.join(sorted(specs))}")
+        plugins[name] = _load(specs[name])()
+    return dict(sorted(plugins.items(), key=lambda kv: (kv[1].order, kv[0])))

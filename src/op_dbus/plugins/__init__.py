@@ -1,0 +1,1 @@
+"""One module per state section; each implements the contract in `op_dbus.plugin`."""

@@ -1,0 +1,281 @@
+"""The state document: parse JSON or YAML, validate strictly, and report every problem with its path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from op_dbus.errors import InvalidInput, Problem, StateFileError
+from op_dbus.plugin import Plugin, Section, plugin_specs
+
+SUPPORTED_VERSIONS = (1,)
+# A state file larger than this is refused before parsing: no real machine needs more, and a
+# runaway document should not exhaust memory in a root process.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_NESTING = 64
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def format_path(loc: tuple[str | int, ...] | list[str | int]) -> str:
+    """`("plugins", "systemd", "units", "nginx.service", "enabled")` -> `plugins.systemd.units["nginx.service"].enabled`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += "[" + json.dumps(part) + "]"
+    return out
+
+
+_TYPE_WORDS = {
+    "bool_type": "expected boolean",
+    "bool_parsing": "expected boolean",
+    "string_type": "expected string",
+    "int_type": "expected integer",
+    "int_parsing": "expected integer",
+    "float_type": "expected number",
+    "dict_type": "expected object",
+    "model_type": "expected object",
+    "model_attributes_type": "expected object",
+    "list_type": "expected array",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+def problems_from_validation(error: ValidationError, prefix: tuple[str | int, ...]) -> list[Problem]:
+    problems = []
+    for err in error.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err["type"]
+        message = _TYPE_WORDS.get(kind)
+        if kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            message = f"expected one of {expected}, got {json.dumps(err.get('input'), default=str)}"
+        elif message is not None and kind not in ("extra_forbidden", "missing"):
+            message += f", got {_json_type(err.get('input'))}"
+        if message is None:
+            message = err["msg"]
+        problems.append(Problem(format_path(prefix + loc), message))
+    return problems
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+@dataclass
+class StateDocument:
+    """A validated document: `sections` maps plugin name to that plugin's model instance."""
+
+    version: int
+    sections: dict[str, Section] = field(default_factory=dict)
+    source: str = "<state>"
+
+    def to_json(self, plugins: dict[str, Plugin[Any]]) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "plugins": {name: plugins[name].dump(sec) for name, sec in self.sections.items()},
+        }
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth, iteratively (a hostile document must not blow the Python stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, d = todo.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            todo.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            todo.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def parse_text(data: bytes, source: str) -> Any:
+    """Bytes -> JSON value. JSON unless the name ends in .yaml/.yml or the text is not JSON-shaped."""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise StateFileError(source, [Problem("", f"document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StateFileError(source, [Problem("", f"not valid UTF-8 at byte {e.start}")]) from None
+    is_yaml = source.endswith((".yaml", ".yml")) or not text.lstrip().startswith(("{", "["))
+    if is_yaml:
+        return _parse_yaml(text, source)
+    # Deep nesting is checked on the raw text first: json's C parser recurses and a hostile
+    # document could otherwise reach the interpreter's recursion limit.
+    _check_bracket_depth(text, source)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise StateFileError(source, [Problem("", f"duplicate key {json.dumps(str(e))}")]) from None
+    except json.JSONDecodeError as e:
+        raise StateFileError(source, [Problem("", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")]) from None
+    except (ValueError, RecursionError) as e:
+        raise StateFileError(source, [Problem("", f"invalid JSON: {e}")]) from None
+
+
+def _check_bracket_depth(text: str, source: str) -> None:
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise StateFileError(source, [Problem("", f"nesting deeper than {MAX_NESTING} levels")])
+        elif ch in "]}":
+            depth -= 1
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in keys:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            keys.add(key)
+        return loader.construct_mapping(node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        value = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise StateFileError(source, [Problem("", f"invalid YAML{where}: {what}")]) from None
+    except RecursionError:
+        raise StateFileError(source, [Problem("", f"nesting deeper than {MAX_NESTING} levels")]) from None
+    if _depth(value, MAX_NESTING) > MAX_NESTING:
+        raise StateFileError(source, [Problem("", f"nesting deeper than {MAX_NESTING} levels")])
+    return value
+
+
+def validate_document(value: Any, source: str, load: Any = None) -> StateDocument:
+    """Check a parsed document against the top-level shape and every plugin's model; raise with all problems."""
+    from op_dbus.plugin import load_plugins
+
+    load = load or load_plugins
+    problems: list[Problem] = []
+    if not isinstance(value, dict):
+        raise StateFileError(source, [Problem("", f"expected an object at the top level, got {_json_type(value)}")])
+    for key in value:
+        if key not in ("version", "plugins"):
+            problems.append(Problem(format_path((key,)), "unknown key (expected: version, plugins)"))
+    version = value.get("version")
+    if "version" not in value:
+        problems.append(Problem("version", "required key is missing"))
+    elif isinstance(version, bool) or not isinstance(version, int):
+        problems.append(Problem("version", f"expected integer, got {_json_type(version)}"))
+    elif version not in SUPPORTED_VERSIONS:
+        problems.append(Problem("version", f"unsupported version {version}; this op-dbus reads version 1"))
+    sections: dict[str, Section] = {}
+    plugins_value = value.get("plugins", {})
+    if not isinstance(plugins_value, dict):
+        problems.append(Problem("plugins", f"expected object, got {_json_type(plugins_value)}"))
+        plugins_value = {}
+    installed = plugin_specs()
+    for name, section in plugins_value.items():
+        if name not in installed:
+            problems.append(Problem(format_path(("plugins", name)),
+                                    f"unknown plugin (installed: {', '.join(sorted(installed))})"))
+            continue
+        model = load([name])[name].model
+        try:
+            sections[name] = model.model_validate(section)
+        except ValidationError as e:
+            problems.extend(problems_from_validation(e, ("plugins", name)))
+    if problems:
+        raise StateFileError(source, problems)
+    return StateDocument(version=int(version), sections=sections, source=source)
+
+
+def check_file_trust(path: Path) -> None:
+    """Refuse a state file that someone other than root (or us) could have written, as sshd's StrictModes does."""
+    st = path.stat()
+    me = os.geteuid()
+    if st.st_uid not in (0, me):
+        raise InvalidInput(f"{path}: owned by uid {st.st_uid}; refusing a state file that another user owns",
+                           hint=f"chown root {path}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InvalidInput(f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); refusing it",
+                           hint=f"chmod go-w {path}")
+    parent = path.resolve().parent
+    pst = parent.stat()
+    if pst.st_uid not in (0, me) or (pst.st_mode & stat.S_IWOTH and not pst.st_mode & stat.S_ISVTX):
+        raise InvalidInput(f"{path}: its directory {parent} is writable by others; refusing it",
+                           hint=f"chmod o-w {parent}")
+
+
+def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocument:
+    """Read, parse and validate a state file ("-" is standard input)."""
+    if str(path) == "-":
+        import sys
+
+        return validate_document(parse_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
+    p = Path(path)
+    try:
+        if trust_check:
+            check_file_trust(p)
+        with p.open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+    except FileNotFoundError:
+        raise InvalidInput(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{p}: is a directory, expected a state file") from None
+    except PermissionError:
+        raise InvalidInput(f"{p}: permission denied") from None
+    return validate_document(parse_text(data, str(p)), str(p))
