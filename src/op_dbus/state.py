@@ -191,7 +191,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     try:
-        value = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
