@@ -1,16 +1,19 @@
-"""The plugin contract every state section implements: query, diff (pure), apply (recording undo), verify.
+"""The plugin contract every state section implements: check, query, diff (pure), apply (recording undo).
 
 A plugin owns one key under `plugins` in the state document. The engine calls it in this order:
 
     check(desired)        semantic pre-flight against the live system (e.g. a named unit must exist);
                           returns problems, and nothing is applied if any plugin reports one
     query(scope)          read the live state; `scope=None` means everything (introspect), otherwise
-                          only the objects the desired state names
+                          only the objects and fields the desired state names, canonicalised so that
+                          its dump is itself a valid desired state (what the log snapshots)
     diff(desired, cur)    pure: the ordered changes that turn `cur` into `desired`; objects the desired
                           state does not name are never in it
     apply(changes, undo)  the only writer; before each change takes effect it records in `undo` the
                           inverse change, so the engine can roll back whatever part was applied
-    verify(desired)       re-query and list what still differs (empty list = converged)
+
+Verification is `diff(desired, query(scope=desired))`: an empty diff means converged. Because
+canonicalisation lives in `query`, there is one comparison and no separate verify code to drift from it.
 """
 
 from __future__ import annotations
@@ -145,9 +148,6 @@ class Plugin(ABC, Generic[S]):
 
     @abstractmethod
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None: ...
-
-    async def verify(self, desired: S, ctx: Context) -> list[Change]:
-        return self.diff(desired, await self.query(ctx, scope=desired))
 
     def dump(self, state: S) -> dict[str, Any]:
         """The section as it appears in a state file (and in the log): JSON, no unset fields."""

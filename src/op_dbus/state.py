@@ -56,7 +56,8 @@ _TYPE_WORDS = {
 def problems_from_validation(error: ValidationError, prefix: tuple[str | int, ...]) -> list[Problem]:
     problems = []
     for err in error.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic adds "[key]" for a bad dict key and "function-..." for validator wrappers: not user paths
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         kind = err["type"]
         message = _TYPE_WORDS.get(kind)
         if kind == "literal_error":
@@ -65,7 +66,7 @@ def problems_from_validation(error: ValidationError, prefix: tuple[str | int, ..
         elif message is not None and kind not in ("extra_forbidden", "missing"):
             message += f", got {_json_type(err.get('input'))}"
         if message is None:
-            message = err["msg"]
+            message = err["msg"].removeprefix("Value error, ")
         problems.append(Problem(format_path(prefix + loc), message))
     return problems
 

@@ -1,0 +1,277 @@
+"""The `op-dbus` command. Imports stay lazy so `op-dbus --help` answers fast: the engine, pydantic, dbus-fast
+and rich load only inside the command that needs them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from op_dbus import __version__
+from op_dbus.errors import EXIT_CODES_HELP, ExitCode, OpDbusError
+
+DEFAULT_STATE_DIR = "/var/lib/op-dbus"
+_OPTIONS: list[Options] = []  # the global options of this invocation, for error reporting in main()
+
+
+class Options:
+    """Global options, shared by every command through click's context object."""
+
+    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+        self.bus = bus
+        self.state_dir = Path(state_dir)
+        self.job_timeout = job_timeout
+        self.output = output
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def context(self) -> Any:
+        from op_dbus.plugin import Context, Settings
+
+        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout))
+
+    def ledger(self) -> Any:
+        from op_dbus.ledger import Ledger
+
+        return Ledger.open(self.state_dir)
+
+
+def output_option(f: Any) -> Any:
+    """`-o json|text` accepted after the command too (`op-dbus diff x.json -o json`)."""
+
+    def set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.find_root().obj.output = value
+
+    return click.option("-o", "--output", type=click.Choice(["text", "json"]), expose_value=False,
+                        callback=set_output, is_eager=False, help="Output format (text, or json for scripts).")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+@click.option("--bus", metavar="ADDRESS", envvar="OP_DBUS_BUS",
+              help="D-Bus address of the system bus to manage [default: $DBUS_SYSTEM_BUS_ADDRESS or the system bus].")
+@click.option("--state-dir", metavar="DIR", envvar="OP_DBUS_STATE_DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="Where the audit log and keys live.")
+@click.option("--job-timeout", metavar="SECONDS", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
+              help="How long to wait for one systemd job or backend operation.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Output format (text, or json for scripts).")
+@click.version_option(__version__, "-V", "--version", prog_name="op-dbus")
+@click.pass_context
+def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+    """Declare what a Linux machine must look like; op-dbus shows the difference, converges it over
+    native protocols (D-Bus, netlink, OVSDB), verifies it and records every change in a
+    tamper-evident audit log.
+
+    \b
+    Typical use:
+      op-dbus introspect > state.json     # the current system as a state file
+      op-dbus diff state.json             # what would change
+      op-dbus apply state.json            # converge, verify, record a block
+      op-dbus verify --current            # has anything drifted since?
+      op-dbus blockchain list             # the history
+    """
+    ctx.obj = Options(bus, state_dir, job_timeout, output)
+    _OPTIONS.append(ctx.obj)
+
+
+def _run(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+@cli.command()
+@click.argument("plugin", required=False)
+@output_option
+@click.pass_obj
+def query(opts: Options, plugin: str | None) -> int:
+    """Print the live state of every plugin (or only PLUGIN), in the state-file format."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx).query([plugin] if plugin else None)
+
+    _emit_json(_run(go()))
+    return ExitCode.OK
+
+
+@cli.command()
+@click.argument("plugins", nargs=-1)
+@output_option
+@click.pass_obj
+def introspect(opts: Options, plugins: tuple[str, ...]) -> int:
+    """Print a state file of the current system (all plugins, or only PLUGINS).
+
+    Applying the output changes nothing: `op-dbus introspect > state.json && op-dbus apply state.json`.
+    """
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx).introspect(list(plugins) or None)
+
+    _emit_json(_run(go()))
+    return ExitCode.OK
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@output_option
+@click.pass_obj
+def diff(opts: Options, file: str) -> int:
+    """Show what applying FILE would change. Exit 0: no difference; 3: differences."""
+    from op_dbus.engine import Engine
+    from op_dbus.state import load_document
+
+    doc = load_document(file)
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx).plan(doc)
+
+    plan = _run(go())
+    changes = plan.all_changes
+    if opts.json:
+        _emit_json({"file": file, "changes": [c.to_record() for c in changes], "count": len(changes)})
+    else:
+        from op_dbus.cli.render import print_changes
+
+        print_changes(changes, empty="no difference: the system already matches " + file)
+    return ExitCode.DIFFERENCE if changes else ExitCode.OK
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop: nothing is changed or recorded.")
+@output_option
+@click.pass_obj
+def apply(opts: Options, file: str, dry_run: bool) -> int:
+    """Converge the system to FILE, verify it, and record a block in the audit log.
+
+    Invalid files are refused whole (exit 2) before anything changes. If a change fails or the
+    result does not verify, what was applied is undone and the attempt is recorded (exit 4).
+    """
+    from op_dbus.engine import Engine
+    from op_dbus.state import load_document
+
+    doc = load_document(file)
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=None if dry_run else opts.ledger).apply(doc, dry_run=dry_run)
+
+    result = _run(go())
+    changes = result.plan.all_changes if dry_run else result.applied
+    block = result.block
+    if opts.json:
+        _emit_json({"file": file, "dry_run": dry_run, "changes": [c.to_record() for c in changes],
+                    "block": block.to_dict() if block is not None else None})
+    else:
+        from op_dbus.cli.render import print_changes
+
+        if dry_run:
+            print_changes(changes, empty="dry run: nothing to change")
+            click.echo(f"dry run: {len(changes)} change(s) planned, nothing applied")
+        else:
+            print_changes(changes, empty="nothing to change: the system already matches " + file)
+            if block is not None:
+                click.echo(f"applied {len(changes)} change(s); recorded block {block.index} "
+                           f"(state {block.state_hash[:16]})")
+    return ExitCode.OK
+
+
+@cli.command()
+@click.option("--current", "mode", flag_value="current", default=True,
+              help="Compare the live system with the state recorded in the last block (the default).")
+@click.option("--full", "mode", flag_value="full",
+              help="Recompute every block's hashes, links and signatures and name the first bad block.")
+@output_option
+@click.pass_obj
+def verify(opts: Options, mode: str) -> int:
+    """Verify the live state (--current) or the audit log itself (--full). Exit 3 when something differs."""
+    from op_dbus.cli import commands
+
+    return commands.verify(opts, mode)
+
+
+@cli.group()
+def blockchain() -> None:
+    """Read the audit log: every apply is a block (index, previous hash, time, state hash, changes)."""
+
+
+@blockchain.command("list")
+@click.option("--limit", type=click.IntRange(min=1), help="Show only the last N blocks.")
+@output_option
+@click.pass_obj
+def blockchain_list(opts: Options, limit: int | None) -> int:
+    """List blocks: index, time, kind, short hashes, and a one-line summary of the changes."""
+    from op_dbus.cli import commands
+
+    return commands.blockchain_list(opts, limit)
+
+
+@blockchain.command("show")
+@click.argument("index", type=click.IntRange(min=0))
+@output_option
+@click.pass_obj
+def blockchain_show(opts: Options, index: int) -> int:
+    """Show block INDEX whole: header, changes (before/after) and the recorded state."""
+    from op_dbus.cli import commands
+
+    return commands.blockchain_show(opts, index)
+
+
+@cli.command()
+@click.argument("plugin", required=False)
+@click.pass_obj
+def schema(opts: Options, plugin: str | None) -> int:
+    """Print the JSON Schema of state files for all installed plugins (or only PLUGIN)."""
+    from op_dbus.schema import document_schema
+
+    _emit_json(document_schema([plugin] if plugin else None))
+    return ExitCode.OK
+
+
+def _report(error: OpDbusError, opts: Options | None) -> None:
+    from op_dbus.errors import StateFileError
+
+    if opts is not None and opts.json:
+        body: dict[str, Any] = {"error": error.message, "exit_code": int(error.exit_code)}
+        if error.hint:
+            body["hint"] = error.hint
+        if isinstance(error, StateFileError):
+            body["problems"] = [{"path": p.path, "message": p.message} for p in error.problems]
+        _emit_json(body)
+    click.echo(f"op-dbus: error: {error}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="op-dbus", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = ExitCode.INVALID_INPUT
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except OpDbusError as e:
+        _report(e, _OPTIONS[-1] if _OPTIONS else None)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    sys.exit(int(code or 0))

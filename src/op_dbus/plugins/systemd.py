@@ -1,0 +1,299 @@
+"""systemd units over org.freedesktop.systemd1: running or not, enabled or not, masked or not.
+
+State section::
+
+    {"units": {"nginx.service": {"active_state": "active", "enabled": true, "masked": false}}}
+
+Every field is optional; only what is declared is managed, and units the file does not name are never
+touched. Reading uses two calls whatever the number of units (ListUnitsByNames and
+ListUnitFilesByPatterns); unit-file changes are batched into one call per kind plus one Reload; start and
+stop jobs are issued together and each is awaited through its JobRemoved signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from itertools import groupby
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, model_validator
+
+from op_dbus.backends import dbus
+from op_dbus.errors import ApplyFailed, Problem
+from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+
+UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(" + "|".join(UNIT_TYPES) + r")$")
+# Types `introspect` writes out: the ones a sysadmin declares. Devices, scopes, slices and mounts are
+# created by the system itself and would only add noise that goes stale.
+INTROSPECT_TYPES = ("service", "socket", "timer", "path")
+
+
+def _unit_name(name: str) -> str:
+    if not _UNIT_NAME.match(name):
+        raise ValueError(f"not a unit name: {name!r} (expected NAME.TYPE, TYPE one of {', '.join(UNIT_TYPES)})")
+    return name
+
+
+UnitName = Annotated[str, AfterValidator(_unit_name)]
+
+
+class UnitState(Section):
+    active_state: Literal["active", "inactive"] | None = None
+    enabled: bool | None = None
+    masked: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnitState:
+        if self.masked and self.active_state == "active":
+            raise ValueError("a masked unit cannot be active")
+        if self.masked and self.enabled:
+            raise ValueError("a masked unit cannot be enabled")
+        return self
+
+
+class SystemdState(Section):
+    units: dict[UnitName, UnitState] = {}
+
+
+def normalise_active(active_state: str) -> str:
+    """systemd's ActiveState folded to the two declarable values: up (or coming up) vs not running."""
+    return "active" if active_state in ("active", "reloading", "activating", "refreshing") else "inactive"
+
+
+ENABLED_STATES = {"enabled": True, "enabled-runtime": True, "disabled": False}
+MASKED_STATES = ("masked", "masked-runtime")
+NOT_ENABLEABLE = ("static", "indirect", "generated", "transient", "alias", "linked", "linked-runtime", "bad")
+
+# Inverse of each action, used to record undo before the action runs.
+INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "enable", "mask": "unmask", "unmask": "mask"}
+# Order of actions in a plan: unit files first (unmask before enable), stops before starts so a
+# replacement can take over a port, masking after the stop it needs.
+ACTION_ORDER = {"unmask": 0, "enable": 1, "disable": 2, "stop": 3, "mask": 4, "start": 5}
+FILE_METHODS = {
+    "enable": ("EnableUnitFiles", "asbb", lambda files: [files, False, True]),
+    "disable": ("DisableUnitFiles", "asb", lambda files: [files, False]),
+    "mask": ("MaskUnitFiles", "asbb", lambda files: [files, False, True]),
+    "unmask": ("UnmaskUnitFiles", "asb", lambda files: [files, False]),
+}
+
+
+class UnitInfo:
+    """What systemd says about one unit name (an alias resolves to its unit's own id)."""
+
+    __slots__ = ("active", "file_state", "id", "load_error", "load_state", "name")
+
+    def __init__(self, name: str, uid: str, load_state: str, active: str, file_state: str) -> None:
+        self.name, self.id, self.load_state, self.active, self.file_state = name, uid, load_state, active, file_state
+        self.load_error = ""
+
+    @property
+    def masked(self) -> bool:
+        return self.load_state == "masked" or self.file_state in MASKED_STATES
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in ("not-found",) or bool(self.file_state)
+
+
+async def systemd_client(ctx: Context) -> dbus.Client:
+    return await ctx.resource(  # type: ignore[no-any-return]
+        "dbus.system",
+        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
+        dbus.close_client,
+    )
+
+
+class SystemdPlugin(Plugin[SystemdState]):
+    name = "systemd"
+    model = SystemdState
+    order = 50
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def inspect(self, ctx: Context, names: list[str]) -> dict[str, UnitInfo]:
+        if not names:
+            return {}
+        client = await systemd_client(ctx)
+        (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [names])
+        if len(rows) != len(names):
+            raise ApplyFailed(f"systemd answered ListUnitsByNames with {len(rows)} units for {len(names)} names")
+        ids = sorted({row[0] for row in rows})
+        (files,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFilesByPatterns", "asas", [[], ids])
+        file_state = {path.rsplit("/", 1)[-1]: state for path, state in files}
+        # ListUnitsByNames returns one row per requested name, in order; an alias comes back under its unit's id.
+        return {
+            name: UnitInfo(name, row[0], row[2], row[3], file_state.get(row[0], ""))
+            for name, row in zip(names, rows, strict=True)
+        }
+
+    async def query(self, ctx: Context, scope: SystemdState | None = None) -> SystemdState:
+        if scope is not None:
+            infos = await self.inspect(ctx, list(scope.units))
+            units = {}
+            for name, want in scope.units.items():
+                info = infos[name]
+                if not info.exists:
+                    continue
+                # Only the fields the scope declares: this is what verify compares and what the log snapshots.
+                units[name] = UnitState.model_construct(
+                    active_state=normalise_active(info.active) if want.active_state is not None else None,
+                    enabled=ENABLED_STATES.get(info.file_state) if want.enabled is not None else None,
+                    masked=info.masked if want.masked is not None else None,
+                )
+            return SystemdState.model_construct(units=units)
+        return await self._query_all(ctx)
+
+    async def _query_all(self, ctx: Context) -> SystemdState:
+        client = await systemd_client(ctx)
+        (loaded,), (files,) = await asyncio.gather(
+            client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnits"),
+            client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFiles"),
+        )
+        active = {row[0]: row[3] for row in loaded}
+        units: dict[str, UnitState] = {}
+        for path, state in files:
+            name = path.rsplit("/", 1)[-1]
+            kind = name.rsplit(".", 1)[-1]
+            if kind not in INTROSPECT_TYPES or "@." in name or state in ("alias", "transient", "generated", "bad"):
+                continue
+            if state in MASKED_STATES:
+                units[name] = UnitState.model_construct(active_state="inactive", enabled=None, masked=True)
+                continue
+            units[name] = UnitState.model_construct(
+                active_state=normalise_active(active.get(name, "inactive")),
+                enabled=ENABLED_STATES.get(state),
+                masked=None,
+            )
+        return SystemdState.model_construct(units=dict(sorted(units.items())))
+
+    # -- checking ------------------------------------------------------------------------------------
+
+    async def check(self, desired: SystemdState, ctx: Context) -> list[Problem]:
+        infos = await self.inspect(ctx, list(desired.units))
+        problems = []
+        for name, want in desired.units.items():
+            info = infos[name]
+            where = f'plugins.systemd.units["{name}"]'
+            if not info.exists and not want.masked:
+                problems.append(Problem(where, "no such unit on this system (no unit file is loaded under that name)"))
+                continue
+            if want.enabled is not None and not info.masked and info.file_state in NOT_ENABLEABLE:
+                current = ENABLED_STATES.get(info.file_state)
+                if current != want.enabled:
+                    problems.append(Problem(f"{where}.enabled", f"the unit file is {info.file_state!r}: it has no "
+                                            "[Install] section of its own, so it cannot be enabled or disabled"))
+            if want.active_state == "active" and info.load_state in ("error", "bad-setting"):
+                problems.append(Problem(f"{where}.active_state", f"the unit cannot be loaded ({info.load_state})"))
+        return problems
+
+    # -- planning ------------------------------------------------------------------------------------
+
+    def diff(self, desired: SystemdState, current: SystemdState) -> list[Change]:
+        changes = []
+        for name, want in desired.units.items():
+            have = current.units.get(name)
+            if have is None:
+                have = UnitState.model_construct(active_state="inactive", enabled=None, masked=False)
+            if want.masked is not None and bool(have.masked) != want.masked:
+                action = "mask" if want.masked else "unmask"
+                changes.append(self._change(name, action, "masked", bool(have.masked), want.masked))
+            if want.enabled is not None and have.enabled != want.enabled:
+                changes.append(self._change(name, "enable" if want.enabled else "disable", "enabled",
+                                            have.enabled, want.enabled))
+            if want.active_state is not None and have.active_state != want.active_state:
+                action = "start" if want.active_state == "active" else "stop"
+                changes.append(self._change(name, action, "active_state", have.active_state, want.active_state))
+        changes.sort(key=lambda c: ACTION_ORDER[c.action])  # stable: the file's order within one action
+        return changes
+
+    def _change(self, unit: str, action: str, field: str, before: Any, after: Any) -> Change:
+        return Change(self.name, unit, action, {field: before}, {field: after})
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
+        if not changes:
+            return
+        client = await systemd_client(ctx)
+        infos = await self.inspect(ctx, sorted({c.object for c in changes}))
+        for is_job, group in groupby(changes, key=lambda c: c.action in ("start", "stop")):
+            batch = list(group)
+            if is_job:
+                await self._run_jobs(client, batch, infos, undo, ctx.settings.job_timeout)
+            else:
+                await self._change_files(client, batch, infos, undo)
+
+    def _inverse(self, change: Change) -> Change:
+        return Change(self.name, change.object, INVERSE[change.action], change.after, change.before)
+
+    async def _change_files(self, client: dbus.Client, batch: list[Change], infos: dict[str, UnitInfo],
+                            undo: UndoLog) -> None:
+        for action, group in groupby(batch, key=lambda c: c.action):
+            items = list(group)
+            method, signature, args = FILE_METHODS[action]
+            files = [infos[c.object].id if infos[c.object].exists else c.object for c in items]
+            for c in items:
+                undo.record(self._inverse(c))
+            reply = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, method, signature, args(files))
+            if action == "enable" and not reply[0]:
+                raise ApplyFailed(f"cannot enable {', '.join(files)}: no [Install] section")
+        # One daemon reload for the whole batch, as `systemctl enable` does after each call.
+        await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Reload")
+
+    async def _run_jobs(self, client: dbus.Client, batch: list[Change], infos: dict[str, UnitInfo],
+                        undo: UndoLog, timeout: float) -> None:
+        await self._subscribe(client)
+        loop = asyncio.get_running_loop()
+        finished: dict[str, str] = {}
+        waiting: dict[str, asyncio.Future[str]] = {}
+
+        def job_removed(msg: Any) -> None:
+            _id, job, _unit, result = msg.body
+            if job in waiting and not waiting[job].done():
+                waiting[job].set_result(result)
+            else:
+                finished[job] = result  # the signal can beat the StartUnit reply
+
+        stop_listening = client.on_signal(job_removed, interface=MANAGER, member="JobRemoved")
+        try:
+            jobs: list[tuple[Change, str]] = []
+            for c in batch:
+                undo.record(self._inverse(c))
+            replies = await asyncio.gather(*(
+                client.call(SYSTEMD, MANAGER_PATH, MANAGER, "StartUnit" if c.action == "start" else "StopUnit",
+                            "ss", [infos[c.object].id, "replace"])
+                for c in batch
+            ))
+            for c, (job,) in zip(batch, replies, strict=True):
+                jobs.append((c, job))
+                if job not in finished:
+                    waiting[job] = loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    for job, fut in waiting.items():
+                        finished[job] = await fut
+            except TimeoutError:
+                late = [c.object for c, job in jobs if job not in finished]
+                raise ApplyFailed(f"systemd jobs did not finish within {timeout:.0f} s: {', '.join(late)}",
+                                  hint="raise --job-timeout, or look at `journalctl -u UNIT`") from None
+            failed = [(c, finished[job]) for c, job in jobs if finished[job] != "done"]
+            if failed:
+                what = "; ".join(f"{c.action} {c.object}: job {result}" for c, result in failed)
+                raise ApplyFailed(f"systemd jobs failed: {what}",
+                                  hint=f"see `journalctl -u {failed[0][0].object}` on the managed system")
+        finally:
+            stop_listening()
+
+    async def _subscribe(self, client: dbus.Client) -> None:
+        # systemd emits JobRemoved only once some client has called Subscribe; the match rule routes it to us.
+        if "systemd.subscribed" in client.flags:
+            return
+        await client.add_match(f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'")
+        await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Subscribe")
+        client.flags.add("systemd.subscribed")
