@@ -1,0 +1,116 @@
+"""Bodies of the commands that read the audit log; kept apart so `op-dbus --help` never imports them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from op_dbus.cli.main import Options, _emit_json, _run
+from op_dbus.errors import ExitCode, InvalidInput
+
+
+def verify(opts: Options, mode: str) -> int:
+    if mode == "full":
+        with opts.ledger() as ledger:
+            report = ledger.verify_full()
+        if opts.json:
+            _emit_json(report.to_dict())
+        elif report.ok:
+            click.echo(f"ok: {report.size} block(s) verified: hashes, links, Merkle root and signatures")
+        else:
+            click.secho(f"FAILED at block {report.first_bad}", fg="red", bold=True, err=False)
+            for p in report.problems:
+                click.echo(f"  {p}")
+        return ExitCode.OK if report.ok else ExitCode.DIFFERENCE
+    return verify_current(opts)
+
+
+def verify_current(opts: Options) -> int:
+    from op_dbus.engine import Engine, document_from_snapshot
+
+    with opts.ledger() as ledger:
+        head = ledger.head()
+        if head is None:
+            raise InvalidInput("the audit log is empty: nothing to verify against",
+                               hint="run `op-dbus apply FILE` first; it records the state to verify against")
+        block = ledger.get(head.index)
+    if block.state is None:
+        raise InvalidInput(f"block {head.index}'s state snapshot was compacted away; cannot compare against it")
+    doc = document_from_snapshot(block.state, f"block {head.index}")
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx).drift(doc)
+
+    drift, _current = _run(go())
+    if opts.json:
+        _emit_json({"ok": not drift, "block": head.index, "state_hash": head.state_hash,
+                    "drift": [c.to_record() for c in drift]})
+    elif not drift:
+        click.echo(f"ok: the live system matches block {head.index} (state {head.state_hash[:16]})")
+    else:
+        from op_dbus.cli.render import change_line
+
+        click.secho(f"DRIFT: {len(drift)} difference(s) from block {head.index}:", fg="red", bold=True)
+        for c in drift:
+            # a drift is reported as "recorded -> live": the change that would restore the record, reversed
+            rec = c.to_record()
+            rec["before"], rec["after"] = rec["after"], rec["before"]
+            rec["action"] = "drifted"
+            click.echo("  " + change_line(rec))
+        click.echo("re-apply the state file, or `op-dbus apply` the recorded state, to converge again")
+    return ExitCode.DIFFERENCE if drift else ExitCode.OK
+
+
+def blockchain_list(opts: Options, limit: int | None) -> int:
+    with opts.ledger() as ledger:
+        size = len(ledger)
+        start = max(0, size - limit) if limit else 0
+        headers = ledger.headers(start)
+    if opts.json:
+        _emit_json([h.to_dict() for h in headers])
+        return ExitCode.OK
+    if not headers:
+        click.echo("the audit log is empty")
+        return ExitCode.OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("block", "time", "kind", "prev", "state", "changes"):
+        table.add_column(col, no_wrap=col != "changes")
+    for h in headers:
+        table.add_row(str(h.index), h.time, h.kind, h.prev[:12], h.state_hash[:12], h.summary)
+    Console().print(table)
+    return ExitCode.OK
+
+
+def blockchain_show(opts: Options, index: int) -> int:
+    with opts.ledger() as ledger:
+        if index >= len(ledger):
+            raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
+        block = ledger.get(index)
+    body = {**block.header.to_dict(), "changes": block.changes, "state": block.state}
+    if opts.json:
+        _emit_json(body)
+        return ExitCode.OK
+    from op_dbus.cli.render import change_line
+
+    h = block.header
+    click.secho(f"block {h.index}  ({h.kind})", bold=True)
+    for key in ("time", "prev", "state_hash", "summary"):
+        click.echo(f"  {key:<11} {getattr(h, key)}")
+    click.echo(f"  {'actor':<11} {h.actor}")
+    click.echo(f"  changes ({len(block.changes)}):")
+    for rec in block.changes:
+        click.echo(f"    {rec['plugin']}: " + change_line(rec))
+    if block.state is None:
+        click.echo("  state: compacted (only its hash is kept)")
+    else:
+        import json
+
+        click.echo("  state:")
+        for line in json.dumps(block.state, indent=2, sort_keys=True).splitlines():
+            click.echo("    " + line)
+    return ExitCode.OK
