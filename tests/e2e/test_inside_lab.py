@@ -51,7 +51,7 @@ def test_the_deployment_guide_flow(lab: Any, op_dbus: str) -> None:
 
 
 def test_introspect_round_trip_inside(lab: Any, op_dbus: str) -> None:
-    r = lab.run(["sh", "-c", f"umask 077; {op_dbus} introspect > /root/intro.json && {op_dbus} -o json apply /root/intro.json"],
-                check=False)
+    script = f"umask 077; {op_dbus} introspect > /root/intro.json && {op_dbus} -o json apply /root/intro.json"
+    r = lab.run(["sh", "-c", script], check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["changes"] == []
