@@ -14,7 +14,9 @@ from lab import LabError, log
 def _machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="machine name (default: lab<pid>n<number>)")
     parser.add_argument("--mask", action="append", default=[], metavar="UNIT", help="boot with UNIT masked (repeatable)")
-    parser.add_argument("--kernel-arg", action="append", default=[], metavar="WORD", help="extra word for the container's init")
+    parser.add_argument(
+        "--kernel-arg", action="append", default=[], metavar="WORD", help="extra word for the container's init"
+    )
 
 
 def _machine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -34,7 +36,8 @@ def _boot(args: argparse.Namespace) -> int:
         print(f"bus_address {machine.bus_address}", flush=True)
         print(f"leader      {machine.leader}", flush=True)
         print(f"root        {machine.root}", flush=True)
-        print(f"enter       nsenter -t {machine.leader} -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root bash", flush=True)
+        enter = f"nsenter -t {machine.leader} -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root bash"
+        print(f"enter       {enter}", flush=True)
         print("(Ctrl-C or SIGTERM powers it off)", flush=True)
         received = signal.sigwait({signal.SIGINT, signal.SIGTERM})
         log(f"{signal.Signals(received).name}: powering off {machine.name}")
@@ -49,7 +52,9 @@ def _shell(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab", description="The op-dbus lab: a booted Debian 12 system container.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lab", description="The op-dbus lab: a booted Debian 12 system container."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build (or reuse) the cached lab rootfs; prints its path")
     build.add_argument("--force", action="store_true", help="rebuild even if the cache has it")

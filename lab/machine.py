@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import shutil
@@ -22,6 +23,9 @@ VENV_DIR = "/opt/op-dbus"
 
 _numbers = itertools.count()
 _running: set[LabMachine] = set()
+
+#: (name, boot seconds, stop seconds) of every machine booted and stopped by this process, for summaries.
+TIMINGS: list[tuple[str, float, float]] = []
 
 # Wrapper run as the nspawn process before it becomes nspawn: it moves itself into the machine's own cgroups
 # (otherwise nspawn leaves its payload/ and supervisor/ cgroups in the host's root), then gets a private mount
@@ -139,6 +143,11 @@ class LabMachine:
         if self._process is None:
             raise LabError("the lab machine is not started")
         return self._process.pid
+
+    @property
+    def cgroups(self) -> list[Path]:
+        """The machine's own cgroups (one per hierarchy); nspawn and everything in the container live below them."""
+        return list(self._cgroups)
 
     @property
     def log_path(self) -> Path:
@@ -291,7 +300,8 @@ class LabMachine:
         jobs = ""
         if self._leader is not None:
             jobs = self.run(["systemctl", "list-jobs", "--no-legend"], check=False, timeout=10).stdout
-        raise LabError(f"{self.name}: SystemState is {state!r} after {time.monotonic() - started:.1f} s; pending jobs:\n{jobs}")
+        elapsed = time.monotonic() - started
+        raise LabError(f"{self.name}: SystemState is {state!r} after {elapsed:.1f} s; pending jobs:\n{jobs}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Power the container off (SIGTERM to nspawn), fall back to SIGKILL, then remove its cgroups and work dir."""
@@ -313,6 +323,8 @@ class LabMachine:
         if process is not None:
             self.stop_seconds = time.monotonic() - started
             log(f"{self.name}: stopped in {self.stop_seconds:.2f} s")
+            if self.boot_seconds is not None:
+                TIMINGS.append((self.name, self.boot_seconds, self.stop_seconds))
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._leader = None
@@ -321,10 +333,8 @@ class LabMachine:
         """SIGKILL what is left in the machine's own cgroups: only processes this machine started can be there."""
         for cgroup in self._cgroups:
             for pid in _cgroup_pids(cgroup) if cgroup.exists() else []:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def _remove_cgroups(self) -> None:
         deadline = time.monotonic() + 10

@@ -36,6 +36,7 @@ PACKAGES = (
     "python3-venv",
     "iproute2",
     "ethtool",
+    "procps",
     "locales",
     "tzdata",
 )
@@ -47,6 +48,9 @@ PATH_EXCLUDES = (
     "/usr/share/locale/*",
     "/usr/share/info/*",
 )
+
+# locale-gen reads the alias table that the excludes above would drop.
+PATH_INCLUDES = ("/usr/share/locale/locale.alias",)
 
 # Locales that localed can be asked to switch to (it refuses a LANG that is not generated).
 LOCALES = ("en_US.UTF-8", "de_DE.UTF-8")
@@ -137,6 +141,7 @@ def mmdebstrap_options() -> list[str]:
     """The mmdebstrap options of the recipe, with ``@STAGE@`` standing for the directory holding FILES."""
     options = ["--mode=root", "--variant=minbase", "--format=directory"]
     options += [f"--dpkgopt=path-exclude={pattern}" for pattern in PATH_EXCLUDES]
+    options += [f"--dpkgopt=path-include={path}" for path in PATH_INCLUDES]
     options.append("--include=" + ",".join(PACKAGES))
     escaped = [name.replace(".", r"\.") for name in LOCALES]
     hooks = [
@@ -145,7 +150,7 @@ def mmdebstrap_options() -> list[str]:
         'ln -sf /dev/null "$1/etc/systemd/system/console-getty.service"',
         "sed -i -E '"
         + "; ".join(f"s/^# ({name} )/\\1/" for name in escaped)
-        + "' \"$1/etc/locale.gen\" && chroot \"$1\" locale-gen",
+        + '\' "$1/etc/locale.gen" && chroot "$1" locale-gen',
     ]
     hooks += [f'install -D -m 0644 {STAGE}/{path} "$1/{path}"' for path in sorted(FILES)]
     options += [f"--customize-hook={hook}" for hook in hooks]

@@ -45,7 +45,8 @@ def target_interpreter() -> dict[str, str]:
     """Version, architecture and libc of Debian's python3: what decides which wheels fit."""
     if not DEBIAN_PYTHON.exists():
         raise LabError(f"{DEBIAN_PYTHON} is missing: run `make lab-host` (lab/setup-host.sh) first")
-    probe = "import json, platform, sys; print(json.dumps([sys.version.split()[0], platform.machine(), *platform.libc_ver()]))"
+    probe = "import json, platform, sys; "
+    probe += "print(json.dumps([sys.version.split()[0], platform.machine(), *platform.libc_ver()]))"
     out = subprocess.run([str(DEBIAN_PYTHON), "-c", probe], check=True, capture_output=True, text=True).stdout
     version, machine, libc, libc_version = json.loads(out)
     return {"python": version, "machine": machine, "libc": f"{libc}-{libc_version}"}
