@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast lint demo clean
+.PHONY: venv test test-fast lint demo clean lab lab-host
 
 venv: $(VENV)/.installed
 
@@ -14,14 +14,23 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks lab
 	$(BIN)/lint-imports
 
 test-fast: venv
 	$(BIN)/python -m pytest tests/unit -q
 
-test: venv
+test: venv lab
 	$(BIN)/python -m pytest -q -rs
 
+# The lab: a booted Debian 12 system container the tests manage (lab/, needs root).
+# lab-host installs host packages (apt, once); lab builds or reuses the cached rootfs and the wheelhouse.
+lab-host:
+	bash lab/setup-host.sh
+
+lab: lab-host venv
+	$(BIN)/python -m lab build
+	$(BIN)/python -m lab wheels
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .lab
