@@ -32,5 +32,8 @@ lab: lab-host venv
 	$(BIN)/python -m lab build
 	$(BIN)/python -m lab wheels
 
+demo: lab
+	$(BIN)/python -m lab.demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache .lab
