@@ -72,7 +72,7 @@ def lab(lab_assets: LabAssets, request: pytest.FixtureRequest) -> Iterator[LabMa
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "lab" in getattr(item, "fixturenames", ()):
+        if {"lab", "lab_assets"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
 
 
