@@ -270,10 +270,12 @@ class LabMachine:
         for tool in ("systemd-nspawn", "unshare", "nsenter", "busctl"):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool} is missing: run `make lab-host` (lab/setup-host.sh) first")
+        if any(cgroup.exists() for cgroup in self._cgroups):
+            raise LabError(f"a lab machine named {self.name} is running already ({self._cgroups[0]} exists)")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"op-dbus-{self.name}-"))
         (self.workdir / "dbus").mkdir(mode=0o755)
         for cgroup in self._cgroups:
-            cgroup.mkdir(exist_ok=False)
+            cgroup.mkdir()
         started = time.monotonic()
         launcher = ["sh", "-c", _LAUNCHER, "sh", *(str(c / "cgroup.procs") for c in self._cgroups), "--"]
         with open(self.log_path, "wb") as log_file:
