@@ -46,6 +46,16 @@ class _Problems:
         return self.messages + extra
 
 
+class _Echo:
+    """Adds messages to a problem list without moving its first bad index."""
+
+    def __init__(self, inner: _Problems) -> None:
+        self.inner = inner
+
+    def add(self, index: int | None, message: str) -> None:
+        self.inner.add(None, message)
+
+
 def _read_verifier_state(
     verifier_dir: Path, current: note.Verifier, problems: _Problems, notes: list[str]
 ) -> tuple[note.Verifier, bool, note.Checkpoint | None]:
@@ -288,9 +298,14 @@ def _explain_checkpoint(signed: Any, body: str, size: int, trusted: note.Verifie
 
 
 def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -> None:
-    """The stored perfect nodes (used for appends and proofs) must equal the rebuilt ones, none missing, none extra."""
+    """The stored perfect nodes (used for appends and proofs) must equal the rebuilt ones, none missing, none extra.
+
+    When blocks were already found bad, node mismatches are their echo and do not move `first_bad`.
+    """
     expected_next = [0] * len(levels)
     reported = 0
+    if problems.first_bad is not None:
+        problems = _Echo(problems)  # type: ignore[assignment]
     for level, idx, digest in db.execute("SELECT level, idx, hash FROM tree ORDER BY level, idx"):
         if reported >= 5:
             break
@@ -299,7 +314,10 @@ def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -
             reported += 1
             continue
         if level >= len(levels) or idx >= len(levels[level]):
-            problems.add(idx << level, f"the Merkle node table holds node (level {level}, index {idx}) beyond the log")
+            problems.add(
+                max(idx << level, len(levels[0])),
+                f"the Merkle node table holds node (level {level}, index {idx}) beyond the log",
+            )
             reported += 1
             continue
         if idx != expected_next[level]:
