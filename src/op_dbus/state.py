@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from op_dbus import files
 from op_dbus.errors import InvalidInput, Problem, StateFileError
 from op_dbus.plugin import Plugin, Section, plugin_specs
 
@@ -246,19 +245,8 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
 
 def check_file_trust(path: Path) -> None:
     """Refuse a state file that someone other than root (or us) could have written, as sshd's StrictModes does."""
-    st = path.stat()
-    me = os.geteuid()
-    if st.st_uid not in (0, me):
-        raise InvalidInput(f"{path}: owned by uid {st.st_uid}; refusing a state file that another user owns",
-                           hint=f"chown root {path}")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise InvalidInput(f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); refusing it",
-                           hint=f"chmod go-w {path}")
-    parent = path.resolve().parent
-    pst = parent.stat()
-    if pst.st_uid not in (0, me) or (pst.st_mode & stat.S_IWOTH and not pst.st_mode & stat.S_ISVTX):
-        raise InvalidInput(f"{path}: its directory {parent} is writable by others; refusing it",
-                           hint=f"chmod o-w {parent}")
+    files.check_file(path.stat(), path, "state file", secret=False)
+    files.check_parent(path)
 
 
 def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocument:
@@ -277,6 +265,8 @@ def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocumen
         raise InvalidInput(f"{p}: no such file") from None
     except IsADirectoryError:
         raise InvalidInput(f"{p}: is a directory, expected a state file") from None
+    except files.UnsafeFile:
+        raise
     except PermissionError:
         raise InvalidInput(f"{p}: permission denied") from None
     return validate_document(parse_text(data, str(p)), str(p))
