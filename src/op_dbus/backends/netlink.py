@@ -213,7 +213,9 @@ class NetlinkError(BackendError):
     """The kernel refused a request; `errno` and the extended-ack text (if any) are kept."""
 
     def __init__(self, message: str, *, errno: int, ext: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint, code=errno_mod.errorcode.get(errno, str(errno)))
+        # Python names errno 95 ENOTSUP; the kernel and iproute2 say EOPNOTSUPP.
+        name = "EOPNOTSUPP" if errno == errno_mod.EOPNOTSUPP else errno_mod.errorcode.get(errno, str(errno))
+        super().__init__(message, hint=hint, code=name)
         self.errno = errno
         self.ext = ext
 

@@ -104,9 +104,12 @@ class _NetlinkRun:
                                   ext=self.first_error.ext)  # type: ignore[union-attr]
 
     def run(self, changes: list[Change]) -> None:
-        for change in changes:
+        for i, change in enumerate(changes):
             p = change.payload
             op = p["op"]
+            if i and changes[i - 1].payload["op"] == "link_add" and op != "link_add":
+                # Creation is what an unsupported kernel refuses: learn that before changing anything else.
+                self.flush()
             if op == "addr":
                 self.resolve([p["ifname"]])
                 flags = nl.IFA_F_NODAD if p.get("nodad") else 0
