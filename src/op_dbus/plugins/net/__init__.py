@@ -175,7 +175,12 @@ class NetPlugin(Plugin[NetSection]):
                 applier.run_netlink(await self._netlink(ctx, netns), group, undo)
             elif backend == "ovs":
                 path = ovsdb or ctx.settings.ovsdb or DEFAULT_SOCKET
-                await applier.run_ovs(await self._ovsdb(ctx, path), group, undo, ctx.settings.job_timeout)
+                bring_up = await applier.run_ovs(await self._ovsdb(ctx, path), group, undo, ctx.settings.job_timeout)
+                if bring_up:
+                    sock = await self._netlink(ctx, netns)
+                    for name, reply in zip(bring_up, sock.batch([nl.link_set(n, up=True) for n in bring_up]), strict=True):
+                        if reply.error:
+                            raise nl.error_for(reply, f"net: bring up {name}")
             else:
                 applier.run_dhcp(group, undo, netns)
             i = j

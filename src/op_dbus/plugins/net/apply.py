@@ -206,24 +206,25 @@ def _iface_row(name: str, internal: bool) -> dict[str, Any]:
 async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: float) -> list[str]:
     """Apply every OVS change in one transaction, wait for ovs-vswitchd, check each new interface.
 
-    Returns the names of interfaces whose kernel devices ovs-vswitchd created (internal ports).
+    Returns the internal devices to bring up once they exist (what an undo entry re-creates as it was).
     """
     view: OvsView = await read_ovs(db)
     ops: list[dict[str, Any]] = []
     added: list[str] = []
-    internal: list[str] = []
+    bring_up: list[str] = []
     n = 0
     auto_dp: str | None = None
 
-    def new_port(name: str, is_internal: bool) -> list[Any]:
+    def new_port(name: str, is_internal: bool, mtu: int | None = None) -> list[Any]:
         nonlocal n
         n += 1
         iface, port = f"i{n}", f"p{n}"
-        ops.append({"op": "insert", "table": "Interface", "row": _iface_row(name, is_internal), "uuid-name": iface})
+        row = _iface_row(name, is_internal)
+        if mtu:
+            row["mtu_request"] = mtu
+        ops.append({"op": "insert", "table": "Interface", "row": row, "uuid-name": iface})
         ops.append({"op": "insert", "table": "Port", "row": {"name": name, "interfaces": named(iface)}, "uuid-name": port})
         added.append(name)
-        if is_internal:
-            internal.append(name)
         return named(port)
 
     for change in changes:
@@ -235,7 +236,9 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
                 if auto_dp is None:
                     auto_dp = "system" if kernel_has_ovs_datapath() else "netdev"
                 dp = auto_dp
-            ports = [new_port(p["name"], True)] + [new_port(q["name"], q["internal"]) for q in p.get("ports", [])]
+            ports = [new_port(p["name"], True)]
+            ports += [new_port(q["name"], q["internal"], q.get("mtu")) for q in p.get("ports", [])]
+            bring_up += [q["name"] for q in p.get("ports", []) if q.get("up")] + ([p["name"]] if p.get("up") else [])
             n += 1
             br = f"b{n}"
             ops.append({"op": "insert", "table": "Bridge", "uuid-name": br,
@@ -248,8 +251,10 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
             ops.append({"op": "mutate", "table": "Open_vSwitch", "where": [],
                         "mutations": [["bridges", "delete", oset([uuid(view.bridge_uuid[p["name"]])])]]})
         elif op == "ovs_port_add":
+            if p.get("up"):
+                bring_up.append(p["name"])
             ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", p["bridge"]]],
-                        "mutations": [["ports", "insert", oset([new_port(p["name"], p["internal"])])]]})
+                        "mutations": [["ports", "insert", oset([new_port(p["name"], p["internal"], p.get("mtu"))])]]})
         elif op == "ovs_port_del":
             port_uuid = view.port_uuid.get(p["name"])
             if port_uuid is None:
@@ -285,7 +290,7 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
         if problems:
             raise BackendError("ovs-vswitchd could not set up port(s): " + "; ".join(problems),
                                hint="does the named device exist in the namespace where ovs-vswitchd runs?")
-    return internal
+    return bring_up
 
 
 # --- DHCP ---

@@ -123,6 +123,17 @@ def _ovs_bridge_of(current: NetSection, name: str) -> str | None:
     return None
 
 
+def _port_spec(name: str, c: Interface | None) -> dict[str, Any]:
+    """How to re-create a port as it is now: an internal port keeps its MTU (OVS derives the bridge's from it)."""
+    internal = c is not None and c.type == "ovs-interface"
+    spec: dict[str, Any] = {"name": name, "internal": internal}
+    if internal and c is not None and c.mtu:
+        spec["mtu"] = c.mtu
+    if internal and c is not None and c.state == "up":
+        spec["up"] = True
+    return spec
+
+
 def _link_add_op(iface: Interface, kind_type: str, *, up: bool, master: str | None) -> dict[str, Any]:
     op: dict[str, Any] = {"op": "link_add", "ifname": iface.name, "type": kind_type, "mtu": iface.mtu,
                           "mac": iface.mac_address, "up": up, "master": master}
@@ -149,8 +160,11 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
         c = cur.get(port)
         return c is not None and c.type == "ovs-interface"
 
+    def type_of(d: Interface) -> str | None:
+        return d.type or (cur[d.name].type if d.name in cur else None)
+
     desired_ovs_ports = {p for d in desired.interfaces
-                         if d.type == "ovs-bridge" and d.state != "absent" for p in d.ports or []}
+                         if type_of(d) == "ovs-bridge" and d.state != "absent" for p in d.ports or []}
 
     for d in desired.interfaces:
         c = cur.get(d.name)
@@ -220,10 +234,11 @@ def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes
                      before={"ip": addr, "prefix": prefix, "family": fam})
     before = _iface_json(c)
     if c.type == "ovs-bridge":
-        ports = [{"name": p, "internal": (cur_p := next((i for i in current.interfaces if i.name == p), None)) is not None
-                  and cur_p.type == "ovs-interface"} for p in c.ports or []]
+        by_name = {i.name: i for i in current.interfaces}
+        ports = [_port_spec(p, by_name.get(p)) for p in c.ports or []]
         plan.add("ovs", f"interface {c.name}", "remove", {"op": "ovs_bridge_del", "name": c.name},
-                 {"op": "ovs_bridge_add", "name": c.name, "datapath_type": c.datapath_type, "ports": ports}, before=before)
+                 {"op": "ovs_bridge_add", "name": c.name, "datapath_type": c.datapath_type, "ports": ports,
+                  "up": c.state == "up"}, before=before)
         return
     bridge = _ovs_bridge_of(current, c.name)
     desired_bridge = des.get(bridge) if bridge else None
@@ -231,7 +246,7 @@ def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes
     if bridge and (desired_bridge is None or desired_bridge.ports is None or c.name in desired_bridge.ports):
         plan.add("ovs", f"port {c.name} of {bridge}", "remove-port",
                  {"op": "ovs_port_del", "bridge": bridge, "name": c.name},
-                 {"op": "ovs_port_add", "bridge": bridge, "name": c.name, "internal": c.type == "ovs-interface"})
+                 {"op": "ovs_port_add", "bridge": bridge, **_port_spec(c.name, c)})
     if c.type == "ovs-interface":
         return
     if c.type not in KERNEL_KINDS:
@@ -289,8 +304,7 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
                      {"op": "ovs_port_del", "bridge": name, "name": p})
         for p in sorted(have - want):
             plan.add("ovs", f"port {p} of {name}", "remove-port", {"op": "ovs_port_del", "bridge": name, "name": p},
-                     {"op": "ovs_port_add", "bridge": name, "name": p, "internal": cur.get(p) is not None
-                      and cur[p].type == "ovs-interface"})
+                     {"op": "ovs_port_add", "bridge": name, **_port_spec(p, cur.get(p))})
     elif itype in ("linux-bridge", "bond"):
         for p in sorted(want - have):
             prev = next((i.name for i in cur.values() if i.type in ("linux-bridge", "bond") and p in (i.ports or [])), "")
