@@ -277,3 +277,26 @@ async def test_cannot_create_or_delete_physical_types(net: Net) -> None:
         await net.plan({"interfaces": [{"name": "ens9", "type": "ethernet"}]})
     with pytest.raises(InvalidInput, match="cannot be removed"):
         await net.plan({"interfaces": [{"name": "lo", "state": "absent"}]})
+
+
+async def test_removing_a_primary_address_with_its_secondaries(net: Net, netns: str) -> None:
+    doc = {"interfaces": [{"name": "s0", "type": "veth", "veth": {"peer": "s0p"},
+                           "ipv4": {"address": [{"ip": f"198.18.7.{i}", "prefix": 24} for i in (1, 2, 3)]}}]}
+    await net.converge(doc)
+    # The kernel drops secondaries with their primary; the plan still records (and can undo) each removal.
+    _, undo = await net.converge({"interfaces": [{"name": "s0", "ipv4": {"enabled": False}}]})
+    assert addrs_of(netns, "s0") == set()
+    assert len(undo) == 3
+    await net.rollback(undo)
+    assert addrs_of(netns, "s0") == {"198.18.7.1/24", "198.18.7.2/24", "198.18.7.3/24"}
+
+
+async def test_backend_nodad_flag_skips_tentative_state(netns: str) -> None:
+    with nl.Netlink(netns) as sock:
+        sock.request(nl.link_add("n0", "veth", data=nl.veth_data("n0p"), up=True), "create n0")
+        index = sock.indexes(["n0"])["n0"]
+        sock.request(nl.addr_req(True, index, "2001:db8:7::1", 64, flags=nl.IFA_F_NODAD), "add")
+        got = [a for a in sock.addresses(0) if a.ip == "2001:db8:7::1"]
+    assert got and got[0].flags & nl.IFA_F_NODAD
+    info = ip_json(netns, "addr", "show", "dev", "n0")[0]["addr_info"]
+    assert not any(a.get("tentative") for a in info if a["local"] == "2001:db8:7::1")

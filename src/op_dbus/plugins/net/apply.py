@@ -93,6 +93,8 @@ class _NetlinkRun:
         batch, self.pending = self.pending, []
         replies = self.nl.batch([req for _c, req, _e in batch])
         for (change, _req, entry), reply in zip(batch, replies, strict=True):
+            if reply.error and _already_gone(change, reply):
+                continue
             if reply.error:
                 _forget(self.undo, entry)
                 self.errors.append(_describe_failure(change, reply))
@@ -173,6 +175,20 @@ class _NetlinkRun:
             self.resolve([master])
         return nl.link_add(p["ifname"], kind, data=data, link=link, mtu=p.get("mtu"), mac=p.get("mac"),
                            up=bool(p.get("up")), master=self.index[master] if master else 0)
+
+
+def _already_gone(change: Change, reply: nl.Reply) -> bool:
+    """A removal whose object the kernel already dropped as a consequence of an earlier one.
+
+    Deleting a primary IPv4 address also deletes the secondaries of its subnet (unless
+    promote_secondaries is set); the inverse stays recorded, since it is the plan that removed them.
+    """
+    p = change.payload
+    if p["op"] == "addr" and not p["add"]:
+        return reply.error == errno.EADDRNOTAVAIL
+    if p["op"] == "route" and not p["add"]:
+        return reply.error == errno.ESRCH
+    return False
 
 
 def _describe_failure(change: Change, reply: nl.Reply) -> str:
