@@ -227,3 +227,15 @@ async def test_tcp_between_namespaces_across_the_bridge(onet: Net, ovs: Ovs) -> 
             server.wait()
         sh("ip", "netns", "del", ns_a, check=False)
         sh("ip", "netns", "del", ns_b, check=False)
+
+
+async def test_ovs_interface_mac_mtu_and_state(onet: Net, ovs: Ovs) -> None:
+    await onet.converge(DOC)
+    await onet.converge({"interfaces": [{"name": "int0", "mac-address": "02:00:00:00:cc:01", "mtu": 1300, "state": "down"}]})
+    info = link(ovs.netns, "int0")
+    assert info["address"] == "02:00:00:00:cc:01" and info["mtu"] == 1300 and "UP" not in info["flags"]
+    assert iface_col(ovs, "int0", "mtu_request") == "1300"
+    # Still so after ovs-vswitchd's next reconfiguration.
+    ovs.vsctl("set", "Open_vSwitch", ".", "external_ids:poke=1")
+    assert (await onet.plan({"interfaces": [{"name": "int0", "mac-address": "02:00:00:00:cc:01", "mtu": 1300,
+                                             "state": "down"}]}))[1] == []
