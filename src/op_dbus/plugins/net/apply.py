@@ -277,6 +277,9 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
                 raise BackendError(f"{change.summary()}: OVS has no port {p['name']!r}")
             ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", p["bridge"]]],
                         "mutations": [["ports", "delete", oset([uuid(port_uuid)])]]})
+        elif op == "ovs_bridge_set":
+            ops.append({"op": "update", "table": "Bridge", "where": [["name", "==", p["name"]]],
+                        "row": {"datapath_type": p["datapath_type"]}})
         elif op == "ovs_mtu":
             ops.append({"op": "update", "table": "Interface", "where": [["name", "==", p["name"]]],
                         "row": {"mtu_request": oset([p["mtu"]] if p.get("mtu") else [])}})

@@ -291,6 +291,10 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
                  {"op": "link_set", "ifname": name, **undo} if undo and c is not None else None,
                  before=_fields_json(old) if c else None, after=_fields_json(fields))
 
+    if itype == "ovs-bridge" and c is not None and d.datapath_type and d.datapath_type != c.datapath_type:
+        plan.add("ovs", f"interface {name}", "set", {"op": "ovs_bridge_set", "name": name, "datapath_type": d.datapath_type},
+                 {"op": "ovs_bridge_set", "name": name, "datapath_type": c.datapath_type or "system"},
+                 before={"datapath-type": c.datapath_type}, after={"datapath-type": d.datapath_type})
     if d.ports is None:
         return
     have = set(c.ports or []) if c else set()
