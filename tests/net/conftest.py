@@ -173,7 +173,8 @@ class Net:
 
 
 @pytest.fixture
-async def net(netns: str):
-    n = Net(netns)
+async def net(netns: str, tmp_path: Path):
+    # No OVS here: a socket path that does not exist keeps a host's own ovsdb-server out of these tests.
+    n = Net(netns, str(tmp_path / "no-ovsdb.sock"))
     yield n
     await n.aclose()

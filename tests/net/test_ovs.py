@@ -203,7 +203,7 @@ async def test_tcp_between_namespaces_across_the_bridge(onet: Net, ovs: Ovs) -> 
             {"name": "b0", "type": "veth", "veth": {"peer": "b0p", "peer-netns": ns_b}},
         ]})
         for ns, dev, ip in ((ns_a, "a0p", "198.18.0.1"), (ns_b, "b0p", "198.18.0.2")):
-            side = Net(ns)
+            side = Net(ns, ovs.sock)
             try:
                 await side.converge({"interfaces": [{"name": dev, "state": "up",
                                                      "ipv4": {"address": [{"ip": ip, "prefix": 24}]}}]})
