@@ -69,7 +69,7 @@ async def test_bridge_internal_and_veth_ports(onet: Net, ovs: Ovs) -> None:
 
 async def test_ports_added_and_removed(onet: Net, ovs: Ovs) -> None:
     await onet.converge(DOC)
-    await onet.converge({"interfaces": [
+    _, undo = await onet.converge({"interfaces": [
         {"name": "br0", "ports": ["v0", "v1", "int1"]},
         {"name": "v1", "type": "veth", "veth": {"peer": "v1p"}},
         {"name": "int1", "type": "ovs-interface"},
@@ -77,6 +77,12 @@ async def test_ports_added_and_removed(onet: Net, ovs: Ovs) -> None:
     assert ports_of(ovs, "br0") == {"v0", "v1", "int1"}
     assert not has_link(ovs.netns, "int0")
     assert has_link(ovs.netns, "int1")
+    # Undoing brings int0 back with the address it had when its port was dropped.
+    await onet.rollback(undo)
+    assert ports_of(ovs, "br0") == {"int0", "v0"} and addrs_of(ovs.netns, "int0") == {"198.18.1.1/24"}
+    await onet.converge({"interfaces": [{"name": "br0", "ports": ["v0", "v1", "int1"]},
+                                        {"name": "v1", "type": "veth", "veth": {"peer": "v1p"}},
+                                        {"name": "int1", "type": "ovs-interface"}]})
     await onet.converge({"interfaces": [{"name": "br0", "state": "absent"}]})
     assert ovs.vsctl("list-br").strip() == ""
     assert not has_link(ovs.netns, "br0")
@@ -239,3 +245,14 @@ async def test_ovs_interface_mac_mtu_and_state(onet: Net, ovs: Ovs) -> None:
     ovs.vsctl("set", "Open_vSwitch", ".", "external_ids:poke=1")
     assert (await onet.plan({"interfaces": [{"name": "int0", "mac-address": "02:00:00:00:cc:01", "mtu": 1300,
                                              "state": "down"}]}))[1] == []
+
+
+async def test_undo_of_a_bridge_removal_brings_it_back(onet: Net, ovs: Ovs) -> None:
+    await onet.converge(DOC)
+    before = onet.plugin.dump(await onet.query())
+    _, undo = await onet.converge({"interfaces": [{"name": "br0", "state": "absent"}]})
+    assert ovs.vsctl("list-br").strip() == "" and not has_link(ovs.netns, "int0")
+    await onet.rollback(undo)
+    assert ports_of(ovs, "br0") == {"int0", "v0"}
+    assert iface_col(ovs, "int0", "type") == "internal"
+    assert _comparable(onet.plugin.dump(await onet.query())) == _comparable(before)

@@ -155,6 +155,9 @@ class NetPlugin(Plugin[NetSection]):
         if scope is None:
             return build_state(links, addrs, routes, ovs)
         names = {i.name for i in scope.interfaces}
+        if ovs is not None:
+            # A bridge's ports are part of it: removing or re-creating it needs to know what they are.
+            names |= {p for b in names & ovs.bridges.keys() for p in ovs.bridges[b]["ports"]}
         keys = {(r.destination, r.table or 254) for r in scope.routes or []}
         return build_state(links, addrs, routes, ovs, names=names, route_keys=keys)
 

@@ -209,7 +209,7 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
                 raise InvalidInput(f"interface {d.name!r} does not exist, and type {itype!r} cannot be created "
                                    "(only virtual interfaces can)")
         _update_interface(plan, d, c, itype or "unknown", cur, des, is_internal,
-                          made_as_peer=c is None and d.name in created_veth_peers)
+                          made_as_peer=c is None and d.name in created_veth_peers, cur_routes=cur_routes)
         _update_addresses(plan, d, c, cur_routes)
 
     _update_routes(plan, desired, cur_routes)
@@ -223,19 +223,16 @@ def _iface_json(i: Interface) -> dict[str, Any]:
 def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes: list[Route],
                       des: dict[str, Interface]) -> None:
     """Delete `c`, first taking off (with their inverses) what its deletion would silently drop."""
-    for r in cur_routes:
-        if r.interface == c.name:
-            plan.remove_route(r)
-    for fam, ip in ((4, c.ipv4), (6, c.ipv6)):
-        for addr, prefix in sorted(_addresses(ip)):
-            plan.add("addr_del", f"address {addr}/{prefix} on {c.name}", "remove-address",
-                     {"op": "addr", "add": False, "ifname": c.name, "ip": addr, "prefix": prefix},
-                     {"op": "addr", "add": True, "ifname": c.name, "ip": addr, "prefix": prefix},
-                     before={"ip": addr, "prefix": prefix, "family": fam})
+    _drop_l3(plan, c, cur_routes)
     before = _iface_json(c)
     if c.type == "ovs-bridge":
         by_name = {i.name: i for i in current.interfaces}
         ports = [_port_spec(p, by_name.get(p)) for p in c.ports or []]
+        # Its internal ports go with it, and so do their addresses and routes.
+        for p in c.ports or []:
+            port = by_name.get(p)
+            if port is not None and port.type == "ovs-interface" and p not in des:
+                _drop_l3(plan, port, cur_routes)
         plan.add("ovs", f"interface {c.name}", "remove", {"op": "ovs_bridge_del", "name": c.name},
                  {"op": "ovs_bridge_add", "name": c.name, "datapath_type": c.datapath_type, "ports": ports,
                   "up": c.state == "up"}, before=before)
@@ -265,8 +262,22 @@ def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes
     plan.add("link_del", f"interface {c.name}", "remove", {"op": "link_del", "ifname": c.name}, undo, before=before)
 
 
+def _drop_l3(plan: _Plan, c: Interface, cur_routes: list[Route]) -> None:
+    """Remove the routes via `c` and its addresses, each with its inverse."""
+    for r in cur_routes:
+        if r.interface == c.name:
+            plan.remove_route(r)
+    for fam, ip in ((4, c.ipv4), (6, c.ipv6)):
+        for addr, prefix in sorted(_addresses(ip)):
+            plan.add("addr_del", f"address {addr}/{prefix} on {c.name}", "remove-address",
+                     {"op": "addr", "add": False, "ifname": c.name, "ip": addr, "prefix": prefix},
+                     {"op": "addr", "add": True, "ifname": c.name, "ip": addr, "prefix": prefix},
+                     before={"ip": addr, "prefix": prefix, "family": fam})
+
+
 def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str, cur: dict[str, Interface],
-                      des: dict[str, Interface], is_internal: Any, made_as_peer: bool = False) -> None:
+                      des: dict[str, Interface], is_internal: Any, made_as_peer: bool = False,
+                      cur_routes: list[Route] | None = None) -> None:
     name = d.name
     # OVS devices and the second end of a veth pair exist only after their creator ran: set them afterwards.
     ovs = itype in OVS_TYPES or made_as_peer
@@ -307,6 +318,9 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
                      {"op": "ovs_port_add", "bridge": name, "name": p, "internal": is_internal(p)},
                      {"op": "ovs_port_del", "bridge": name, "name": p})
         for p in sorted(have - want):
+            gone = cur.get(p)
+            if gone is not None and gone.type == "ovs-interface" and p not in des:
+                _drop_l3(plan, gone, cur_routes or [])  # the internal device goes with its port
             plan.add("ovs", f"port {p} of {name}", "remove-port", {"op": "ovs_port_del", "bridge": name, "name": p},
                      {"op": "ovs_port_add", "bridge": name, **_port_spec(p, cur.get(p))})
     elif itype in ("linux-bridge", "bond"):
