@@ -300,3 +300,15 @@ async def test_backend_nodad_flag_skips_tentative_state(netns: str) -> None:
     assert got and got[0].flags & nl.IFA_F_NODAD
     info = ip_json(netns, "addr", "show", "dev", "n0")[0]["addr_info"]
     assert not any(a.get("tentative") for a in info if a["local"] == "2001:db8:7::1")
+
+
+async def test_undo_of_a_bridge_removal_restores_ports_addresses_routes(net: Net, netns: str) -> None:
+    await net.converge(BRIDGE_DOC)
+    await net.converge({"interfaces": [{"name": "lb0", "ipv4": {"gateway": "198.18.0.254"}}],
+                        "routes": [{"destination": "198.19.4.0/24", "next-hop": "198.18.0.4", "metric": 3}]})
+    before = net.plugin.dump(await net.query())
+    _, undo = await net.converge({"interfaces": [{"name": "lb0", "state": "absent"}]})
+    assert not has_link(netns, "lb0") and not [r for r in routes(netns) if r["dst"] in ("default", "198.19.4.0/24")]
+    await net.rollback(undo)
+    assert link(netns, "v0")["master"] == "lb0"
+    assert net.plugin.dump(await net.query()) == before
