@@ -161,7 +161,7 @@ class Net:
         desired, changes = await self.plan(doc)
         undo = UndoLog()
         await self.plugin.apply(changes, self.ctx, undo)
-        left = await self.plugin.verify(desired, self.ctx)
+        left = self.plugin.diff(desired, await self.plugin.query(self.ctx, desired))
         assert left == [], [c.summary() for c in left]
         return changes, undo
 
