@@ -20,8 +20,11 @@ _OPTIONS: list[Options] = []  # the global options of this invocation, for error
 class Options:
     """Global options, shared by every command through click's context object."""
 
-    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str,
+                 netns: str | None = None, ovsdb: str | None = None) -> None:
         self.bus = bus
+        self.netns = netns
+        self.ovsdb = ovsdb
         self.state_dir = Path(state_dir)
         self.job_timeout = job_timeout
         self.output = output
@@ -33,7 +36,8 @@ class Options:
     def context(self) -> Any:
         from op_dbus.plugin import Context, Settings
 
-        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout))
+        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout,
+                                netns=self.netns, ovsdb=self.ovsdb))
 
     def ledger(self) -> Any:
         from op_dbus.ledger import Ledger
@@ -60,11 +64,16 @@ def output_option(f: Any) -> Any:
               help="Where the audit log and keys live.")
 @click.option("--job-timeout", metavar="SECONDS", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
               help="How long to wait for one systemd job or backend operation.")
+@click.option("--netns", metavar="NAME", envvar="OP_DBUS_NETNS",
+              help="Manage the network inside this network namespace (/run/netns/NAME) [net plugin].")
+@click.option("--ovsdb", metavar="unix:PATH", envvar="OP_DBUS_OVSDB",
+              help="OVSDB socket [default: unix:/var/run/openvswitch/db.sock] [net plugin].")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format (text, or json for scripts).")
 @click.version_option(__version__, "-V", "--version", prog_name="op-dbus")
 @click.pass_context
-def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float, netns: str | None,
+        ovsdb: str | None, output: str) -> None:
     """Declare what a Linux machine must look like; op-dbus shows the difference, converges it over
     native protocols (D-Bus, netlink, OVSDB), verifies it and records every change in a
     tamper-evident audit log.
@@ -77,7 +86,7 @@ def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float,
       op-dbus verify --current            # has anything drifted since?
       op-dbus blockchain list             # the history
     """
-    ctx.obj = Options(bus, state_dir, job_timeout, output)
+    ctx.obj = Options(bus, state_dir, job_timeout, output, netns, ovsdb)
     _OPTIONS.append(ctx.obj)
 
 
