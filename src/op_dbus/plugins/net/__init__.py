@@ -65,7 +65,7 @@ from op_dbus.plugin import Change, Context, Plugin, UndoLog
 
 from . import apply as applier
 from .diff import diff as compute_diff
-from .model import KERNEL_KINDS, OVS_TYPES, NetSection
+from .model import KERNEL_KINDS, OVS_TYPES, Interface, NetSection
 from .query import build_state, read_ovs
 
 __all__ = ["NetPlugin", "NetSection"]
@@ -159,7 +159,15 @@ class NetPlugin(Plugin[NetSection]):
             # A bridge's ports are part of it: removing or re-creating it needs to know what they are.
             names |= {p for b in names & ovs.bridges.keys() for p in ovs.bridges[b]["ports"]}
         keys = {(r.destination, r.table or 254) for r in scope.routes or []}
-        return build_state(links, addrs, routes, ovs, names=names, route_keys=keys)
+        state = build_state(links, addrs, routes, ovs, names=names, route_keys=keys)
+        # A declared interface that does not exist is recorded as absent, so that converging back to this
+        # state (a rollback, or recovery after a crash) removes what was created since; the target settings
+        # travel with it so the record alone says where to converge.
+        present = {i.name for i in state.interfaces}
+        state.interfaces.extend(Interface(name=i.name, type=i.type, state="absent")
+                                for i in scope.interfaces if i.name not in present)
+        state.netns, state.ovsdb = scope.netns, scope.ovsdb
+        return state
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)

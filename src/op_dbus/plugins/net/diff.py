@@ -147,7 +147,8 @@ def _link_add_op(iface: Interface, kind_type: str, *, up: bool, master: str | No
 def diff(desired: NetSection, current: NetSection) -> list[Change]:
     target = {"netns": desired.netns, "ovsdb": desired.ovsdb}
     plan = _Plan(target)
-    cur = {i.name: i for i in current.interfaces}
+    # A current entry marked absent (a scoped query's record of a declared interface that does not exist) is no interface.
+    cur = {i.name: i for i in current.interfaces if i.state != "absent"}
     des = {i.name: i for i in desired.interfaces}
     cur_routes = _current_routes(current)
     created_veth_peers: set[str] = set()
