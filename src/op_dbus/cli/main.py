@@ -164,13 +164,19 @@ def diff(opts: Options, file: str) -> int:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop: nothing is changed or recorded.")
+@click.option("--confirm-timeout", metavar="SECONDS", type=click.FloatRange(min=1),
+              help="Keep the change only if `op-dbus confirm` arrives within SECONDS; otherwise revert it "
+                   "automatically, even if this process or its SSH session dies.")
+@click.option("--wait", "lock_wait", metavar="SECONDS", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Wait this long for another apply to finish instead of exiting 5 at once.")
 @output_option
 @click.pass_obj
-def apply(opts: Options, file: str, dry_run: bool) -> int:
-    """Converge the system to FILE, verify it, and record a block in the audit log.
+def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None, lock_wait: float) -> int:
+    """Converge the system to FILE as one transaction, verify it, and record a block in the audit log.
 
-    Invalid files are refused whole (exit 2) before anything changes. If a change fails or the
-    result does not verify, what was applied is undone and the attempt is recorded (exit 4).
+    Invalid files are refused whole (exit 2) before anything changes. If a change fails, the result does
+    not verify, or a health probe that passed before fails after, everything applied is undone and the
+    attempt is recorded (exit 4). Another apply running: exit 5.
     """
     from op_dbus.engine import Engine
     from op_dbus.state import load_document
@@ -179,14 +185,15 @@ def apply(opts: Options, file: str, dry_run: bool) -> int:
 
     async def go() -> Any:
         async with opts.context() as ctx:
-            return await Engine(ctx, ledger=None if dry_run else opts.ledger).apply(doc, dry_run=dry_run)
+            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
+            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, lock_wait=lock_wait)
 
     result = _run(go())
     changes = result.plan.all_changes if dry_run else result.applied
     block = result.block
     if opts.json:
         _emit_json({"file": file, "dry_run": dry_run, "changes": [c.to_record() for c in changes],
-                    "block": block.to_dict() if block is not None else None})
+                    "block": block.to_dict() if block is not None else None, "confirm_by": result.confirm_by})
     else:
         from op_dbus.cli.render import print_changes
 
@@ -198,6 +205,67 @@ def apply(opts: Options, file: str, dry_run: bool) -> int:
             if block is not None:
                 click.echo(f"applied {len(changes)} change(s); recorded block {block.index} "
                            f"(state {block.state_hash[:16]})")
+            if result.confirm_by is not None:
+                import time
+
+                left = result.confirm_by - time.time()
+                click.secho(f"run `op-dbus confirm` within {left:.0f} s to keep this change; "
+                            "otherwise it is reverted automatically", fg="yellow", bold=True)
+    return ExitCode.OK
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def confirm(opts: Options) -> int:
+    """Keep the change an `apply --confirm-timeout` made (before its deadline)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).confirm()
+
+    block = _run(go())
+    if opts.json:
+        _emit_json({"confirmed": True, "block": block.to_dict() if block is not None else None})
+    else:
+        click.echo("confirmed: the change is kept" + (f" (block {block.index})" if block is not None else ""))
+    return ExitCode.OK
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def abort(opts: Options) -> int:
+    """Revert now the change an `apply --confirm-timeout` made, instead of waiting for its deadline."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).abort()
+
+    outcome = _run(go())
+    if opts.json:
+        _emit_json({"aborted": True, "outcome": outcome})
+    else:
+        click.echo(outcome)
+    return ExitCode.OK
+
+
+@cli.command("_watchdog", hidden=True)
+@click.argument("txid")
+@click.pass_obj
+def watchdog(opts: Options, txid: str) -> int:
+    """Revert transaction TXID when its deadline passes or its op-dbus dies (started by apply --confirm-timeout)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).watch(txid)
+
+    outcome = _run(go())
+    if outcome:
+        click.echo(f"op-dbus watchdog: {outcome}", err=True)
     return ExitCode.OK
 
 
