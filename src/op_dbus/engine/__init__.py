@@ -199,16 +199,24 @@ class Engine:
         return ApplyResult(plan, applied, block, confirm_by=intent.deadline)
 
     async def _verify(self, plan: Plan) -> dict[str, Section]:
+        """Re-read and compare, with bounded retries; a pass must still hold after the plugins' settle time."""
+        settle = max((p.settle_time(plan.changes[n]) for n, p in plan.plugins.items()), default=0.0)
         mismatches: list[Change] = []
-        current = plan.current
         for delay in VERIFY_DELAYS:
             if delay:
                 await asyncio.sleep(delay)
-            current = await self._query_scoped(plan.plugins, plan.document)
-            mismatches = [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
+            current, mismatches = await self._compare(plan)
+            if not mismatches and settle:
+                await asyncio.sleep(settle)
+                settle = 0.0
+                current, mismatches = await self._compare(plan)
             if not mismatches:
                 return current
         raise ApplyFailed("verification failed after the apply; still different: " + summarise(mismatches))
+
+    async def _compare(self, plan: Plan) -> tuple[dict[str, Section], list[Change]]:
+        current = await self._query_scoped(plan.plugins, plan.document)
+        return current, [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
 
     async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: Any, intent: Intent) -> NoReturn:
         """Undo what was applied, check the result against the checkpoint, record the attempt, raise."""
