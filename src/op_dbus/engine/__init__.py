@@ -161,7 +161,7 @@ class Engine:
         required = await probes.passing(plan.document.probes, self.ctx)
         intent = Intent.new(plan.document.source, plan.snapshot(), [c.to_record() for c in plan.all_changes],
                             settings_record(self.ctx.settings))
-        self.journal.write(intent)
+        self.journal.begin(intent)
         if confirm_timeout is not None:
             # Armed before the first change: a kill -9 from here on is still reverted by the watchdog.
             intent.watchdog_pid = spawn_watchdog(self.ctx.settings, intent.id)
@@ -263,7 +263,7 @@ class Engine:
 
     async def recover(self) -> str | None:
         """Finish a transaction a dead op-dbus left behind (if any, and if no other op-dbus is busy)."""
-        if not self.journal.path.exists():
+        if not self.journal.pending():
             return None
         lock = StateLock(self._state_dir())
         if not lock.try_acquire():
