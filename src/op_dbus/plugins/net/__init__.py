@@ -70,21 +70,34 @@ from .query import build_state, read_ovs
 
 __all__ = ["NetPlugin", "NetSection"]
 
-# Kernel feature probes are process-wide facts: kind -> (supported, kernel message).
+# Kernel feature probes are process-wide facts: kind -> (supported, what the probe found).
 _KIND_SUPPORT: dict[str, tuple[bool, str]] = {}
 
 
 def probe_kind(kind: str) -> tuple[bool, str]:
-    """Create a `kind` link in a private, throwaway namespace to learn whether the kernel has it."""
+    """Whether the kernel has `kind` links, and what the probe found, in words fit for a report.
+
+    The probe creates such a link in a private, throwaway namespace. Every outcome is remembered, an inconclusive one
+    too, so all callers in a process see the same answer and the same words.
+    """
     if kind not in _KIND_SUPPORT:
-        try:
-            sock = nl.socket_in_private_netns()
-        except OSError:
-            return True, ""  # cannot probe: let apply report it
-        with nl.Netlink(sock=sock) as probe:
-            reply = probe.batch([nl.link_add("opdbusprobe0", kind)])[0]
-        _KIND_SUPPORT[kind] = (reply.error != errno.EOPNOTSUPP, reply.describe())
+        _KIND_SUPPORT[kind] = _probe_kind(kind)
     return _KIND_SUPPORT[kind]
+
+
+def _probe_kind(kind: str) -> tuple[bool, str]:
+    try:
+        sock = nl.socket_in_private_netns()
+    except OSError as exc:
+        # Without a namespace to probe in, assume support: apply then reports the kernel's own refusal.
+        return True, f"not probed: no private network namespace for the probe ({exc.strerror or exc})"
+    with nl.Netlink(sock=sock) as probe:
+        reply = probe.batch([nl.link_add("opdbusprobe0", kind)])[0]
+    if reply.error == errno.EOPNOTSUPP:
+        return False, f"the kernel refused a {kind!r} link: {reply.describe()}"
+    if reply.error:
+        return True, f"probe inconclusive: creating a {kind!r} link failed with {reply.describe()}"
+    return True, f"the kernel created a {kind!r} link"
 
 
 class NetPlugin(Plugin[NetSection]):
