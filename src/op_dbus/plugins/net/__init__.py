@@ -152,8 +152,35 @@ class NetPlugin(Plugin[NetSection]):
                 if ip is not None and ip.dhcp and (ip.enabled is not False) and applier.find_dhcp_client() is None:
                     problems.append(Problem(f"{path}.{fam}.dhcp", f"interface {iface.name!r}: dhcp is requested but no "
                                             f"DHCP client is installed (looked for {', '.join(applier.DHCP_CLIENTS)})"))
+        ovs_ports: set[str] = set()
         if needs_ovs:
-            await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
+            db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
+            ovs_ports = set((await read_ovs(db)).port_uuid)
+        problems += await self._missing_ports(desired, ctx, netns, ovs_ports)
+        return problems
+
+    async def _missing_ports(self, desired: NetSection, ctx: Context, netns: str | None,
+                             ovs_ports: set[str]) -> list[Problem]:
+        """Ports no device, no OVS port and no entry of the file provides: refused before anything changes.
+
+        Otherwise the kernel or ovs-vswitchd would refuse them halfway through an apply, and the steps taken
+        before would have to be rolled back.
+        """
+        controllers = [(i, d) for i, d in enumerate(desired.interfaces) if d.state != "absent" and d.ports]
+        if not controllers:
+            return []
+        provided = {d.name for d in desired.interfaces if d.state != "absent"}
+        provided |= {d.veth.peer for d in desired.interfaces
+                     if d.state != "absent" and d.veth is not None and d.veth.peer_netns is None}
+        provided |= {link.name for link in (await self._netlink(ctx, netns)).links()} | ovs_ports
+        problems = []
+        for i, d in controllers:
+            for j, port in enumerate(d.ports or []):
+                if port not in provided:
+                    where = f" in network namespace {netns!r}" if netns else ""
+                    problems.append(Problem(f"plugins.net.interfaces[{i}].ports[{j}]",
+                                            f"interface {d.name!r}: port {port!r} does not exist{where} and no entry "
+                                            "of this file creates it; nothing was changed"))
         return problems
 
     async def query(self, ctx: Context, scope: NetSection | None = None) -> NetSection:
