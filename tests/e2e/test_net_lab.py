@@ -136,6 +136,10 @@ def ovs_ports(lab: Any, bridge: str) -> list[str]:
     return sh(lab, f"ovs-vsctl list-ports {bridge}").split()
 
 
+def bridges(lab: Any) -> dict[str, list[str]]:
+    return {b: ovs_ports(lab, b) for b in sh(lab, "ovs-vsctl list-br").split()}
+
+
 def port_counters(lab: Any, bridge: str) -> dict[str, dict[str, int]]:
     """Byte counters of a bridge's ports, live from ovs-vswitchd (the Interface table's statistics lag by seconds)."""
     out: dict[str, dict[str, int]] = {}
@@ -149,6 +153,11 @@ def port_counters(lab: Any, bridge: str) -> dict[str, dict[str, int]]:
         if m and port:
             out[port]["tx"] = int(m.group(1))
     return out
+
+
+def addresses(lab: Any) -> dict[str, set[tuple[str, int]]]:
+    return {i["ifname"]: {(a["local"], a["prefixlen"]) for a in i["addr_info"] if a["family"] == "inet"}
+            for i in json.loads(sh(lab, "ip -j addr show"))}
 
 
 def test_apply_the_example(lab: Any, op_dbus: str) -> None:
@@ -170,8 +179,7 @@ def test_apply_the_example(lab: Any, op_dbus: str) -> None:
     # No kernel OVS datapath in this kernel: op-dbus picked the userspace one by probe.
     assert sh(lab, "ovs-vsctl get bridge core-sw1 datapath_type").strip() == "netdev"
     assert sh(lab, "ovs-vsctl get bridge dmz-sw datapath_type").strip() == "netdev"
-    addrs = {i["ifname"]: {(a["local"], a["prefixlen"]) for a in i["addr_info"] if a["family"] == "inet"}
-             for i in json.loads(sh(lab, "ip -j addr show"))}
+    addrs = addresses(lab)
     assert addrs["core-sw1"] == {("10.0.0.1", 24)} and addrs["dmz-sw"] == {("192.168.1.1", 24)}
     assert systemctl(lab, "is-active", "firewalld.service", "fail2ban.service") == ["active", "active"]
     assert systemctl(lab, "is-enabled", "firewalld.service", "fail2ban.service") == ["enabled", "enabled"]
@@ -214,4 +222,18 @@ def test_port_removed_behind_its_back_is_drift(lab: Any, op_dbus: str) -> None:
     a = run(lab, op_dbus, "apply", STATE)
     assert a.returncode == 0, a.stderr
     assert ovs_ports(lab, "core-sw1") == ["eth0", "eth1", "eth2"]
+    assert run(lab, op_dbus, "verify", "--current").returncode == 0
+
+
+def test_a_port_that_does_not_exist_is_refused_before_any_change(lab: Any, op_dbus: str) -> None:
+    before = bridges(lab), addresses(lab)
+    bad = {"version": 1, "plugins": {"net": {"interfaces": [
+        {"name": "core-sw1", "type": "ovs-bridge", "ports": ["eth0", "eth1", "eth2", "eth9"]},
+        {"name": "dmz-sw", "state": "absent"}]}}}
+    path = lab.root / "etc/op-dbus/bad.json"
+    path.write_text(json.dumps(bad))
+    path.chmod(0o600)
+    a = run(lab, op_dbus, "apply", "/etc/op-dbus/bad.json")
+    assert a.returncode == 2 and "plugins.net.interfaces[0].ports[3]" in a.stderr and "'eth9'" in a.stderr, a.stderr
+    assert (bridges(lab), addresses(lab)) == before
     assert run(lab, op_dbus, "verify", "--current").returncode == 0
