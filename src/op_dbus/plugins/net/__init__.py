@@ -33,6 +33,8 @@ Semantics:
 - `ports` is the complete member list of an ovs-bridge, linux-bridge or bond. A port named by an
   `ovs-interface` entry becomes an internal port; any other port is an existing device. An
   ovs-bridge's own internal device (same name) carries the bridge's addresses.
+  `check` refuses a port that neither exists (as a device or an OVS port) nor is created by the
+  document, before anything changes.
 - `datapath-type` of an ovs-bridge: when left out, a new bridge gets `system` if the kernel has the
   OVS datapath (the `ovs_datapath` generic netlink family), else `netdev` (userspace datapath, which
   needs no kernel module); an existing bridge keeps its own. ovs-vswitchd must run in the same
