@@ -98,7 +98,10 @@ def blockchain_list(opts: Options, limit: int | None) -> int:
         table.add_column(col, no_wrap=col != "changes")
     for h in headers:
         table.add_row(str(h.index), h.time, h.kind, h.prev[:12], h.state_hash[:12], h.summary)
-    Console().print(table)
+    import sys
+
+    # Piped output keeps whole lines (a script or a pager wraps); a terminal gets its own width.
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
     return ExitCode.OK
 
 

@@ -85,12 +85,15 @@ def actor() -> dict[str, Any]:
     return who
 
 
-def summarise(changes: list[Change]) -> str:
+def summarise(changes: list[Change], limit: int = 160) -> str:
+    """One line: changes grouped by action, e.g. "enable app-backend.service, app-worker.service; start nginx.service"."""
     if not changes:
         return "no changes"
-    words = [f"{c.object} {c.action}" for c in changes[:3]]
-    more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
-    return ", ".join(words) + more
+    groups: dict[str, list[str]] = {}
+    for c in changes:
+        groups.setdefault(c.action, []).append(c.object)
+    text = "; ".join(f"{action} {', '.join(objects)}" for action, objects in groups.items())
+    return text if len(text) <= limit else text[: limit - 12].rstrip(" ,;") + f" ... ({len(changes)})"
 
 
 class Engine:
