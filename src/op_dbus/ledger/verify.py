@@ -6,6 +6,10 @@ import base64
 import binascii
 import hashlib
 import json
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +25,6 @@ MAX_PROBLEMS = 50
 
 _MISSING = object()
 _sha256 = hashlib.sha256
-_node = merkle.node_hash
 
 
 class _Problems:
@@ -111,35 +114,39 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     b64 = base64.b64encode
     b64decode = base64.b64decode
 
-    with ledger._transaction("verify", write=False) as db:
-        integrity = [r[0] for r in db.execute("PRAGMA quick_check(20)")]
-        if integrity != ["ok"]:
-            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
-
-        blob_ok: dict[bytes, bool | None] = {}
-        for digest, data in db.execute("SELECT hash, data FROM blobs"):
-            blob_ok[bytes(digest) if not isinstance(digest, str) else digest.encode()] = (
-                None if data is None else _sha256(as_bytes(data)).digest() == digest
-            )
+    with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
+        # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
+        db.execute("SELECT COUNT(*) FROM meta").fetchone()
+        # The file-level check and the record hashing run beside the main pass: SQLite and SHA-256 of
+        # large records release the GIL, so they use the second core.
+        integrity_job = pool.submit(_quick_check, ledger.db_path, ledger._busy_timeout)
+        (records,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM blobs").fetchone()
+        hasher = _hash_records_in_child if records > CHILD_THRESHOLD else _hash_records
+        blobs_job = pool.submit(hasher, ledger.db_path, ledger._busy_timeout)
         checkpoints: dict[Any, Any] = dict(db.execute("SELECT size, note FROM checkpoints"))
 
+        sha256 = _sha256
         levels: list[list[bytes]] = [[]]
+        level0 = levels[0]
         edge: list[bytes] = []
+        refs: list[tuple[int, Any, Any]] = []
         prev = ZERO_HASH
         count = 0
+        last_size = last_seen.size if last_seen is not None else -1
         last_root: bytes | None = None
         root = merkle.EMPTY_ROOT
+        decode = json.JSONDecoder().decode
         for idx, leaf, kind_col, time_col in db.execute("SELECT idx, leaf, kind, time FROM blocks ORDER BY idx"):
             if idx != count:
                 gap = f"{count}" if idx == count + 1 else f"{count} to {idx - 1}"
                 problems.add(count, f"block {gap} missing: the stored blocks jump from {count - 1} to {idx}")
-            if not isinstance(leaf, bytes):
+            if type(leaf) is not bytes:
                 leaf = as_bytes(leaf)
             try:
-                header = json.loads(leaf)
-            except ValueError:
+                header = decode(leaf.decode())
+            except (ValueError, UnicodeDecodeError):
                 header = None
-            if not isinstance(header, dict):
+            if type(header) is not dict:
                 problems.add(idx, f"block {idx}: the header is not a JSON object")
             else:
                 if header.get("index") != idx:
@@ -150,25 +157,15 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                     problems.add(idx, f"block {idx}: 'prev' is not the hash of the block before it")
                 if header.get("kind") != kind_col or header.get("time") != time_col:
                     problems.add(idx, f"block {idx}: the kind/time index columns disagree with the header")
-                for what in ("changes", "state"):
-                    digest = header.get(f"{what}_hash")
-                    try:
-                        status = blob_ok.get(bytes.fromhex(digest), _MISSING)
-                    except (TypeError, ValueError):
-                        status = _MISSING
-                    if status is _MISSING:
-                        problems.add(idx, f"block {idx}: its {what} record is missing")
-                    elif status is False:
-                        problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
-            prev = _sha256(leaf).hexdigest()
+                refs.append((idx, header.get("changes_hash"), header.get("state_hash")))
+            prev = sha256(leaf).hexdigest()
 
             # Extend the rebuilt tree by one leaf; `edge` is its right edge (one hash per set bit of the size).
-            h = _sha256(b"\x00" + leaf).digest()
-            level0 = levels[0]
+            h = sha256(b"\x00" + leaf).digest()
             level0.append(h)
             i, lvl = count, 0
             while i & 1:
-                h = _node(edge.pop(), h)
+                h = sha256(b"\x01" + edge.pop() + h).digest()
                 lvl += 1
                 i >>= 1
                 if lvl == len(levels):
@@ -176,10 +173,10 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 levels[lvl].append(h)
             edge.append(h)
             count += 1
-            root = edge[-1]
+            root = h
             for left in edge[-2::-1]:
-                root = _node(left, root)
-            if last_seen is not None and count == last_seen.size:
+                root = sha256(b"\x01" + left + root).digest()
+            if count == last_size:
                 last_root = root
 
             signed = checkpoints.pop(count, None)
@@ -187,18 +184,33 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 problems.add(idx, f"block {idx}: no signed checkpoint for tree size {count}")
                 continue
             body = f"{origin}\n{count}\n{b64(root).decode()}\n"
-            rest = signed[len(body) + len(sig_prefix) :] if isinstance(signed, str) else ""
-            fast = isinstance(signed, str) and signed.startswith(body) and signed.startswith(sig_prefix, len(body))
-            if fast and rest.endswith("\n") and "\n" not in rest[:-1]:
-                try:
-                    raw = b64decode(rest[:-1], validate=True)
-                except (binascii.Error, ValueError):
-                    raw = b""
-                if len(raw) == 68 and raw[:4] == trusted_id:
-                    if all_signatures and not trusted.verify(body, raw[4:]):
-                        problems.add(idx, f"checkpoint {count}: the signature does not verify with the trusted key")
-                    continue
+            if type(signed) is str and signed.startswith(body) and signed.startswith(sig_prefix, len(body)):
+                rest = signed[len(body) + len(sig_prefix) :]
+                if rest.endswith("\n") and "\n" not in rest[:-1]:
+                    try:
+                        raw = b64decode(rest[:-1], validate=True)
+                    except (binascii.Error, ValueError):
+                        raw = b""
+                    if len(raw) == 68 and raw[:4] == trusted_id:
+                        if all_signatures and not trusted.verify(body, raw[4:]):
+                            problems.add(idx, f"checkpoint {count}: the signature does not verify with the trusted key")
+                        continue
             problems.add(idx, _explain_checkpoint(signed, body, count, trusted))
+
+        blob_ok = blobs_job.result()
+        for idx, changes_hash, state_hash in refs:
+            for what, digest in (("changes", changes_hash), ("state", state_hash)):
+                try:
+                    status = blob_ok.get(bytes.fromhex(digest), _MISSING)
+                except (TypeError, ValueError):
+                    status = _MISSING
+                if status is _MISSING:
+                    problems.add(idx, f"block {idx}: its {what} record is missing")
+                elif status is False:
+                    problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
+        integrity = integrity_job.result()
+        if integrity != ["ok"]:
+            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
 
         size = count
         if checkpoints:
@@ -250,6 +262,87 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     if ok and update:
         _save_verifier_state(verifier_dir, trusted, pinned, latest, notes)
     return report
+
+
+def _open_reader(db_path: Path, busy_timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _quick_check(db_path: Path, busy_timeout: float) -> list[Any]:
+    conn = _open_reader(db_path, busy_timeout)
+    try:
+        return [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    finally:
+        conn.close()
+
+
+# Hashing every record of a large log is CPU work that would compete with the main pass for the
+# GIL; a child process (plain Python, sqlite3 and hashlib only) does it on the other core instead.
+CHILD_THRESHOLD = 20_000
+_CHILD = """
+import hashlib, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)
+conn.execute("PRAGMA query_only = ON")
+out = bytearray()
+sha256 = hashlib.sha256
+try:
+    for digest, data in conn.execute("SELECT hash, data FROM blobs"):
+        if type(digest) is str:
+            digest = digest.encode("utf-8", "surrogatepass")
+        if type(data) is str:
+            data = data.encode("utf-8", "surrogatepass")
+        status = 2 if data is None else int(sha256(data).digest() == digest)
+        out += len(digest).to_bytes(4, "big") + digest + bytes([status])
+except sqlite3.Error as exc:
+    sys.stderr.write(f"{exc}")
+    sys.exit(3)
+sys.stdout.buffer.write(out)
+"""
+
+
+def _hash_records_in_child(db_path: Path, busy_timeout: float) -> dict[bytes, bool | None]:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _CHILD, str(db_path), str(busy_timeout)],
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return _hash_records(db_path, busy_timeout)
+    if proc.returncode == 3:
+        raise sqlite3.DatabaseError(proc.stderr.decode(errors="replace"))
+    if proc.returncode != 0:
+        return _hash_records(db_path, busy_timeout)
+    data = proc.stdout
+    status: dict[bytes, bool | None] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        digest = data[pos + 4 : pos + 4 + n]
+        code = data[pos + 4 + n]
+        status[digest] = None if code == 2 else code == 1
+        pos += 5 + n
+    return status
+
+
+def _hash_records(db_path: Path, busy_timeout: float) -> dict[bytes, bool | None]:
+    """Each stored record's hash -> whether its data hashes to it (None: compacted, data dropped)."""
+    conn = _open_reader(db_path, busy_timeout)
+    sha256 = _sha256
+    try:
+        status: dict[bytes, bool | None] = {}
+        for digest, data in conn.execute("SELECT hash, data FROM blobs"):
+            if type(digest) is not bytes:
+                digest = as_bytes(digest)
+            if data is None:
+                status[digest] = None
+            else:
+                status[digest] = sha256(data if type(data) is bytes else as_bytes(data)).digest() == digest
+        return status
+    finally:
+        conn.close()
 
 
 def _signature_ok(signed: str, trusted: note.Verifier) -> bool:

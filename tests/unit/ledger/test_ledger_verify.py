@@ -273,3 +273,17 @@ def test_verifier_dir_can_live_elsewhere(log: Ledger, tmp_path: Path) -> None:
     sql(log, "DELETE FROM tree WHERE (idx + 1) * (1 << level) > 10")
     report = log.verify_full(verifier_dir=outside)
     assert not report.ok and report.first_bad == 10
+
+
+@pytest.mark.parametrize("what", ["changes", "state"])
+def test_records_hashed_in_a_child_process(log: Ledger, what: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large logs hash their records in a child process; that path must find the same tampering.
+    from op_dbus.ledger import verify
+
+    monkeypatch.setattr(verify, "CHILD_THRESHOLD", 0)
+    assert log.verify_full().ok
+    digest = bytes.fromhex(getattr(log.get(8).header, f"{what}_hash"))
+    sql(log, "UPDATE blobs SET data = CAST(replace(CAST(data AS TEXT), '150', '900') AS BLOB) WHERE hash = ?", digest)
+    assert_bad(log, 8, f"block 8: its {what} record does not match the hash in the header")
+    sql(log, "DELETE FROM blobs WHERE hash = ?", digest)
+    assert_bad(log, 8, f"block 8: its {what} record is missing")
