@@ -133,11 +133,13 @@ class BlockHeader:
             raise LedgerCorrupt(f"a block header is not valid: {exc}") from None
 
 
-def as_bytes(value: bytes | str | memoryview) -> bytes:
-    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT; its UTF-8 bytes are what is hashed)."""
+def as_bytes(value: object) -> bytes:
+    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT or a number; hash what SQLite returns)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
-    return bytes(value)
+    return str(value).encode()
 
 
 def _typed(d: dict[str, Any], key: str, kind: type) -> Any:
@@ -535,7 +537,7 @@ class Ledger:
         verifier_dir: Path | str | None = None,
         update: bool = True,
         all_signatures: bool = False,
-    ) -> Any:
+    ) -> VerifyReport:
         """Check everything; see `op_dbus.ledger.verify.verify_full`."""
         from op_dbus.ledger.verify import verify_full
 

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,6 @@ LAST_CHECKPOINT = "last-checkpoint"
 TRUSTED_KEY = "trusted-key"
 MAX_PROBLEMS = 50
 
-_MISSING = object()
 _sha256 = hashlib.sha256
 
 
@@ -57,6 +57,151 @@ class _Echo:
 
     def add(self, index: int | None, message: str) -> None:
         self.inner.add(None, message)
+
+
+class _Scan:
+    """One pass over the blocks, in batches: headers and links, the rebuilt tree, and every checkpoint."""
+
+    def __init__(
+        self,
+        origin: str,
+        trusted: note.Verifier,
+        checkpoints: dict[Any, Any],
+        problems: _Problems,
+        all_signatures: bool,
+        remember_size: int,
+    ) -> None:
+        self.origin = origin
+        self.trusted = trusted
+        self.checkpoints = checkpoints
+        self.problems = problems
+        self.all_signatures = all_signatures
+        self.remember_size = remember_size
+        self.size = 0
+        self.prev = ZERO_HASH
+        self.levels: list[list[bytes]] = [[]]
+        self.edge: list[bytes] = []
+        self.root = merkle.EMPTY_ROOT
+        self.last_root: bytes | None = None
+        self.refs: list[tuple[int, Any, Any]] = []
+        # A checkpoint we wrote is `<text>\n— <name> <base64(key ID || signature)>\n`: 92 base64
+        # characters, the first five of which spell 30 of the key ID's 32 bits and the sixth the last
+        # two. Checking those is enough to name the signing key; `all_signatures` verifies each one.
+        kid = base64.b64encode(trusted.key_id + bytes(64)).decode()
+        self.sig_prefix = f"\n{note.SIG_PREFIX}{trusted.name} {kid[:5]}"
+        self.sig_len = len(self.sig_prefix) - 5 + 92 + 1
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        self.sixth = frozenset(c for i, c in enumerate(alphabet) if i >> 4 == trusted.key_id[3] & 3)
+
+    def add(self, rows: list[tuple[Any, Any, Any, Any]]) -> None:
+        problems = self.problems
+        sha256 = _sha256
+        leaves = [leaf if type(leaf) is bytes else as_bytes(leaf) for _, leaf, _, _ in rows]
+        try:
+            decode = _decode
+            headers: list[Any] = [decode(leaf.decode()) for leaf in leaves]
+        except (ValueError, UnicodeDecodeError):
+            headers = [_decode_or_none(leaf) for leaf in leaves]
+        block_hashes = [sha256(leaf).hexdigest() for leaf in leaves]
+
+        prev = self.prev
+        expected = self.size
+        refs = self.refs
+        for k, (idx, _, kind_col, time_col) in enumerate(rows):
+            if idx != expected:
+                gap = f"{expected}" if idx == expected + 1 else f"{expected} to {idx - 1}"
+                problems.add(expected, f"block {gap} missing: the stored blocks jump from {expected - 1} to {idx}")
+            expected = idx + 1
+            header = headers[k]
+            if type(header) is not dict:
+                problems.add(idx, f"block {idx}: the header is not a JSON object")
+            else:
+                get = header.get
+                if get("index") != idx or get("prev") != prev or get("kind") != kind_col or get("time") != time_col:
+                    self._explain_header(idx, header, prev, kind_col, time_col)
+                refs.append((idx, get("changes_hash"), get("state_hash")))
+            prev = block_hashes[k]
+        self.prev = prev
+
+        # Extend the rebuilt tree leaf by leaf; `edge` is its right edge (one hash per set bit of the
+        # size), and folding it gives the tree head at every size, which every checkpoint must match.
+        levels, edge = self.levels, self.edge
+        level0 = levels[0]
+        roots = []
+        size = self.size
+        for leaf in leaves:
+            h = sha256(b"\x00" + leaf).digest()
+            level0.append(h)
+            i, lvl = size, 0
+            while i & 1:
+                h = sha256(b"\x01" + edge.pop() + h).digest()
+                lvl += 1
+                i >>= 1
+                if lvl == len(levels):
+                    levels.append([])
+                levels[lvl].append(h)
+            edge.append(h)
+            size += 1
+            for left in edge[-2::-1]:
+                h = sha256(b"\x01" + left + h).digest()
+            roots.append(h)
+        first = self.size + 1
+        self.size = size
+        if roots:
+            self.root = roots[-1]
+        if first <= self.remember_size <= size:
+            self.last_root = roots[self.remember_size - first]
+
+        b64 = base64.b64encode
+        pop = self.checkpoints.pop
+        origin, sig_prefix, sig_len, sixth = self.origin, self.sig_prefix, self.sig_len, self.sixth
+        for k, root in enumerate(roots):
+            n = first + k
+            signed = pop(n, None)
+            if signed is None:
+                problems.add(n - 1, f"block {n - 1}: no signed checkpoint for tree size {n}")
+                continue
+            body = f"{origin}\n{n}\n{b64(root).decode()}\n"
+            start = len(body) + len(sig_prefix)
+            if (
+                type(signed) is str
+                and len(signed) == len(body) + sig_len
+                and signed.startswith(body)
+                and signed.startswith(sig_prefix, len(body))
+                and signed[start] in sixth
+                and signed[-1] == "\n"
+            ):
+                if not self.all_signatures or self._signature_verifies(body, signed[start - 5 : -1]):
+                    continue
+                problems.add(n - 1, f"checkpoint {n}: the signature does not verify with the trusted key")
+                continue
+            problems.add(n - 1, _explain_checkpoint(signed, body, n, self.trusted))
+
+    def _signature_verifies(self, body: str, b64sig: str) -> bool:
+        try:
+            raw = base64.b64decode(b64sig, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return len(raw) == 68 and raw[:4] == self.trusted.key_id and self.trusted.verify(body, raw[4:])
+
+    def _explain_header(self, idx: int, header: dict[str, Any], prev: str, kind_col: Any, time_col: Any) -> None:
+        problems = self.problems
+        if header.get("index") != idx:
+            problems.add(idx, f"block {idx}: holds the header of block {header.get('index')} (blocks swapped or moved)")
+        if header.get("prev") != prev:
+            problems.add(idx, f"block {idx}: 'prev' is not the hash of the block before it")
+        if header.get("kind") != kind_col or header.get("time") != time_col:
+            problems.add(idx, f"block {idx}: the kind/time index columns disagree with the header")
+
+
+_decode = json.JSONDecoder().decode
+
+
+def _decode_or_none(leaf: bytes) -> Any:
+    try:
+        return _decode(leaf.decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _read_verifier_state(
@@ -109,108 +254,23 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     if last_seen is not None and last_seen.origin != origin:
         problems.add(None, f"the verifier last saw log {last_seen.origin!r}, this is {origin!r}")
         last_seen = None
-    trusted_id = trusted.key_id
-    sig_prefix = f"\n{note.SIG_PREFIX}{trusted.name} "
-    b64 = base64.b64encode
-    b64decode = base64.b64decode
-
-    with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
-        # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
+    with ThreadPoolExecutor(max_workers=1) as pool, ledger._transaction("verify", write=False) as db:
+        # Fix this connection's snapshot first: the helper's later snapshot can only hold more.
         db.execute("SELECT COUNT(*) FROM meta").fetchone()
-        # The file-level check and the record hashing run beside the main pass: SQLite and SHA-256 of
-        # large records release the GIL, so they use the second core.
-        integrity_job = pool.submit(_quick_check, ledger.db_path, ledger._busy_timeout)
-        (records,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM blobs").fetchone()
-        hasher = _hash_records_in_child if records > CHILD_THRESHOLD else _hash_records
-        blobs_job = pool.submit(hasher, ledger.db_path, ledger._busy_timeout)
+        (stored,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM blobs").fetchone()
+        # The file-level check and the record hashing run beside the main pass, on the other core.
+        helper = _check_records_in_child if stored > CHILD_THRESHOLD else _check_records
+        records_job = pool.submit(helper, ledger.db_path, ledger._busy_timeout)
         checkpoints: dict[Any, Any] = dict(db.execute("SELECT size, note FROM checkpoints"))
-
-        sha256 = _sha256
-        levels: list[list[bytes]] = [[]]
-        level0 = levels[0]
-        edge: list[bytes] = []
-        refs: list[tuple[int, Any, Any]] = []
-        prev = ZERO_HASH
-        count = 0
-        last_size = last_seen.size if last_seen is not None else -1
-        last_root: bytes | None = None
-        root = merkle.EMPTY_ROOT
-        decode = json.JSONDecoder().decode
-        for idx, leaf, kind_col, time_col in db.execute("SELECT idx, leaf, kind, time FROM blocks ORDER BY idx"):
-            if idx != count:
-                gap = f"{count}" if idx == count + 1 else f"{count} to {idx - 1}"
-                problems.add(count, f"block {gap} missing: the stored blocks jump from {count - 1} to {idx}")
-            if type(leaf) is not bytes:
-                leaf = as_bytes(leaf)
-            try:
-                header = decode(leaf.decode())
-            except (ValueError, UnicodeDecodeError):
-                header = None
-            if type(header) is not dict:
-                problems.add(idx, f"block {idx}: the header is not a JSON object")
-            else:
-                if header.get("index") != idx:
-                    problems.add(
-                        idx, f"block {idx}: holds the header of block {header.get('index')} (blocks swapped or moved)"
-                    )
-                if header.get("prev") != prev:
-                    problems.add(idx, f"block {idx}: 'prev' is not the hash of the block before it")
-                if header.get("kind") != kind_col or header.get("time") != time_col:
-                    problems.add(idx, f"block {idx}: the kind/time index columns disagree with the header")
-                refs.append((idx, header.get("changes_hash"), header.get("state_hash")))
-            prev = sha256(leaf).hexdigest()
-
-            # Extend the rebuilt tree by one leaf; `edge` is its right edge (one hash per set bit of the size).
-            h = sha256(b"\x00" + leaf).digest()
-            level0.append(h)
-            i, lvl = count, 0
-            while i & 1:
-                h = sha256(b"\x01" + edge.pop() + h).digest()
-                lvl += 1
-                i >>= 1
-                if lvl == len(levels):
-                    levels.append([])
-                levels[lvl].append(h)
-            edge.append(h)
-            count += 1
-            root = h
-            for left in edge[-2::-1]:
-                root = sha256(b"\x01" + left + root).digest()
-            if count == last_size:
-                last_root = root
-
-            signed = checkpoints.pop(count, None)
-            if signed is None:
-                problems.add(idx, f"block {idx}: no signed checkpoint for tree size {count}")
-                continue
-            body = f"{origin}\n{count}\n{b64(root).decode()}\n"
-            if type(signed) is str and signed.startswith(body) and signed.startswith(sig_prefix, len(body)):
-                rest = signed[len(body) + len(sig_prefix) :]
-                if rest.endswith("\n") and "\n" not in rest[:-1]:
-                    try:
-                        raw = b64decode(rest[:-1], validate=True)
-                    except (binascii.Error, ValueError):
-                        raw = b""
-                    if len(raw) == 68 and raw[:4] == trusted_id:
-                        if all_signatures and not trusted.verify(body, raw[4:]):
-                            problems.add(idx, f"checkpoint {count}: the signature does not verify with the trusted key")
-                        continue
-            problems.add(idx, _explain_checkpoint(signed, body, count, trusted))
-
-        blob_ok = blobs_job.result()
-        for idx, changes_hash, state_hash in refs:
-            for what, digest in (("changes", changes_hash), ("state", state_hash)):
-                try:
-                    status = blob_ok.get(bytes.fromhex(digest), _MISSING)
-                except (TypeError, ValueError):
-                    status = _MISSING
-                if status is _MISSING:
-                    problems.add(idx, f"block {idx}: its {what} record is missing")
-                elif status is False:
-                    problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
-        integrity = integrity_job.result()
+        scan = _Scan(origin, trusted, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
+        cursor = db.execute("SELECT idx, leaf, kind, time FROM blocks ORDER BY idx")
+        while rows := cursor.fetchmany(8192):
+            scan.add(rows)
+        records, integrity = records_job.result()
+        _check_references(scan.refs, records, problems)
         if integrity != ["ok"]:
             problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
+        count, levels, root, last_root = scan.size, scan.levels, scan.root, scan.last_root
 
         size = count
         if checkpoints:
@@ -264,45 +324,79 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     return report
 
 
-def _open_reader(db_path: Path, busy_timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
+@dataclass
+class _RecordCheck:
+    """Raw SHA-256 digests of the stored records: data that matches, data dropped by compaction, data that does not match."""
+
+    good: set[bytes]
+    compacted: set[bytes]
+    bad: set[bytes]
 
 
-def _quick_check(db_path: Path, busy_timeout: float) -> list[Any]:
-    conn = _open_reader(db_path, busy_timeout)
-    try:
-        return [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
-    finally:
-        conn.close()
+def _check_references(refs: list[tuple[int, Any, Any]], records: _RecordCheck, problems: _Problems) -> None:
+    """Every record a header names must be stored and match its hash (or have been compacted)."""
+    wanted: set[Any] = {digest for _, changes, state in refs for digest in (changes, state)}
+    present = records.good | records.compacted
+    unresolved = set()
+    for digest in wanted:
+        try:
+            if bytes.fromhex(digest) in present:
+                continue
+        except (TypeError, ValueError):
+            pass
+        unresolved.add(digest)
+    if not unresolved:
+        return
+    bad_hex = {d.hex() for d in records.bad}
+    for idx, changes_hash, state_hash in refs:
+        for what, digest in (("changes", changes_hash), ("state", state_hash)):
+            if digest not in unresolved:
+                continue
+            if digest in bad_hex:
+                problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
+            else:
+                problems.add(idx, f"block {idx}: its {what} record is missing")
 
 
 # Hashing every record of a large log is CPU work that would compete with the main pass for the
-# GIL; a child process (plain Python, sqlite3 and hashlib only) does it on the other core instead.
+# GIL; a child process (plain Python, sqlite3 and hashlib only) does it, and the file check, on the
+# other core instead. Its output: three length-prefixed runs of 32-byte digests (good, compacted,
+# bad), then quick_check's lines.
 CHILD_THRESHOLD = 20_000
-_CHILD = """
+_CHILD = r"""
 import hashlib, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)
 conn.execute("PRAGMA query_only = ON")
-out = bytearray()
+good, compacted, bad = bytearray(), bytearray(), bytearray()
 sha256 = hashlib.sha256
 try:
+    conn.execute("BEGIN")
     for digest, data in conn.execute("SELECT hash, data FROM blobs"):
-        if type(digest) is str:
-            digest = digest.encode("utf-8", "surrogatepass")
+        if type(digest) is not bytes or len(digest) != 32:
+            continue
+        if data is None:
+            compacted += digest
+            continue
         if type(data) is str:
             data = data.encode("utf-8", "surrogatepass")
-        status = 2 if data is None else int(sha256(data).digest() == digest)
-        out += len(digest).to_bytes(4, "big") + digest + bytes([status])
+        if sha256(data).digest() == digest:
+            good += digest
+        else:
+            bad += digest
+    conn.execute("COMMIT")
+    check = "\n".join(str(row[0]) for row in conn.execute("PRAGMA quick_check(20)"))
 except sqlite3.Error as exc:
     sys.stderr.write(f"{exc}")
     sys.exit(3)
-sys.stdout.buffer.write(out)
+out = sys.stdout.buffer
+for run in (good, compacted, bad):
+    out.write(len(run).to_bytes(8, "big"))
+    out.write(run)
+out.write(check.encode())
 """
 
 
-def _hash_records_in_child(db_path: Path, busy_timeout: float) -> dict[bytes, bool | None]:
+def _check_records_in_child(db_path: Path, busy_timeout: float) -> tuple[_RecordCheck, list[Any]]:
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-c", _CHILD, str(db_path), str(busy_timeout)],
@@ -310,37 +404,45 @@ def _hash_records_in_child(db_path: Path, busy_timeout: float) -> dict[bytes, bo
             check=False,
         )
     except OSError:
-        return _hash_records(db_path, busy_timeout)
+        return _check_records(db_path, busy_timeout)
     if proc.returncode == 3:
-        raise sqlite3.DatabaseError(proc.stderr.decode(errors="replace"))
+        message = proc.stderr.decode(errors="replace")
+        if "locked" in message or "busy" in message:
+            raise sqlite3.OperationalError(message)
+        raise sqlite3.DatabaseError(message)
     if proc.returncode != 0:
-        return _hash_records(db_path, busy_timeout)
-    data = proc.stdout
-    status: dict[bytes, bool | None] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        n = int.from_bytes(data[pos : pos + 4], "big")
-        digest = data[pos + 4 : pos + 4 + n]
-        code = data[pos + 4 + n]
-        status[digest] = None if code == 2 else code == 1
-        pos += 5 + n
-    return status
+        return _check_records(db_path, busy_timeout)
+    data = memoryview(proc.stdout)
+    runs = []
+    pos = 0
+    for _ in range(3):
+        n = int.from_bytes(data[pos : pos + 8], "big")
+        run = data[pos + 8 : pos + 8 + n]
+        runs.append({bytes(run[i : i + 32]) for i in range(0, n, 32)})
+        pos += 8 + n
+    integrity = bytes(data[pos:]).decode(errors="replace").split("\n")
+    return _RecordCheck(*runs), integrity
 
 
-def _hash_records(db_path: Path, busy_timeout: float) -> dict[bytes, bool | None]:
-    """Each stored record's hash -> whether its data hashes to it (None: compacted, data dropped)."""
-    conn = _open_reader(db_path, busy_timeout)
+def _check_records(db_path: Path, busy_timeout: float) -> tuple[_RecordCheck, list[Any]]:
+    """Hash every stored record and run SQLite's quick_check, in this process."""
+    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
     sha256 = _sha256
+    result = _RecordCheck(set(), set(), set())
     try:
-        status: dict[bytes, bool | None] = {}
+        conn.execute("BEGIN")
         for digest, data in conn.execute("SELECT hash, data FROM blobs"):
-            if type(digest) is not bytes:
-                digest = as_bytes(digest)
+            if type(digest) is not bytes or len(digest) != 32:
+                continue
             if data is None:
-                status[digest] = None
+                result.compacted.add(digest)
+            elif sha256(data if type(data) is bytes else as_bytes(data)).digest() == digest:
+                result.good.add(digest)
             else:
-                status[digest] = sha256(data if type(data) is bytes else as_bytes(data)).digest() == digest
-        return status
+                result.bad.add(digest)
+        conn.execute("COMMIT")
+        return result, [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
     finally:
         conn.close()
 
@@ -395,41 +497,34 @@ def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -
 
     When blocks were already found bad, node mismatches are their echo and do not move `first_bad`.
     """
-    expected_next = [0] * len(levels)
-    reported = 0
-    if problems.first_bad is not None:
-        problems = _Echo(problems)  # type: ignore[assignment]
-    for level, idx, digest in db.execute("SELECT level, idx, hash FROM tree ORDER BY level, idx"):
-        if reported >= 5:
-            break
-        if not isinstance(level, int) or not isinstance(idx, int) or level < 0 or idx < 0:
-            problems.add(None, "the Merkle node table holds a malformed row")
-            reported += 1
+    sink: Any = _Echo(problems) if problems.first_bad is not None else problems
+    size = len(levels[0])
+    (top,) = db.execute("SELECT MAX(level) FROM tree").fetchone()
+    depth = max(len(levels), top + 1 if isinstance(top, int) else 0)
+    for level in range(depth):
+        nodes = levels[level] if level < len(levels) else []
+        rows = db.execute("SELECT idx, hash FROM tree WHERE level = ? ORDER BY idx", (level,)).fetchall()
+        # (level, idx) is the key, so n rows ending at idx n - 1 are exactly 0 .. n - 1.
+        if len(rows) == len(nodes) and (not rows or rows[-1][0] == len(rows) - 1) and [h for _, h in rows] == nodes:
             continue
-        if level >= len(levels) or idx >= len(levels[level]):
-            problems.add(
-                max(idx << level, len(levels[0])),
-                f"the Merkle node table holds node (level {level}, index {idx}) beyond the log",
-            )
-            reported += 1
-            continue
-        if idx != expected_next[level]:
-            problems.add(
-                expected_next[level] << level,
-                f"the Merkle node table lacks node (level {level}, index {expected_next[level]})",
-            )
-            reported += 1
-        expected_next[level] = idx + 1
-        if digest != levels[level][idx]:
-            problems.add(idx << level, f"the Merkle node (level {level}, index {idx}) does not match the blocks it covers")
-            reported += 1
-    if reported < 5:
-        for level, nodes in enumerate(levels):
-            if expected_next[level] < len(nodes):
-                problems.add(
-                    expected_next[level] << level,
-                    f"the Merkle node table lacks node (level {level}, index {expected_next[level]})",
-                )
+        reported = 0
+        stored = {idx: h for idx, h in rows if isinstance(idx, int)}
+        for idx in sorted(stored):
+            if reported >= 3:
+                break
+            if idx < 0 or idx >= len(nodes):
+                message = f"the Merkle node table holds node (level {level}, index {idx}) beyond the log"
+                sink.add(max(idx << level, size), message)
+                reported += 1
+            elif stored[idx] != nodes[idx]:
+                sink.add(idx << level, f"the Merkle node (level {level}, index {idx}) does not match the blocks it covers")
+                reported += 1
+        for idx in range(len(nodes)):
+            if reported >= 3:
+                break
+            if idx not in stored:
+                sink.add(idx << level, f"the Merkle node table lacks node (level {level}, index {idx})")
+                reported += 1
 
 
 def _save_verifier_state(

@@ -287,3 +287,8 @@ def test_records_hashed_in_a_child_process(log: Ledger, what: str, monkeypatch: 
     assert_bad(log, 8, f"block 8: its {what} record does not match the hash in the header")
     sql(log, "DELETE FROM blobs WHERE hash = ?", digest)
     assert_bad(log, 8, f"block 8: its {what} record is missing")
+
+
+def test_header_replaced_by_a_number(log: Ledger) -> None:
+    sql(log, "UPDATE blocks SET leaf = 1000000000000 WHERE idx = 3")
+    assert_bad(log, 3, "block 3: the header is not a JSON object")
