@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from op_dbus.ledger import keys, merkle, note
-from op_dbus.ledger.store import ZERO_HASH, VerifyReport, as_bytes
+from op_dbus.ledger import _linkcheck, keys, merkle, note
+from op_dbus.ledger.store import VerifyReport, as_bytes
 
 if TYPE_CHECKING:
     from op_dbus.ledger.store import Ledger
@@ -23,6 +21,9 @@ if TYPE_CHECKING:
 LAST_CHECKPOINT = "last-checkpoint"
 TRUSTED_KEY = "trusted-key"
 MAX_PROBLEMS = 50
+# Above this many blocks, the header/link/record checks run in a child process so that they use
+# the other core instead of competing with the tree pass for the GIL.
+CHILD_THRESHOLD = 20_000
 
 _sha256 = hashlib.sha256
 
@@ -40,6 +41,16 @@ class _Problems:
             self.messages.append(message)
         else:
             self.suppressed += 1
+
+    def merge(self, found: dict[str, Any]) -> None:
+        for index, message in found["problems"]:
+            self.add(index, message)
+        self.suppressed += found["suppressed"]
+        self.add_index(found["first_bad"])
+
+    def add_index(self, index: int | None) -> None:
+        if index is not None and (self.first_bad is None or index < self.first_bad):
+            self.first_bad = index
 
     def __bool__(self) -> bool:
         return bool(self.messages)
@@ -59,8 +70,8 @@ class _Echo:
         self.inner.add(None, message)
 
 
-class _Scan:
-    """One pass over the blocks, in batches: headers and links, the rebuilt tree, and every checkpoint."""
+class _TreeScan:
+    """The tree pass over the blocks, in batches: rebuild every perfect node and check the checkpoint of every size."""
 
     def __init__(
         self,
@@ -78,12 +89,10 @@ class _Scan:
         self.all_signatures = all_signatures
         self.remember_size = remember_size
         self.size = 0
-        self.prev = ZERO_HASH
         self.levels: list[list[bytes]] = [[]]
         self.edge: list[bytes] = []
         self.root = merkle.EMPTY_ROOT
         self.last_root: bytes | None = None
-        self.refs: list[tuple[int, Any, Any]] = []
         # A checkpoint we wrote is `<text>\n— <name> <base64(key ID || signature)>\n`: 92 base64
         # characters, the first five of which spell 30 of the key ID's 32 bits and the sixth the last
         # two. Checking those is enough to name the signing key; `all_signatures` verifies each one.
@@ -93,43 +102,17 @@ class _Scan:
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
         self.sixth = frozenset(c for i, c in enumerate(alphabet) if i >> 4 == trusted.key_id[3] & 3)
 
-    def add(self, rows: list[tuple[Any, Any, Any, Any]]) -> None:
-        problems = self.problems
+    def add(self, leaves: list[Any]) -> None:
         sha256 = _sha256
-        leaves = [leaf if type(leaf) is bytes else as_bytes(leaf) for _, leaf, _, _ in rows]
-        try:
-            decode = _decode
-            headers: list[Any] = [decode(leaf.decode()) for leaf in leaves]
-        except (ValueError, UnicodeDecodeError):
-            headers = [_decode_or_none(leaf) for leaf in leaves]
-        block_hashes = [sha256(leaf).hexdigest() for leaf in leaves]
-
-        prev = self.prev
-        expected = self.size
-        refs = self.refs
-        for k, (idx, _, kind_col, time_col) in enumerate(rows):
-            if idx != expected:
-                gap = f"{expected}" if idx == expected + 1 else f"{expected} to {idx - 1}"
-                problems.add(expected, f"block {gap} missing: the stored blocks jump from {expected - 1} to {idx}")
-            expected = idx + 1
-            header = headers[k]
-            if type(header) is not dict:
-                problems.add(idx, f"block {idx}: the header is not a JSON object")
-            else:
-                get = header.get
-                if get("index") != idx or get("prev") != prev or get("kind") != kind_col or get("time") != time_col:
-                    self._explain_header(idx, header, prev, kind_col, time_col)
-                refs.append((idx, get("changes_hash"), get("state_hash")))
-            prev = block_hashes[k]
-        self.prev = prev
-
         # Extend the rebuilt tree leaf by leaf; `edge` is its right edge (one hash per set bit of the
         # size), and folding it gives the tree head at every size, which every checkpoint must match.
         levels, edge = self.levels, self.edge
         level0 = levels[0]
         roots = []
         size = self.size
-        for leaf in leaves:
+        for (leaf,) in leaves:
+            if type(leaf) is not bytes:
+                leaf = as_bytes(leaf)
             h = sha256(b"\x00" + leaf).digest()
             level0.append(h)
             i, lvl = size, 0
@@ -152,6 +135,7 @@ class _Scan:
         if first <= self.remember_size <= size:
             self.last_root = roots[self.remember_size - first]
 
+        problems = self.problems
         b64 = base64.b64encode
         pop = self.checkpoints.pop
         origin, sig_prefix, sig_len, sixth = self.origin, self.sig_prefix, self.sig_len, self.sixth
@@ -180,28 +164,40 @@ class _Scan:
     def _signature_verifies(self, body: str, b64sig: str) -> bool:
         try:
             raw = base64.b64decode(b64sig, validate=True)
-        except (binascii.Error, ValueError):
+        except ValueError:
             return False
         return len(raw) == 68 and raw[:4] == self.trusted.key_id and self.trusted.verify(body, raw[4:])
 
-    def _explain_header(self, idx: int, header: dict[str, Any], prev: str, kind_col: Any, time_col: Any) -> None:
-        problems = self.problems
-        if header.get("index") != idx:
-            problems.add(idx, f"block {idx}: holds the header of block {header.get('index')} (blocks swapped or moved)")
-        if header.get("prev") != prev:
-            problems.add(idx, f"block {idx}: 'prev' is not the hash of the block before it")
-        if header.get("kind") != kind_col or header.get("time") != time_col:
-            problems.add(idx, f"block {idx}: the kind/time index columns disagree with the header")
+
+def _link_check(db_path: Path, busy_timeout: float, in_child: bool) -> dict[str, Any]:
+    """Headers, `prev` links and records (see `_linkcheck`), in a child process or in this one."""
+    if in_child:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", _linkcheck.__file__, str(db_path), str(busy_timeout)],
+                capture_output=True,
+                check=False,
+            )
+        except OSError:
+            proc = None
+        if proc is not None and proc.returncode == 3:
+            message = proc.stderr.decode(errors="replace")
+            if "locked" in message or "busy" in message:
+                raise sqlite3.OperationalError(message)
+            raise sqlite3.DatabaseError(message)
+        if proc is not None and proc.returncode == 0:
+            result: dict[str, Any] = json.loads(proc.stdout)
+            return result
+    return _linkcheck.check(str(db_path), busy_timeout)
 
 
-_decode = json.JSONDecoder().decode
-
-
-def _decode_or_none(leaf: bytes) -> Any:
+def _quick_check(db_path: Path, busy_timeout: float) -> list[Any]:
+    """SQLite's own consistency check of the file (pages, b-trees, indexes); C code that leaves the GIL free."""
+    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
     try:
-        return _decode(leaf.decode())
-    except (ValueError, UnicodeDecodeError):
-        return None
+        return [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    finally:
+        conn.close()
 
 
 def _read_verifier_state(
@@ -243,9 +239,9 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     index columns; for every tree size: that a checkpoint exists, that its text is exactly the
     recomputed tree head, and that it names the trusted key (each Ed25519 signature is verified too
     with `all_signatures`; the latest one always is); that the cached Merkle nodes equal the
-    recomputed ones; that no checkpoint signs more blocks than are stored; and that the log extends
-    the last checkpoint this verifier accepted. On success the latest checkpoint becomes the new
-    last-seen one (with `update`).
+    recomputed ones; that no checkpoint signs more blocks than are stored; SQLite's quick_check; and
+    that the log extends the last checkpoint this verifier accepted. On success the latest
+    checkpoint becomes the new last-seen one (with `update`).
     """
     problems = _Problems()
     notes: list[str] = []
@@ -254,25 +250,18 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     if last_seen is not None and last_seen.origin != origin:
         problems.add(None, f"the verifier last saw log {last_seen.origin!r}, this is {origin!r}")
         last_seen = None
-    with ThreadPoolExecutor(max_workers=1) as pool, ledger._transaction("verify", write=False) as db:
-        # Fix this connection's snapshot first: the helper's later snapshot can only hold more.
-        db.execute("SELECT COUNT(*) FROM meta").fetchone()
-        (stored,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM blobs").fetchone()
-        # The file-level check and the record hashing run beside the main pass, on the other core.
-        helper = _check_records_in_child if stored > CHILD_THRESHOLD else _check_records
-        records_job = pool.submit(helper, ledger.db_path, ledger._busy_timeout)
+    timeout = ledger._busy_timeout
+    with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
+        # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
+        (blocks,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
+        links_job = pool.submit(_link_check, ledger.db_path, timeout, blocks > CHILD_THRESHOLD)
+        integrity_job = pool.submit(_quick_check, ledger.db_path, timeout)
         checkpoints: dict[Any, Any] = dict(db.execute("SELECT size, note FROM checkpoints"))
-        scan = _Scan(origin, trusted, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
-        cursor = db.execute("SELECT idx, leaf, kind, time FROM blocks ORDER BY idx")
+        scan = _TreeScan(origin, trusted, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
+        cursor = db.execute("SELECT leaf FROM blocks ORDER BY idx")
         while rows := cursor.fetchmany(8192):
             scan.add(rows)
-        records, integrity = records_job.result()
-        _check_references(scan.refs, records, problems)
-        if integrity != ["ok"]:
-            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
-        count, levels, root, last_root = scan.size, scan.levels, scan.root, scan.last_root
-
-        size = count
+        size, root = scan.size, scan.root
         if checkpoints:
             beyond = sorted(k for k in checkpoints if isinstance(k, int) and k > size)
             if beyond:
@@ -292,7 +281,11 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 bad = _first_bad_signature(db, size, trusted)
                 problems.add(bad - 1, f"checkpoint {bad}: the signature does not verify with the trusted key")
 
-        _check_tree_cache(db, levels, problems)
+        problems.merge(links_job.result())
+        integrity = integrity_job.result()
+        if integrity != ["ok"]:
+            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
+        _check_tree_cache(db, scan.levels, problems)
 
     if last_seen is not None:
         if last_seen.size > size:
@@ -301,7 +294,7 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 f"the log has {size} blocks but this verifier saw {last_seen.size} before: "
                 f"blocks {size} to {last_seen.size - 1} were removed",
             )
-        elif last_root != last_seen.root:
+        elif scan.last_root != last_seen.root:
             index = problems.first_bad if problems.first_bad is not None else 0
             problems.add(
                 index,
@@ -322,129 +315,6 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     if ok and update:
         _save_verifier_state(verifier_dir, trusted, pinned, latest, notes)
     return report
-
-
-@dataclass
-class _RecordCheck:
-    """Raw SHA-256 digests of the stored records: data that matches, data dropped by compaction, data that does not match."""
-
-    good: set[bytes]
-    compacted: set[bytes]
-    bad: set[bytes]
-
-
-def _check_references(refs: list[tuple[int, Any, Any]], records: _RecordCheck, problems: _Problems) -> None:
-    """Every record a header names must be stored and match its hash (or have been compacted)."""
-    wanted: set[Any] = {digest for _, changes, state in refs for digest in (changes, state)}
-    present = records.good | records.compacted
-    unresolved = set()
-    for digest in wanted:
-        try:
-            if bytes.fromhex(digest) in present:
-                continue
-        except (TypeError, ValueError):
-            pass
-        unresolved.add(digest)
-    if not unresolved:
-        return
-    bad_hex = {d.hex() for d in records.bad}
-    for idx, changes_hash, state_hash in refs:
-        for what, digest in (("changes", changes_hash), ("state", state_hash)):
-            if digest not in unresolved:
-                continue
-            if digest in bad_hex:
-                problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
-            else:
-                problems.add(idx, f"block {idx}: its {what} record is missing")
-
-
-# Hashing every record of a large log is CPU work that would compete with the main pass for the
-# GIL; a child process (plain Python, sqlite3 and hashlib only) does it, and the file check, on the
-# other core instead. Its output: three length-prefixed runs of 32-byte digests (good, compacted,
-# bad), then quick_check's lines.
-CHILD_THRESHOLD = 20_000
-_CHILD = r"""
-import hashlib, sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)
-conn.execute("PRAGMA query_only = ON")
-good, compacted, bad = bytearray(), bytearray(), bytearray()
-sha256 = hashlib.sha256
-try:
-    conn.execute("BEGIN")
-    for digest, data in conn.execute("SELECT hash, data FROM blobs"):
-        if type(digest) is not bytes or len(digest) != 32:
-            continue
-        if data is None:
-            compacted += digest
-            continue
-        if type(data) is str:
-            data = data.encode("utf-8", "surrogatepass")
-        if sha256(data).digest() == digest:
-            good += digest
-        else:
-            bad += digest
-    conn.execute("COMMIT")
-    check = "\n".join(str(row[0]) for row in conn.execute("PRAGMA quick_check(20)"))
-except sqlite3.Error as exc:
-    sys.stderr.write(f"{exc}")
-    sys.exit(3)
-out = sys.stdout.buffer
-for run in (good, compacted, bad):
-    out.write(len(run).to_bytes(8, "big"))
-    out.write(run)
-out.write(check.encode())
-"""
-
-
-def _check_records_in_child(db_path: Path, busy_timeout: float) -> tuple[_RecordCheck, list[Any]]:
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _CHILD, str(db_path), str(busy_timeout)],
-            capture_output=True,
-            check=False,
-        )
-    except OSError:
-        return _check_records(db_path, busy_timeout)
-    if proc.returncode == 3:
-        message = proc.stderr.decode(errors="replace")
-        if "locked" in message or "busy" in message:
-            raise sqlite3.OperationalError(message)
-        raise sqlite3.DatabaseError(message)
-    if proc.returncode != 0:
-        return _check_records(db_path, busy_timeout)
-    data = memoryview(proc.stdout)
-    runs = []
-    pos = 0
-    for _ in range(3):
-        n = int.from_bytes(data[pos : pos + 8], "big")
-        run = data[pos + 8 : pos + 8 + n]
-        runs.append({bytes(run[i : i + 32]) for i in range(0, n, 32)})
-        pos += 8 + n
-    integrity = bytes(data[pos:]).decode(errors="replace").split("\n")
-    return _RecordCheck(*runs), integrity
-
-
-def _check_records(db_path: Path, busy_timeout: float) -> tuple[_RecordCheck, list[Any]]:
-    """Hash every stored record and run SQLite's quick_check, in this process."""
-    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
-    sha256 = _sha256
-    result = _RecordCheck(set(), set(), set())
-    try:
-        conn.execute("BEGIN")
-        for digest, data in conn.execute("SELECT hash, data FROM blobs"):
-            if type(digest) is not bytes or len(digest) != 32:
-                continue
-            if data is None:
-                result.compacted.add(digest)
-            elif sha256(data if type(data) is bytes else as_bytes(data)).digest() == digest:
-                result.good.add(digest)
-            else:
-                result.bad.add(digest)
-        conn.execute("COMMIT")
-        return result, [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
-    finally:
-        conn.close()
 
 
 def _signature_ok(signed: str, trusted: note.Verifier) -> bool:
