@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import sys
@@ -136,12 +137,17 @@ def bench_verify(base: Path, blocks: int, rounds: int) -> Path:
             log.append("apply" if i else "genesis", changes_for(i), state_for(i), actor=ACTOR, summary=f"change {i}")
     build = time.perf_counter() - t
     db_mb = sum(f.stat().st_size for f in state_dir.glob("ledger.db*")) / 1e6
-    times = []
+    times, cpu_main, cpu_child = [], [], []
     with Ledger.open(state_dir) as log:
         for _ in range(rounds):
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            c = time.process_time()
             t = time.perf_counter()
             report = log.verify_full(update=False)
             times.append(time.perf_counter() - t)
+            cpu_main.append(time.process_time() - c)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_child.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
             assert report.ok, report.problems
         t = time.perf_counter()
         report = log.verify_full(update=False, all_signatures=True)
@@ -164,6 +170,10 @@ def bench_verify(base: Path, blocks: int, rounds: int) -> Path:
     print(
         f"  verify_full, median of {rounds}                                 {v:>9.2f} s"
         f"   bar < 3 s: {'ok' if v < 3 else 'MISSED'}"
+    )
+    print(
+        f"  CPU per verify_full, median: this process {statistics.median(cpu_main):.2f} s"
+        f" (two threads), child process {statistics.median(cpu_child):.2f} s"
     )
     print(f"  verify_full(all_signatures=True), once                     {t_all:>9.2f} s")
     print(f"  inclusion proof from SQLite, median                         {ms(statistics.median(t_inc)):>12}")
@@ -245,10 +255,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="op-dbus-ledger-bench-", dir=args.dir) as tmp:
         base = Path(tmp)
         os.chmod(base, 0o700)
-        print(f"audit log benchmark in {base} (python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version})\n")
+        print(f"audit log benchmark in {base} (python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version})")
+        print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.2f}\n")
         bench_append(base, args.appends)
         bench_verify(base, args.blocks, args.rounds)
         bench_proofs(base, args.leaves)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f} (other work on the machine inflates wall times)")
     return 0
 
 

@@ -12,8 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import op_dbus
-from op_dbus.ledger import Ledger
+from op_dbus.ledger import Ledger, verify
 
 SRC = str(Path(op_dbus.__file__).resolve().parent.parent)
 
@@ -88,7 +90,10 @@ def test_sigkill_during_appends_leaves_only_whole_blocks(tmp_path: Path) -> None
             assert block.state["plugins"]["p"]["i"] == int(block.header.summary.split()[1])
 
 
-def test_concurrent_appends_are_serialised(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link_check", ["in-process", "child-process"])
+def test_concurrent_appends_are_serialised(tmp_path: Path, link_check: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if link_check == "child-process":
+        monkeypatch.setattr(verify, "CHILD_THRESHOLD", -1)
     state_dir = tmp_path / "state"
     go = tmp_path / "go"
     per_worker = 150
@@ -97,6 +102,11 @@ def test_concurrent_appends_are_serialised(tmp_path: Path) -> None:
         for proc in workers:
             _wait_ready(proc)
         go.touch()
+        # Verifying while others append sees a consistent snapshot: never a false alarm.
+        with Ledger.open(state_dir) as log:
+            while any(proc.poll() is None for proc in workers):
+                report = log.verify_full(update=False)
+                assert report.ok, report.problems
         outputs = []
         for proc in workers:
             out, err = proc.communicate(timeout=300)
