@@ -283,7 +283,9 @@ class Ledger:
         except (FileNotFoundError, UnicodeDecodeError):
             current = None
         if current != text:
-            keys.write_public_file(self.public_key_path, text)
+            # A convenience copy for auditors and witnesses; a read-only key directory must not stop the log.
+            with contextlib.suppress(OSError):
+                keys.write_public_file(self.public_key_path, text)
 
     def close(self) -> None:
         self._conn.close()
@@ -333,11 +335,13 @@ class Ledger:
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full, I/O error): never leave the connection mid-transaction.
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     # -- appending ---------------------------------------------------------------------------------
 
