@@ -133,11 +133,13 @@ class BlockHeader:
             raise LedgerCorrupt(f"a block header is not valid: {exc}") from None
 
 
-def as_bytes(value: bytes | str | memoryview) -> bytes:
-    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT; its UTF-8 bytes are what is hashed)."""
+def as_bytes(value: object) -> bytes:
+    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT or a number; hash what SQLite returns)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
-    return bytes(value)
+    return str(value).encode()
 
 
 def _typed(d: dict[str, Any], key: str, kind: type) -> Any:
@@ -281,7 +283,9 @@ class Ledger:
         except (FileNotFoundError, UnicodeDecodeError):
             current = None
         if current != text:
-            keys.write_public_file(self.public_key_path, text)
+            # A convenience copy for auditors and witnesses; a read-only key directory must not stop the log.
+            with contextlib.suppress(OSError):
+                keys.write_public_file(self.public_key_path, text)
 
     def close(self) -> None:
         self._conn.close()
@@ -331,11 +335,13 @@ class Ledger:
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full, I/O error): never leave the connection mid-transaction.
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     # -- appending ---------------------------------------------------------------------------------
 
@@ -535,7 +541,7 @@ class Ledger:
         verifier_dir: Path | str | None = None,
         update: bool = True,
         all_signatures: bool = False,
-    ) -> Any:
+    ) -> VerifyReport:
         """Check everything; see `op_dbus.ledger.verify.verify_full`."""
         from op_dbus.ledger.verify import verify_full
 
