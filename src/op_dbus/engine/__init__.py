@@ -138,7 +138,7 @@ class Engine:
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, doc: StateDocument, *, dry_run: bool = False, confirm_timeout: float | None = None,
-                    lock_wait: float = 0.0) -> ApplyResult:
+                    lock_wait: float = 0.0, kind: str = "apply", meta: dict[str, Any] | None = None) -> ApplyResult:
         """Converge to `doc` as one transaction; see the module docstring for what happens on failure."""
         if dry_run:
             return ApplyResult(await self.plan(doc), dry_run=True)
@@ -153,12 +153,13 @@ class Engine:
                                    "nothing else is applied meanwhile",
                                    hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
                 plan = await self.plan(doc)
-                return await self._transaction(plan, ledger, confirm_timeout)
+                return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
             finally:
                 if ledger is not None:
                     ledger.close()
 
-    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None) -> ApplyResult:
+    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
+                           extra: dict[str, Any]) -> ApplyResult:
         if ledger is not None and len(ledger) == 0:
             ledger.append("genesis", [], plan.snapshot(), actor=actor(), summary="initial state")
         required = await probes.passing(plan.document.probes, self.ctx)
@@ -184,13 +185,13 @@ class Engine:
         except (OpDbusError, OSError, asyncio.CancelledError) as error:
             await self._fail(plan, undo, error, ledger, intent)
         faults.point("before-append")
-        meta: dict[str, Any] = {"txid": intent.id}
+        meta: dict[str, Any] = {**extra, "txid": intent.id}
         if confirm_timeout is not None:
             intent.deadline = time.time() + confirm_timeout
             meta["confirm_by"] = _when(intent.deadline)
         block = None
         if ledger is not None:
-            block = ledger.append("apply", [c.to_record() for c in applied], plan.snapshot(after),
+            block = ledger.append(kind, [c.to_record() for c in applied], plan.snapshot(after),
                                   actor=actor(), summary=summarise(applied), meta=meta)
         faults.point("after-append")
         if confirm_timeout is None:

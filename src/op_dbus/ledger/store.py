@@ -160,6 +160,22 @@ class Block:
         return self.header.index
 
 
+@dataclass(frozen=True)
+class InclusionProof:
+    """Block `block` is leaf `block.index` of the tree of `size` leaves with head `root`, as `proof` shows;
+    `checkpoint` is the signed note that commits to that head."""
+
+    block: Block
+    size: int
+    root: bytes
+    proof: list[bytes]
+    checkpoint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.block.index, "leaf_hash": self.block.header.leaf_hash.hex(), "tree_size": self.size,
+                "root": self.root.hex(), "proof": [h.hex() for h in self.proof], "checkpoint": self.checkpoint}
+
+
 @dataclass
 class VerifyReport:
     ok: bool
@@ -534,6 +550,21 @@ class Ledger:
         return str(row[0])
 
     # -- verification ------------------------------------------------------------------------------
+
+    def prove(self, index: int) -> InclusionProof:
+        """Prove block `index` is in the tree the latest signed checkpoint commits to, and that its stored
+        changes and state are the ones its header names. Raises ProofError or LedgerCorrupt otherwise."""
+        block = self.get(index)  # checks the changes/state records against the header's hashes
+        signed = self.checkpoint()
+        opened = note.open_note(signed, [self.verifier])
+        head = note.parse_checkpoint(opened.text)
+        if head.origin != self.origin:
+            raise merkle.ProofError(f"the latest checkpoint names origin {head.origin!r}, not {self.origin!r}")
+        if not index < head.size:
+            raise merkle.ProofError(f"block {index} is not covered by the latest checkpoint (size {head.size})")
+        proof = self.inclusion_proof(index, head.size)
+        merkle.verify_inclusion(index, head.size, block.header.leaf_hash, proof, head.root)
+        return InclusionProof(block, head.size, head.root, proof, signed)
 
     def verify_full(
         self,
