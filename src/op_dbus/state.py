@@ -23,12 +23,14 @@ MAX_NESTING = 64
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def format_path(loc: tuple[str | int, ...] | list[str | int]) -> str:
+def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """`("plugins", "systemd", "units", "nginx.service", "enabled")` -> `plugins.systemd.units["nginx.service"].enabled`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not isinstance(part, str):  # YAML allows keys of any type: `? ` alone is a null key
+            out += "[" + json.dumps(str(part)) + "]"
         elif _IDENTIFIER.match(part):
             out += f".{part}" if out else part
         else:

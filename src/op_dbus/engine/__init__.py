@@ -17,12 +17,13 @@ detached watchdog does the same at the deadline unless `op-dbus confirm` arrives
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -143,20 +144,15 @@ class Engine:
         if dry_run:
             return ApplyResult(await self.plan(doc), dry_run=True)
         state_dir = self._state_dir()
-        with StateLock(state_dir).acquire(lock_wait):
-            ledger = self._ledger()
-            try:
-                await self._recover_locked(ledger)
-                pending = self.journal.read()
-                if pending is not None:
-                    raise LockHeld(f"block {pending.block} awaits confirmation until {_when(pending.deadline)}; "
-                                   "nothing else is applied meanwhile",
-                                   hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
-                plan = await self.plan(doc)
-                return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
-            finally:
-                if ledger is not None:
-                    ledger.close()
+        with StateLock(state_dir).acquire(lock_wait), self._log() as ledger:
+            await self._recover_locked(ledger)
+            pending = self.journal.read()
+            if pending is not None:
+                raise LockHeld(f"block {pending.block} awaits confirmation until {_when(pending.deadline)}; "
+                               "nothing else is applied meanwhile",
+                               hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
+            plan = await self.plan(doc)
+            return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
 
     async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
                            extra: dict[str, Any]) -> ApplyResult:
@@ -272,15 +268,8 @@ class Engine:
         lock = StateLock(self._state_dir())
         if not lock.try_acquire():
             return None  # its owner is alive and will finish it
-        try:
-            ledger = self._ledger()
-            try:
-                return await self._recover_locked(ledger)
-            finally:
-                if ledger is not None:
-                    ledger.close()
-        finally:
-            lock.release()
+        with lock, self._log() as ledger:
+            return await self._recover_locked(ledger)
 
     async def _recover_locked(self, ledger: Any) -> str | None:
         intent = self.journal.read()
@@ -323,35 +312,25 @@ class Engine:
         return outcome + (" — incomplete: " + "; ".join(errors) if errors else "")
 
     async def confirm(self) -> Any:
-        with StateLock(self._state_dir()).acquire(5.0):
+        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
             intent = self.journal.read()
             if intent is None or intent.phase != "confirm-pending":
                 raise InvalidInput("no change awaits confirmation")
-            ledger = self._ledger()
-            try:
-                block = None
-                if ledger is not None:
-                    pending = ledger.get(intent.block) if intent.block is not None else None
-                    state = pending.state if pending is not None and pending.state is not None else intent.checkpoint
-                    block = ledger.append("confirm", [], state, actor=actor(), summary=f"confirmed block {intent.block}",
-                                          meta={"txid": intent.id, "confirms": intent.block})
-                self.journal.remove()  # the watchdog sees it gone and exits
-                return block
-            finally:
-                if ledger is not None:
-                    ledger.close()
+            block = None
+            if ledger is not None:
+                pending = ledger.get(intent.block) if intent.block is not None else None
+                state = pending.state if pending is not None and pending.state is not None else intent.checkpoint
+                block = ledger.append("confirm", [], state, actor=actor(), summary=f"confirmed block {intent.block}",
+                                      meta={"txid": intent.id, "confirms": intent.block})
+            self.journal.remove()  # the watchdog sees it gone and exits
+            return block
 
     async def abort(self) -> str:
-        with StateLock(self._state_dir()).acquire(5.0):
+        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
             intent = self.journal.read()
             if intent is None:
                 raise InvalidInput("no change awaits confirmation: nothing to abort")
-            ledger = self._ledger()
-            try:
-                return await self._revert(intent, ledger, "rollback", "aborted by `op-dbus abort`")
-            finally:
-                if ledger is not None:
-                    ledger.close()
+            return await self._revert(intent, ledger, "rollback", "aborted by `op-dbus abort`")
 
     async def watch(self, txid: str, poll: float = 0.2) -> str | None:
         """The commit-confirm watchdog: revert transaction `txid` if its op-dbus dies or its deadline passes."""
@@ -362,20 +341,12 @@ class Engine:
                 return None  # confirmed, aborted or already reverted
             due = intent.phase == "applying" or (intent.deadline is not None and time.time() >= intent.deadline)
             if due and lock.try_acquire():
-                try:
-                    ledger = self._ledger()
-                    try:
-                        intent = self.journal.read()
-                        if intent is None or intent.id != txid:
-                            return None
-                        if intent.phase == "confirm-pending" and time.time() < (intent.deadline or 0):
-                            continue
+                with lock, self._log() as ledger:
+                    intent = self.journal.read()
+                    if intent is None or intent.id != txid:
+                        return None
+                    if intent.phase == "applying" or time.time() >= (intent.deadline or 0):
                         return await self._recover_locked(ledger)
-                    finally:
-                        if ledger is not None:
-                            ledger.close()
-                finally:
-                    lock.release()
             await asyncio.sleep(poll)
 
     async def rollback(self, undo: UndoLog) -> list[str]:
@@ -393,6 +364,16 @@ class Engine:
         state_dir = self.ctx.settings.state_dir
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return state_dir
+
+    @contextlib.contextmanager
+    def _log(self) -> Iterator[Any]:
+        """The audit log for the duration of a block (None in agent mode, where no log is kept)."""
+        ledger = self._ledger()
+        try:
+            yield ledger
+        finally:
+            if ledger is not None:
+                ledger.close()
 
     def _ledger(self) -> Any:
         if self._open_ledger is None:

@@ -23,6 +23,16 @@ OVS_TYPES = ("ovs-bridge", "ovs-interface")
 CONTROLLER_TYPES = ("ovs-bridge", "linux-bridge", "bond")
 
 
+def canonical_ip(v: str | None) -> str | None:
+    """An address in the kernel's own spelling (so `2001:DB8::1` and `2001:db8::1` compare equal)."""
+    if v is None:
+        return v
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError as exc:
+        raise ValueError(f"not an IP address: {v!r}") from exc
+
+
 class Address(Section):
     ip: str
     prefix: int = Field(validation_alias=AliasChoices("prefix", "prefix-length"), serialization_alias="prefix", ge=0, le=128)
@@ -30,10 +40,7 @@ class Address(Section):
     @field_validator("ip")
     @classmethod
     def _ip(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError as exc:
-            raise ValueError(f"not an IP address: {v!r}") from exc
+        return str(canonical_ip(v))
 
 
 class IPConfig(Section):
@@ -47,12 +54,7 @@ class IPConfig(Section):
     @field_validator("gateway")
     @classmethod
     def _gw(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError as exc:
-            raise ValueError(f"not an IP address: {v!r}") from exc
+        return canonical_ip(v)
 
 
 class VethConfig(Section):
@@ -141,12 +143,7 @@ class Route(Section):
     @field_validator("next_hop")
     @classmethod
     def _nh(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError as exc:
-            raise ValueError(f"not an IP address: {v!r}") from exc
+        return canonical_ip(v)
 
 
 class NetSection(Section):
