@@ -158,6 +158,8 @@ class Plugin(ABC, Generic[S]):
 # e.g. when running from a source tree.
 BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
+    "login1": "op_dbus.plugins.login1:Login1Plugin",
+    "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"
