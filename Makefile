@@ -20,11 +20,12 @@ lint: venv
 test-fast: venv
 	$(BIN)/python -m pytest tests/unit -q
 
-test: venv lab
+test: lab venv
 	$(BIN)/python -m pytest -q -rs
 
 # The lab: a booted Debian 12 system container the tests manage (lab/, needs root).
-# lab-host installs host packages (apt, once); lab builds or reuses the cached rootfs and the wheelhouse.
+# lab-host installs host packages (apt, once; python3-venv too, so it runs before venv); lab builds or reuses the
+# cached rootfs and the wheelhouse.
 lab-host:
 	bash lab/setup-host.sh
 

@@ -18,9 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.machine import LabMachine  # noqa: E402
-
 from lab import rootfs, wheels  # noqa: E402
+from lab.machine import LabMachine  # noqa: E402
 
 BARS = {  # (native key, CLI key, minimum speed-up)
     "read the state of 50 units": ("read50.native", "read50.systemctl", 10.0),

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,48 @@ def _remove_cgroup(top: Path) -> None:
     top.rmdir()
 
 
+def _default_name() -> str:
+    # The creating PID in the name lets a later run recognise machines whose creator died (see reap_orphans).
+    return f"lab{os.getpid()}n{next(_numbers)}"
+
+
+_ORPHAN_NAME = re.compile(r"lab-lab(?P<pid>\d+)n\d+")
+
+
+def reap_orphans() -> list[str]:
+    """Power off machines left behind by lab runs that were killed before they could stop them.
+
+    Only machines with a default name (``lab<creator pid>n<number>``) whose creator no longer exists are touched;
+    everything in their cgroups was started by that run. Returns the names reaped.
+    """
+    reaped: list[str] = []
+    for hierarchy in cgroup_hierarchies():
+        for cgroup in hierarchy.glob("lab-lab*n*"):
+            match = _ORPHAN_NAME.fullmatch(cgroup.name)
+            if not match or Path(f"/proc/{match['pid']}").exists() or not cgroup.is_dir():
+                continue
+            for pid in _cgroup_pids(cgroup):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    _remove_cgroup(cgroup)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+            name = cgroup.name.removeprefix("lab-")
+            for workdir in Path(tempfile.gettempdir()).glob(f"op-dbus-{name}-*"):
+                shutil.rmtree(workdir, ignore_errors=True)
+            if name not in reaped:
+                reaped.append(name)
+    for name in reaped:
+        log(f"reaped lab machine {name} left behind by a run that died")
+    return reaped
+
+
 class LabMachine:
     """One throw-away boot of the lab rootfs (``--volatile=overlay``: every boot starts from the pristine tree)."""
 
@@ -99,7 +142,7 @@ class LabMachine:
             raise LabError(f"no lab rootfs at {self.rootfs}: run `make lab` (or `python -m lab build`) first")
         default_wheels = wheels_module.WHEELHOUSE
         self.wheels = Path(wheels) if wheels is not None else (default_wheels if default_wheels.is_dir() else None)
-        self.name = name or f"lab{os.getpid()}n{next(_numbers)}"
+        self.name = name or _default_name()
         self.kernel_args = list(kernel_args)
         self.nspawn_args = list(nspawn_args)
         self.boot_timeout = boot_timeout
@@ -227,10 +270,12 @@ class LabMachine:
         for tool in ("systemd-nspawn", "unshare", "nsenter", "busctl"):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool} is missing: run `make lab-host` (lab/setup-host.sh) first")
+        if any(cgroup.exists() for cgroup in self._cgroups):
+            raise LabError(f"a lab machine named {self.name} is running already ({self._cgroups[0]} exists)")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"op-dbus-{self.name}-"))
         (self.workdir / "dbus").mkdir(mode=0o755)
         for cgroup in self._cgroups:
-            cgroup.mkdir(exist_ok=False)
+            cgroup.mkdir()
         started = time.monotonic()
         launcher = ["sh", "-c", _LAUNCHER, "sh", *(str(c / "cgroup.procs") for c in self._cgroups), "--"]
         with open(self.log_path, "wb") as log_file:

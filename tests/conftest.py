@@ -14,7 +14,7 @@ import pytest
 from lab import LabError
 from lab import rootfs as lab_rootfs
 from lab import wheels as lab_wheels
-from lab.machine import TIMINGS, LabMachine
+from lab.machine import TIMINGS, LabMachine, reap_orphans
 
 _TOOLS = ("systemd-nspawn", "unshare", "nsenter", "busctl")
 
@@ -45,6 +45,7 @@ def lab_assets() -> LabAssets:
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
+    reap_orphans()
     try:
         return LabAssets(rootfs=lab_rootfs.ensure(), wheels=lab_wheels.build())
     except LabError as exc:
@@ -72,7 +73,7 @@ def lab(lab_assets: LabAssets, request: pytest.FixtureRequest) -> Iterator[LabMa
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "lab" in getattr(item, "fixturenames", ()):
+        if {"lab", "lab_assets"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import STACK, systemctl
+from tests.e2e.helpers import STACK, STACK_UNITS, systemctl
 
-UNITS = list(STACK["plugins"]["systemd"]["units"])  # type: ignore[index]
+UNITS = STACK_UNITS
 
 
 @pytest.fixture(scope="module")

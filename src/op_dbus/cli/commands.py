@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ def verify(opts: Options, mode: str) -> int:
         with opts.ledger() as ledger:
             report = ledger.verify_full()
         if opts.json:
-            _emit_json(report.to_dict())
+            _emit_json(dataclasses.asdict(report))
         elif report.ok:
             click.echo(f"ok: {report.size} block(s) verified: hashes, links, Merkle root and signatures")
         else:
