@@ -23,7 +23,7 @@ import re
 from typing import Annotated, Any, ClassVar
 
 from dbus_fast import SignatureTree, Variant
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, ValidationError, model_validator
 
 from op_dbus.backends import dbus
 from op_dbus.backends.dbus_types import (
@@ -80,15 +80,22 @@ class DbusState(Section):
     services: dict[BusName, Objects] = {}
     setters: dict[InterfaceName, dict[MemberName, Setter]] = {}
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _split(cls, data: Any) -> Any:
+    def _split(cls, data: Any, handler: Any) -> Any:
         # In the file, services sit directly in the section next to the one reserved key "setters" (a bus name
-        # always has a dot, so the two cannot clash).
-        if isinstance(data, dict):
-            rest = {k: v for k, v in data.items() if k != "setters"}
-            return {"services": rest, **({"setters": data["setters"]} if "setters" in data else {})}
-        return data
+        # always has a dot, so the two cannot clash); error paths are given as the file has them.
+        if not isinstance(data, dict):
+            return handler(data)
+        rest = {k: v for k, v in data.items() if k != "setters"}
+        try:
+            return handler({"services": rest, **({"setters": data["setters"]} if "setters" in data else {})})
+        except ValidationError as e:
+            errors: list[Any] = []
+            for err in e.errors(include_url=False):
+                loc = err["loc"][1:] if err["loc"][:1] == ("services",) else err["loc"]
+                errors.append({k: v for k, v in {**err, "loc": loc}.items() if k in ("type", "loc", "input", "ctx")})
+            raise ValidationError.from_exception_data(e.title, errors) from None
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -352,7 +359,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
                             continue
                         spec = setter_for(desired.setters, interface, prop)
                         changes.append(Change(
-                            self.name, f"{service} {path} {interface}.{prop}", "set", {prop: before}, {prop: want},
+                            self.name, object_name(service, path, interface, prop), "set", {prop: before}, {prop: want},
                             payload={"service": service, "path": path, "interface": interface, "property": prop,
                                      "value": want, "setter": spec.model_dump() if spec else None},
                         ))
@@ -420,6 +427,13 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
         if before is None:
             return  # the property could not be read before: there is nothing known to go back to
         undo.record(Change(self.name, c.object, "set", c.after, c.before, payload={**c.payload, "value": before}))
+
+
+def object_name(service: str, path: str, interface: str, prop: str) -> str:
+    """`org.freedesktop.hostname1.StaticHostname` when object and interface are the service's own, else in full."""
+    if interface == service and path == "/" + service.replace(".", "/"):
+        return f"{interface}.{prop}"
+    return f"{service} {path} {interface}.{prop}"
 
 
 def _same(a: Any, b: Any) -> bool:
