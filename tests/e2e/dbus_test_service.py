@@ -62,62 +62,62 @@ async def main(address: str) -> None:
             self._colour, self._shade = "blue", "light"
 
         @dbus_property()
-        def Mode(self) -> "s":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Mode(self) -> s:  # type: ignore[name-defined]  # noqa: F821
             return self._mode
 
         @Mode.setter
-        def Mode(self, value: "s") -> None:  # type: ignore[name-defined]  # noqa: F821, N802
+        def Mode(self, value: s) -> None:  # type: ignore[name-defined]  # noqa: F821
             self._mode = value
 
         @dbus_property()
-        def Level(self) -> "i":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Level(self) -> i:  # type: ignore[name-defined]  # noqa: F821
             return self._level
 
         @Level.setter
-        def Level(self, value: "i") -> None:  # type: ignore[name-defined]  # noqa: F821, N802
+        def Level(self, value: i) -> None:  # type: ignore[name-defined]  # noqa: F821
             self._level = value
 
         @dbus_property()
-        def Ratio(self) -> "d":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Ratio(self) -> d:  # type: ignore[name-defined]  # noqa: F821
             return self._ratio
 
         @Ratio.setter
-        def Ratio(self, value: "d") -> None:  # type: ignore[name-defined]  # noqa: F821, N802
+        def Ratio(self, value: d) -> None:  # type: ignore[name-defined]  # noqa: F821
             self._ratio = value
 
         @dbus_property()
-        def Tags(self) -> "as":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Tags(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
             return self._tags
 
         @Tags.setter
-        def Tags(self, value: "as") -> None:  # type: ignore[name-defined]  # noqa: F821, N802
+        def Tags(self, value: "as") -> None:  # type: ignore[name-defined]  # noqa: F722
             self._tags = value
 
         @dbus_property()
-        def Limits(self) -> "a{su}":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Limits(self) -> "a{su}":  # type: ignore[name-defined]  # noqa: F722
             return self._limits
 
         @Limits.setter
-        def Limits(self, value: "a{su}") -> None:  # type: ignore[name-defined]  # noqa: F821, N802
+        def Limits(self, value: "a{su}") -> None:  # type: ignore[name-defined]  # noqa: F722
             self._limits = value
 
         @dbus_property(access=PropertyAccess.READ)
-        def Colour(self) -> "s":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Colour(self) -> s:  # type: ignore[name-defined]  # noqa: F821
             return self._colour
 
         @dbus_property(access=PropertyAccess.READ)
-        def Shade(self) -> "s":  # type: ignore[name-defined]  # noqa: F821, N802
+        def Shade(self) -> s:  # type: ignore[name-defined]  # noqa: F821
             return self._shade
 
         @method()
-        def SetColour(self, colour: "s", interactive: "b"):  # type: ignore[name-defined]  # noqa: F821, N802
+        def SetColour(self, colour: s, interactive: b):  # type: ignore[name-defined]  # noqa: F821
             if colour not in ("blue", "green", "red"):
                 raise DBusError("com.example.OpDbusTest1.Error.BadColour", f"no such colour: {colour}")
             self._colour = colour
             self.emit_properties_changed({"Colour": colour})
 
         @method()
-        def SetShade(self, shade: "s"):  # type: ignore[name-defined]  # noqa: F821, N802
+        def SetShade(self, shade: s):  # type: ignore[name-defined]  # noqa: F821
             raise DBusError("com.example.OpDbusTest1.Error.Broken", "shades cannot be changed")
 
     bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()

@@ -134,6 +134,30 @@ def _since(usec: int) -> str:
     return datetime.fromtimestamp(usec / 1e6, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def scoped_state(scope: Login1State, users: list[UserFact], sessions: list[SessionFact]) -> Login1State:
+    """The live state of what `scope` names, in the form that re-applies: linger of the declared users, and in
+    the absent lists the declared ids/users that are absent now. The live facts ride along for diff."""
+    by_name = {u.name: u for u in users}
+    declared_users = {}
+    for name, want in scope.users.items():
+        linger = by_name[name].linger if name in by_name else False
+        declared_users[name] = UserState.model_construct(linger=linger if want.linger is not None else None)
+    state = Login1State.model_construct(users=declared_users, sessions=None, status=None)
+    if scope.sessions is not None:
+        live_ids = {s.id for s in sessions}
+        with_sessions = {s.user for s in sessions}
+        remote = any(s.remote for s in sessions)
+        want_s = scope.sessions
+        state.sessions = SessionsState.model_construct(
+            absent=[i for i in want_s.absent if i not in live_ids],
+            absent_for_users=[u for u in want_s.absent_for_users if u not in with_sessions],
+            absent_remote=(not remote) if want_s.absent_remote is not None else None,
+        )
+    state._sessions = list(sessions)
+    state._users = {u.name: (u.uid, u.linger) for u in users}
+    return state
+
+
 class Login1Plugin(Plugin[Login1State]):
     name = "login1"
     model = Login1State
@@ -184,33 +208,13 @@ class Login1Plugin(Plugin[Login1State]):
     async def query(self, ctx: Context, scope: Login1State | None = None) -> Login1State:
         client = await bus_client(ctx)
         users, sessions = await asyncio.gather(self._users(client), self._sessions(client))
-        by_name = {u.name: u for u in users}
         if scope is None:
             state = Login1State.model_construct(
                 users={u.name: UserState.model_construct(linger=u.linger) for u in users}, sessions=None, status=None)
             if ctx.settings.extra.get(FACTS_FLAG):
                 state.status = Status.model_construct(seats=await self._seats(client), sessions=sessions, users=users)
             return state
-        # Scoped: only what the desired state names, in the form that re-applies (absent lists hold the
-        # declared ids/users that are absent now).
-        declared_users = {}
-        for name, want in scope.users.items():
-            linger = by_name[name].linger if name in by_name else False
-            declared_users[name] = UserState.model_construct(linger=linger if want.linger is not None else None)
-        state = Login1State.model_construct(users=declared_users, sessions=None, status=None)
-        if scope.sessions is not None:
-            live_ids = {s.id for s in sessions}
-            with_sessions = {s.user for s in sessions}
-            remote = any(s.remote for s in sessions)
-            want_s = scope.sessions
-            state.sessions = SessionsState.model_construct(
-                absent=[i for i in want_s.absent if i not in live_ids],
-                absent_for_users=[u for u in want_s.absent_for_users if u not in with_sessions],
-                absent_remote=(not remote) if want_s.absent_remote is not None else None,
-            )
-        state._sessions = sessions
-        state._users = {u.name: (u.uid, u.linger) for u in users}
-        return state
+        return scoped_state(scope, users, sessions)
 
     def dump(self, state: Login1State) -> dict[str, Any]:
         out: dict[str, Any] = {"users": {n: u.model_dump(exclude_none=True) for n, u in state.users.items()}}
