@@ -35,8 +35,9 @@ from op_dbus.backends.dbus_types import (
     parse_introspection,
     to_json,
 )
-from op_dbus.errors import ApplyFailed, BackendError, PermissionDenied, Problem, ServiceUnavailable
+from op_dbus.errors import ApplyFailed, BackendError, OpDbusError, PermissionDenied, Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.state import format_path
 
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
@@ -172,7 +173,7 @@ def setter_for(setters: dict[str, dict[str, Setter]], interface: str, prop: str)
 
 
 def _where(*keys: str) -> str:
-    return "plugins.dbus" + "".join(f'["{k}"]' for k in keys)
+    return format_path(("plugins", "dbus", *keys))
 
 
 async def bus_client(ctx: Context) -> dbus.Client:
@@ -369,29 +370,50 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
         client = await bus_client(ctx)
+        if changes and all(c.payload.get("undo") for c in changes):
+            await self._roll_back(changes, ctx, client)
+            return
         i = 0
         while i < len(changes):
-            c = changes[i]
-            info = await introspect(ctx, c.payload["service"], c.payload["path"])
-            iface = info.interfaces.get(c.payload["interface"])
-            if iface is None or c.payload["property"] not in iface.properties:
-                raise ApplyFailed(f"{c.object}: the service no longer has this property")
-            prop = iface.properties[c.payload["property"]]
-            spec = c.payload["setter"]
-            if spec is None:
-                await self._set(client, c, prop, undo)
-                i += 1
-                continue
             # One call for every change in a row that the same setter of the same object covers.
-            group = [c]
-            while i + len(group) < len(changes):
+            group = [changes[i]]
+            spec = group[0].payload["setter"]
+            while spec is not None and i + len(group) < len(changes):
                 nxt = changes[i + len(group)]
-                if _change_key(nxt) != _change_key(c) or nxt.payload["setter"] != spec or \
-                        nxt.payload["interface"] != c.payload["interface"]:
+                if (_change_key(nxt), nxt.payload["interface"], nxt.payload["setter"]) != \
+                        (_change_key(group[0]), group[0].payload["interface"], spec):
                     break
                 group.append(nxt)
-            await self._call_setter(client, group, iface, spec, undo)
+            await self._apply_group(ctx, client, group, undo)
             i += len(group)
+
+    async def _apply_group(self, ctx: Context, client: dbus.Client, group: list[Change], undo: UndoLog) -> None:
+        c = group[0]
+        info = await introspect(ctx, c.payload["service"], c.payload["path"])
+        iface = info.interfaces.get(c.payload["interface"])
+        if iface is None or c.payload["property"] not in iface.properties:
+            raise ApplyFailed(f"{c.object}: the service no longer has this property")
+        spec = c.payload["setter"]
+        if spec is None:
+            await self._set(client, c, iface.properties[c.payload["property"]], undo)
+        else:
+            await self._call_setter(client, group, iface, spec, undo)
+
+    async def _roll_back(self, changes: list[Change], ctx: Context, client: dbus.Client) -> None:
+        """Undo steps one by one: a step whose property already has its old value is skipped (the change it
+        undoes may be the one that failed), and one failure does not stop the others."""
+        errors = []
+        for c in changes:
+            p = c.payload
+            try:
+                live = await read_all(client, p["service"], p["path"], p["interface"], [p["property"]])
+                if p["property"] in live and _same(live[p["property"]], p["value"]):
+                    continue
+                await self._apply_group(ctx, client, [c], UndoLog())
+            except OpDbusError as e:
+                errors.append(f"{c.object}: {e.message}")
+        if errors:
+            raise ApplyFailed("could not restore: " + "; ".join(errors))
 
     async def _set(self, client: dbus.Client, c: Change, prop: PropertyInfo, undo: UndoLog) -> None:
         value = _convert(prop.signature, c.payload["value"], c.object)
@@ -426,7 +448,8 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
         before = (c.before or {}).get(c.payload["property"])
         if before is None:
             return  # the property could not be read before: there is nothing known to go back to
-        undo.record(Change(self.name, c.object, "set", c.after, c.before, payload={**c.payload, "value": before}))
+        undo.record(Change(self.name, c.object, "set", c.after, c.before,
+                           payload={**c.payload, "value": before, "undo": True}))
 
 
 def object_name(service: str, path: str, interface: str, prop: str) -> str:

@@ -34,6 +34,7 @@ from pydantic import AfterValidator, Field, PrivateAttr
 from op_dbus.backends import dbus
 from op_dbus.errors import ApplyFailed, BackendError, Problem
 from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.state import format_path
 
 LOGIN1 = "org.freedesktop.login1"
 LOGIN1_PATH = "/org/freedesktop/login1"
@@ -242,7 +243,7 @@ class Login1Plugin(Plugin[Login1State]):
             try:
                 pwd.getpwnam(name)
             except KeyError:
-                path = f'plugins.login1.users["{name}"]' if where == "users" else f"plugins.login1.{where}"
+                path = format_path(("plugins", "login1", "users", name)) if where == "users" else f"plugins.login1.{where}"
                 problems.append(Problem(path, f"no such user on this system: {name!r}"))
         return problems
 
