@@ -122,14 +122,17 @@ async def main(address: str) -> None:
 
     bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     bus.export(PATH, Settings())
+    # The silent name lives on a connection of its own: the bus applies a send_destination rule to every
+    # name the receiving connection owns, so sharing one would open the test service to everyone too.
+    silent = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
 
     def swallow(msg: Any) -> bool:
         # never answer anything addressed to the silent name
         return bool(msg.message_type == MessageType.METHOD_CALL and msg.destination == SILENT)
 
-    bus.add_message_handler(swallow)
-    for name in (NAME, SILENT):
-        reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
+    silent.add_message_handler(swallow)
+    for connection, name in ((bus, NAME), (silent, SILENT)):
+        reply = await connection.request_name(name, NameFlag.DO_NOT_QUEUE)
         if reply != RequestNameReply.PRIMARY_OWNER:
             print(f"could not own {name}: {reply}", flush=True)
             return

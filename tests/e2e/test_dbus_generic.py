@@ -111,7 +111,7 @@ def test_hostname_timezone_locale_are_set_and_verified(lab: Any, op: Runner) -> 
 
 def test_one_setter_call_sets_several_properties(lab: Any, op: Runner) -> None:
     """locale1's SetX11Keyboard sets four properties; undeclared ones keep their live values."""
-    code, out, err = op.apply({"dbus": own(LOCALE, {"X11Layout": "de", "X11Model": "pc105"})})
+    code, _out, err = op.apply({"dbus": own(LOCALE, {"X11Layout": "de", "X11Model": "pc105"})})
     assert code == 0, err
     keyboard = (lab.root / "etc/default/keyboard").read_text()
     assert "XKBLAYOUT=de" in keyboard and "XKBMODEL=pc105" in keyboard
@@ -142,7 +142,7 @@ def test_a_failing_setter_rolls_back_what_was_applied(lab: Any, op: Runner) -> N
 
 
 def test_values_are_checked_against_the_signature_before_anything_changes(lab: Any, op: Runner) -> None:
-    code, out, err = op.apply({"dbus": {
+    code, out, _err = op.apply({"dbus": {
         **own(HOST, {"StaticHostname": 5, "KernelName": "x", "NoSuchProperty": 1}),
         **own(LOCALE, {"Locale": ["LANG=C.UTF-8", 3]}),
         "org.example.NotHere1": {"/": {"org.example.NotHere1": {"X": 1}}},
