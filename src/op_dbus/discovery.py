@@ -36,7 +36,7 @@ MAX_OBJECTS_PER_SERVICE = 20000
 Progress = Callable[["Discovery"], None]
 
 
-@dataclass
+@dataclass(repr=False)  # a full repr of thousands of properties is costly when asyncio formats a task
 class ServiceReport:
     name: str
     status: str = "ok"  # ok | partial | denied | timeout | error | activatable (not walked)
@@ -49,6 +49,9 @@ class ServiceReport:
     errors: list[str] = field(default_factory=list)
     done: bool = False
 
+    def __repr__(self) -> str:
+        return f"ServiceReport({self.name!r}, status={self.status!r}, objects={len(self.objects)})"
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "activatable": self.activatable}
         for key in ("owner", "pid", "uid"):
@@ -60,7 +63,7 @@ class ServiceReport:
         return out
 
 
-@dataclass
+@dataclass(repr=False)
 class Discovery:
     """The result, filled in while the walk runs (so a progress display can read it)."""
 
@@ -70,6 +73,9 @@ class Discovery:
     properties: int = 0
     calls: int = 0
     seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"Discovery(services={len(self.services)}, objects={self.objects})"
 
     @property
     def services_done(self) -> int:

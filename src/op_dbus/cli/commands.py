@@ -148,7 +148,13 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
     else:
         result = _run(go(None))
     if opts.json:
-        _emit_json(result.to_dict())
+        if sys.stdout.isatty():
+            _emit_json(result.to_dict())
+        else:
+            # tens of thousands of properties: indented JSON would take Python's slow encoder path
+            import json
+
+            click.echo(json.dumps(result.to_dict(), separators=(",", ":"), default=str))
         return ExitCode.OK
     for name, svc in sorted(result.services.items()):
         who = f" pid {svc.pid}" if svc.pid is not None else ""

@@ -126,3 +126,17 @@ def test_introspection_garbage_is_a_backend_error() -> None:
 
     with pytest.raises(BackendError, match="unreadable introspection"):
         parse_introspection("<node><interface", "svc /x")
+
+
+def test_introspection_with_entities_is_refused() -> None:
+    from op_dbus.errors import BackendError
+
+    bomb = '<!DOCTYPE node [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><node name="&b;"/>'
+    with pytest.raises(BackendError, match="entities"):
+        parse_introspection(bomb, "svc /x")
+
+
+def test_introspection_with_the_standard_doctype() -> None:
+    xml = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+           ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node><node name="a"/></node>')
+    assert parse_introspection(xml, "svc /").children == ["a"]
