@@ -158,6 +158,7 @@ class Plugin(ABC, Generic[S]):
 # e.g. when running from a source tree.
 BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
+    "net": "op_dbus.plugins.net:NetPlugin",
     "login1": "op_dbus.plugins.login1:Login1Plugin",
     "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
 }

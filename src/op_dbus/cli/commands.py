@@ -11,7 +11,21 @@ from op_dbus.cli.main import Options, _emit_json, _run
 from op_dbus.errors import ExitCode, InvalidInput
 
 
+def recover(opts: Options) -> None:
+    """Finish a transaction an op-dbus that died left behind, before reading anything (said on stderr)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).recover()
+
+    outcome = _run(go())
+    if outcome:
+        click.echo(f"op-dbus: recovered an interrupted transaction: {outcome}", err=True)
+
+
 def verify(opts: Options, mode: str) -> int:
+    recover(opts)
     if mode == "full":
         with opts.ledger() as ledger:
             report = ledger.verify_full()
@@ -65,6 +79,7 @@ def verify_current(opts: Options) -> int:
 
 
 def blockchain_list(opts: Options, limit: int | None) -> int:
+    recover(opts)
     with opts.ledger() as ledger:
         size = len(ledger)
         start = max(0, size - limit) if limit else 0
@@ -88,6 +103,7 @@ def blockchain_list(opts: Options, limit: int | None) -> int:
 
 
 def blockchain_show(opts: Options, index: int) -> int:
+    recover(opts)
     with opts.ledger() as ledger:
         if index >= len(ledger):
             raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")

@@ -5,9 +5,10 @@ State section::
     {"units": {"nginx.service": {"active_state": "active", "enabled": true, "masked": false}}}
 
 Every field is optional; only what is declared is managed, and units the file does not name are never
-touched. Reading uses two calls whatever the number of units (ListUnitsByNames and
-ListUnitFilesByPatterns); unit-file changes are batched into one call per kind plus one Reload; start and
-stop jobs are issued together and each is awaited through its JobRemoved signal.
+touched. Reading takes one ListUnitsByNames call whatever the number of units, plus, when `enabled` is
+declared, each unit's cached UnitFileState property (pipelined on one connection); unit-file changes are
+batched into one call per kind plus one Reload; start and stop jobs are issued together and each is
+awaited through its JobRemoved signal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
 
 UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(" + "|".join(UNIT_TYPES) + r")$")
@@ -98,7 +100,11 @@ class UnitInfo:
 
     @property
     def exists(self) -> bool:
-        return self.load_state not in ("not-found",) or bool(self.file_state)
+        return self.load_state != "not-found"
+
+
+async def _empty() -> str:
+    return ""
 
 
 async def systemd_client(ctx: Context) -> dbus.Client:
@@ -116,25 +122,34 @@ class SystemdPlugin(Plugin[SystemdState]):
 
     # -- reading -------------------------------------------------------------------------------------
 
-    async def inspect(self, ctx: Context, names: list[str]) -> dict[str, UnitInfo]:
+    async def inspect(self, ctx: Context, names: list[str], *, file_state: bool = True) -> dict[str, UnitInfo]:
+        """One ListUnitsByNames call for all names, then (if asked) each unit's cached UnitFileState.
+
+        The unit object's UnitFileState property is cached by systemd; ListUnitFilesByPatterns and
+        GetUnitFileState rescan the unit directories for every name, which costs milliseconds per unit.
+        """
         if not names:
             return {}
         client = await systemd_client(ctx)
         (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [names])
         if len(rows) != len(names):
             raise ApplyFailed(f"systemd answered ListUnitsByNames with {len(rows)} units for {len(names)} names")
-        ids = sorted({row[0] for row in rows})
-        (files,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFilesByPatterns", "asas", [[], ids])
-        file_state = {path.rsplit("/", 1)[-1]: state for path, state in files}
+        states = [""] * len(rows)
+        if file_state:
+            states = await asyncio.gather(*(
+                client.get_property(SYSTEMD, row[6], UNIT, "UnitFileState") if row[2] != "not-found" else _empty()
+                for row in rows
+            ))
         # ListUnitsByNames returns one row per requested name, in order; an alias comes back under its unit's id.
         return {
-            name: UnitInfo(name, row[0], row[2], row[3], file_state.get(row[0], ""))
-            for name, row in zip(names, rows, strict=True)
+            name: UnitInfo(name, row[0], row[2], row[3], state)
+            for name, row, state in zip(names, rows, states, strict=True)
         }
 
     async def query(self, ctx: Context, scope: SystemdState | None = None) -> SystemdState:
         if scope is not None:
-            infos = await self.inspect(ctx, list(scope.units))
+            infos = await self.inspect(ctx, list(scope.units),
+                                       file_state=any(u.enabled is not None for u in scope.units.values()))
             units = {}
             for name, want in scope.units.items():
                 info = infos[name]
@@ -175,7 +190,8 @@ class SystemdPlugin(Plugin[SystemdState]):
     # -- checking ------------------------------------------------------------------------------------
 
     async def check(self, desired: SystemdState, ctx: Context) -> list[Problem]:
-        infos = await self.inspect(ctx, list(desired.units))
+        infos = await self.inspect(ctx, list(desired.units),
+                                   file_state=any(u.enabled is not None for u in desired.units.values()))
         problems = []
         for name, want in desired.units.items():
             info = infos[name]
@@ -221,11 +237,13 @@ class SystemdPlugin(Plugin[SystemdState]):
         if not changes:
             return
         client = await systemd_client(ctx)
-        infos = await self.inspect(ctx, sorted({c.object for c in changes}))
+        # Unit-file calls refuse alias names, so resolve them to unit ids; jobs take any name as it is.
+        file_units = sorted({c.object for c in changes if c.action not in ("start", "stop")})
+        infos = await self.inspect(ctx, file_units, file_state=False)
         for is_job, group in groupby(changes, key=lambda c: c.action in ("start", "stop")):
             batch = list(group)
             if is_job:
-                await self._run_jobs(client, batch, infos, undo, ctx.settings.job_timeout)
+                await self._run_jobs(client, batch, undo, ctx.settings.job_timeout)
             else:
                 await self._change_files(client, batch, infos, undo)
 
@@ -246,8 +264,7 @@ class SystemdPlugin(Plugin[SystemdState]):
         # One daemon reload for the whole batch, as `systemctl enable` does after each call.
         await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Reload")
 
-    async def _run_jobs(self, client: dbus.Client, batch: list[Change], infos: dict[str, UnitInfo],
-                        undo: UndoLog, timeout: float) -> None:
+    async def _run_jobs(self, client: dbus.Client, batch: list[Change], undo: UndoLog, timeout: float) -> None:
         await self._subscribe(client)
         loop = asyncio.get_running_loop()
         finished: dict[str, str] = {}
@@ -267,7 +284,7 @@ class SystemdPlugin(Plugin[SystemdState]):
                 undo.record(self._inverse(c))
             replies = await asyncio.gather(*(
                 client.call(SYSTEMD, MANAGER_PATH, MANAGER, "StartUnit" if c.action == "start" else "StopUnit",
-                            "ss", [infos[c.object].id, "replace"])
+                            "ss", [c.object, "replace"])
                 for c in batch
             ))
             for c, (job,) in zip(batch, replies, strict=True):
