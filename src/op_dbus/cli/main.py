@@ -119,6 +119,10 @@ def query(opts: Options, plugin: str | None, discover_all: bool, activate: bool,
     Unlike `introspect`, plugins may add read-only facts under a `status` key (e.g. login1's sessions);
     a state file may carry them and they are ignored there.
     """
+    if discover_all and plugin:
+        raise click.UsageError("--discover-all walks the whole bus; it takes no PLUGIN")
+    if not discover_all and (activate or call_timeout != 5.0 or concurrency != 32):
+        raise click.UsageError("--activate, --timeout and --concurrency go with --discover-all")
     if discover_all:
         from op_dbus.cli import commands
 
