@@ -32,7 +32,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, PrivateAttr
 
 from op_dbus.backends import dbus
-from op_dbus.errors import ApplyFailed, BackendError, Problem
+from op_dbus.errors import ApplyFailed, BackendError, Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
 from op_dbus.state import format_path
 
@@ -114,7 +114,7 @@ class Status(Section):
 class Login1State(Section):
     users: dict[UserName, UserState] = {}
     sessions: SessionsState | None = None
-    status: Status | None = None
+    status: Status | None = Field(None, description="Output only (what `op-dbus query` reports); ignored here.")
 
     # The live facts a scoped query saw, for diff (which must not do I/O) to name what it terminates.
     _sessions: list[SessionFact] = PrivateAttr(default_factory=list)
@@ -208,7 +208,13 @@ class Login1Plugin(Plugin[Login1State]):
 
     async def query(self, ctx: Context, scope: Login1State | None = None) -> Login1State:
         client = await bus_client(ctx)
-        users, sessions = await asyncio.gather(self._users(client), self._sessions(client))
+        try:
+            users, sessions = await asyncio.gather(self._users(client), self._sessions(client))
+        except ServiceUnavailable:
+            if scope is not None:
+                raise
+            # no logind on this machine (a minimal container): nothing to write down, and not a failure
+            return Login1State.model_construct(users={}, sessions=None, status=None)
         if scope is None:
             state = Login1State.model_construct(
                 users={u.name: UserState.model_construct(linger=u.linger) for u in users}, sessions=None, status=None)

@@ -93,3 +93,14 @@ async def test_generic_plugin_round_trip_on_the_private_bus(bus: str) -> None:
         assert plugin.diff(desired, await plugin.query(ctx, scope=desired)) == []
         await plugin.apply(list(reversed(undo.entries)), ctx, UndoLog())
         assert plugin.dump(await plugin.query(ctx, scope=desired)) == plugin.dump(before)
+
+
+async def test_login1_introspect_without_logind_is_empty_not_an_error(bus: str) -> None:
+    from op_dbus.errors import ServiceUnavailable
+    from op_dbus.plugins.login1 import Login1Plugin, Login1State
+
+    plugin = Login1Plugin()
+    async with Context(Settings(bus_address=bus)) as ctx:
+        assert plugin.dump(await plugin.query(ctx)) == {"users": {}}
+        with pytest.raises(ServiceUnavailable):
+            await plugin.query(ctx, scope=Login1State.model_validate({"users": {"root": {"linger": False}}}))
