@@ -118,6 +118,22 @@ def test_one_setter_call_sets_several_properties(lab: Any, op: Runner) -> None:
     assert inside(lab, "localectl", "status").count("X11 Layout: de") == 1
 
 
+def test_machine_info_and_rtc_setters(lab: Any, op: Runner) -> None:
+    """The other built-in setters: hostname1's machine-info fields and timedate1's three-argument SetLocalRTC."""
+    code, _out, err = op.apply({"dbus": {
+        **own(HOST, {"Deployment": "production", "Location": "rack 4", "IconName": "computer-server",
+                     "Chassis": "server"}),
+        **own(TIME, {"LocalRTC": True})}})
+    assert code == 0, err
+    info = (lab.root / "etc/machine-info").read_text()
+    for line in ("DEPLOYMENT=production", 'LOCATION="rack 4"', "ICON_NAME=computer-server", "CHASSIS=server"):
+        assert line in info, info
+    assert inside(lab, "timedatectl", "show", "-p", "LocalRTC", "--value") == "yes"
+    code, _out, err = op.apply({"dbus": own(TIME, {"LocalRTC": False})})
+    assert code == 0, err
+    assert inside(lab, "timedatectl", "show", "-p", "LocalRTC", "--value") == "no"
+
+
 def test_introspect_round_trips_as_a_no_op(lab: Any, op: Runner) -> None:
     r = op("introspect", "dbus")
     assert r.returncode == 0, r.stderr
