@@ -117,3 +117,29 @@ def test_editing_a_stored_block_fails_verify_full_naming_it(op: OpDbus, tmp_path
     report = r.json()
     assert report["ok"] is False and report["first_bad"] == 1, report
     assert "FAILED at block 1" in tampered("verify", "--full").out
+
+
+def test_rollback_to_the_genesis_block_restores_the_first_state(lab: Any, op: OpDbus) -> None:
+    dry = op("-o", "json", "rollback", "--to-block", "0", "--dry-run")
+    assert dry.code == 0, dry.err
+    planned = {(c["object"], c["action"]) for c in dry.json()["changes"]}
+    assert {("app-backend.service", "stop"), ("app-backend.service", "disable")} <= planned
+    assert dry.json()["proof"]["index"] == 0 and dry.json()["block"] is None
+    assert systemctl(lab, "is-active", "app-backend.service") == ["active"]  # a dry run changes nothing
+
+    before = len(op.blocks())
+    r = op("rollback", "--to-block", "0")
+    assert r.code == 0, r.err
+    assert "is in the signed log" in r.out
+    assert systemctl(lab, "is-active", "app-backend.service", "app-worker.service") == ["inactive", "inactive"]
+    assert systemctl(lab, "is-enabled", "app-backend.service", "app-worker.service") == ["disabled", "disabled"]
+    blocks = op.blocks()
+    assert len(blocks) == before + 1 and blocks[-1]["kind"] == "rollback"
+    assert blocks[-1]["meta"]["to_block"] == 0 and blocks[-1]["state_hash"] == blocks[0]["state_hash"]
+    assert op("verify", "--current").code == 0
+    assert op("verify", "--full").code == 0
+
+
+def test_rollback_to_a_missing_block_is_refused(op: OpDbus) -> None:
+    r = op("rollback", "--to-block", "999")
+    assert r.code == 2 and "no block 999" in r.err

@@ -239,7 +239,26 @@ async def test_types_the_kernel_may_lack(net: Net, netns: str, itype: str, extra
     assert exc.value.code == "EOPNOTSUPP" and exc.value.ext
     assert len(undo) == 0
     assert links_summary(netns) == before
-    pytest.skip(f"kernel lacks {itype} ({text}); the clear refusal was verified instead")
+    # The reason is the probe's own finding, the same words check reported.
+    assert text in problems[0].message
+    pytest.skip(f"{text}; the clear refusal was verified instead")
+
+
+def test_probe_remembers_every_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A probe that cannot run is remembered as well, so a later caller (a check, a skip reason) sees the same words.
+    import op_dbus.plugins.net as net_plugin
+
+    calls: list[int] = []
+
+    def no_netns() -> None:
+        calls.append(1)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(net_plugin, "_KIND_SUPPORT", {})
+    monkeypatch.setattr(nl, "socket_in_private_netns", no_netns)
+    first = probe_kind("dummy")
+    assert first == (True, "not probed: no private network namespace for the probe (Operation not permitted)")
+    assert probe_kind("dummy") == first and calls == [1]
 
 
 async def test_kernel_extended_ack_is_reported(net: Net, netns: str) -> None:

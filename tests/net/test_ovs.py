@@ -139,6 +139,23 @@ async def test_vswitchd_port_error_is_reported(onet: Net, ovs: Ovs) -> None:
     assert ovs.vsctl("list-br").strip() == ""
 
 
+async def test_a_port_nothing_provides_is_refused_by_check(onet: Net, ovs: Ovs) -> None:
+    await onet.converge(DOC)
+    ovs.vsctl("add-port", "br0", "patch0", "--", "set", "Interface", "patch0", "type=patch", "options:peer=none")
+    before = ovs.vsctl("show")
+    # v9's peer, an existing veth, an OVS-only port (no kernel device) and an internal port are all provided.
+    desired = NetSection.model_validate({"interfaces": [
+        {"name": "br0", "type": "ovs-bridge", "ports": ["int0", "v0", "patch0", "v9p", "nodev0"]},
+        {"name": "v9", "type": "veth", "veth": {"peer": "v9p"}},
+        {"name": "lb0", "type": "linux-bridge", "ports": ["nodev1"]},
+    ]})
+    problems = await onet.plugin.check(desired, onet.ctx)
+    assert [(p.path, "does not exist" in p.message) for p in problems] == [
+        ("plugins.net.interfaces[0].ports[4]", True), ("plugins.net.interfaces[2].ports[0]", True)]
+    assert "'nodev0'" in problems[0].message and repr(ovs.netns) in problems[0].message
+    assert ovs.vsctl("show") == before
+
+
 async def test_ovsdb_unreachable(netns: str, tmp_path) -> None:
     n = Net(netns, str(tmp_path / "no-such-db.sock"))
     try:

@@ -98,7 +98,10 @@ def blockchain_list(opts: Options, limit: int | None) -> int:
         table.add_column(col, no_wrap=col != "changes")
     for h in headers:
         table.add_row(str(h.index), h.time, h.kind, h.prev[:12], h.state_hash[:12], h.summary)
-    Console().print(table)
+    import sys
+
+    # Piped output keeps whole lines (a script or a pager wraps); a terminal gets its own width.
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
     return ExitCode.OK
 
 
@@ -189,4 +192,42 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
     click.echo(f"{s['services']} services ({', '.join(f'{k} {v}' for k, v in s['by_status'].items())}); "
                f"{s['objects']} objects, {s['interfaces']} interfaces, {s['properties']} properties "
                f"in {s['seconds']:.2f} s ({rate:.0f} objects/s)")
+
+
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+    from op_dbus.engine import Engine, document_from_snapshot
+
+    recover(opts)
+    with opts.ledger() as ledger:
+        if index >= len(ledger):
+            raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
+        proof = ledger.prove(index)
+    block = proof.block
+    if block.state is None:
+        raise InvalidInput(f"block {index}'s state snapshot was compacted away: only its hash is kept, so there is "
+                           "nothing to roll back to", hint="roll back to a later block whose state is kept")
+    doc = document_from_snapshot(block.state, f"block {index}")
+    meta = {"to_block": index, "to_state": block.header.state_hash}
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
+            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, kind="rollback", meta=meta)
+
+    result = _run(go())
+    changes = result.plan.all_changes if dry_run else result.applied
+    if opts.json:
+        _emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run,
+                    "changes": [c.to_record() for c in changes],
+                    "block": result.block.to_dict() if result.block is not None else None})
+        return ExitCode.OK
+    from op_dbus.cli.render import print_changes
+
+    click.echo(f"block {index} is in the signed log (tree size {proof.size}, proof of {len(proof.proof)} hashes); "
+               f"its state hashes to {block.header.state_hash[:16]}")
+    print_changes(changes, empty=f"nothing to change: the system already matches block {index}")
+    if dry_run:
+        click.echo(f"dry run: {len(changes)} change(s) would return the system to block {index}")
+    elif result.block is not None:
+        click.echo(f"rolled back to block {index}; recorded block {result.block.index}")
     return ExitCode.OK

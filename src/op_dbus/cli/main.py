@@ -237,6 +237,25 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
 
 
 @cli.command()
+@click.option("--to-block", "index", metavar="N", type=click.IntRange(min=0), required=True,
+              help="The block whose recorded state to return to.")
+@click.option("--dry-run", is_flag=True, help="Prove block N and show the plan; change nothing.")
+@click.option("--confirm-timeout", metavar="SECONDS", type=click.FloatRange(min=1),
+              help="As for apply: revert the rollback unless `op-dbus confirm` arrives in time.")
+@output_option
+@click.pass_obj
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+    """Return the system to the state recorded in block N.
+
+    Proves N's inclusion in the signed log and its state's hash first, then applies that state as a
+    normal transaction and records a new block of kind `rollback` naming N. History is never truncated.
+    """
+    from op_dbus.cli import commands
+
+    return commands.rollback(opts, index, dry_run, confirm_timeout)
+
+
+@cli.command()
 @output_option
 @click.pass_obj
 def confirm(opts: Options) -> int:

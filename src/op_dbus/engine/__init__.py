@@ -85,12 +85,15 @@ def actor() -> dict[str, Any]:
     return who
 
 
-def summarise(changes: list[Change]) -> str:
+def summarise(changes: list[Change], limit: int = 160) -> str:
+    """One line: changes grouped by action, e.g. "enable app-backend.service, app-worker.service; start nginx.service"."""
     if not changes:
         return "no changes"
-    words = [f"{c.object} {c.action}" for c in changes[:3]]
-    more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
-    return ", ".join(words) + more
+    groups: dict[str, list[str]] = {}
+    for c in changes:
+        groups.setdefault(c.action, []).append(c.object)
+    text = "; ".join(f"{action} {', '.join(objects)}" for action, objects in groups.items())
+    return text if len(text) <= limit else text[: limit - 12].rstrip(" ,;") + f" ... ({len(changes)})"
 
 
 class Engine:
@@ -135,7 +138,7 @@ class Engine:
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, doc: StateDocument, *, dry_run: bool = False, confirm_timeout: float | None = None,
-                    lock_wait: float = 0.0) -> ApplyResult:
+                    lock_wait: float = 0.0, kind: str = "apply", meta: dict[str, Any] | None = None) -> ApplyResult:
         """Converge to `doc` as one transaction; see the module docstring for what happens on failure."""
         if dry_run:
             return ApplyResult(await self.plan(doc), dry_run=True)
@@ -150,18 +153,19 @@ class Engine:
                                    "nothing else is applied meanwhile",
                                    hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
                 plan = await self.plan(doc)
-                return await self._transaction(plan, ledger, confirm_timeout)
+                return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
             finally:
                 if ledger is not None:
                     ledger.close()
 
-    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None) -> ApplyResult:
+    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
+                           extra: dict[str, Any]) -> ApplyResult:
         if ledger is not None and len(ledger) == 0:
             ledger.append("genesis", [], plan.snapshot(), actor=actor(), summary="initial state")
         required = await probes.passing(plan.document.probes, self.ctx)
         intent = Intent.new(plan.document.source, plan.snapshot(), [c.to_record() for c in plan.all_changes],
                             settings_record(self.ctx.settings))
-        self.journal.write(intent)
+        self.journal.begin(intent)
         if confirm_timeout is not None:
             # Armed before the first change: a kill -9 from here on is still reverted by the watchdog.
             intent.watchdog_pid = spawn_watchdog(self.ctx.settings, intent.id)
@@ -181,13 +185,13 @@ class Engine:
         except (OpDbusError, OSError, asyncio.CancelledError) as error:
             await self._fail(plan, undo, error, ledger, intent)
         faults.point("before-append")
-        meta: dict[str, Any] = {"txid": intent.id}
+        meta: dict[str, Any] = {**extra, "txid": intent.id}
         if confirm_timeout is not None:
             intent.deadline = time.time() + confirm_timeout
             meta["confirm_by"] = _when(intent.deadline)
         block = None
         if ledger is not None:
-            block = ledger.append("apply", [c.to_record() for c in applied], plan.snapshot(after),
+            block = ledger.append(kind, [c.to_record() for c in applied], plan.snapshot(after),
                                   actor=actor(), summary=summarise(applied), meta=meta)
         faults.point("after-append")
         if confirm_timeout is None:
@@ -199,16 +203,24 @@ class Engine:
         return ApplyResult(plan, applied, block, confirm_by=intent.deadline)
 
     async def _verify(self, plan: Plan) -> dict[str, Section]:
+        """Re-read and compare, with bounded retries; a pass must still hold after the plugins' settle time."""
+        settle = max((p.settle_time(plan.changes[n]) for n, p in plan.plugins.items()), default=0.0)
         mismatches: list[Change] = []
-        current = plan.current
         for delay in VERIFY_DELAYS:
             if delay:
                 await asyncio.sleep(delay)
-            current = await self._query_scoped(plan.plugins, plan.document)
-            mismatches = [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
+            current, mismatches = await self._compare(plan)
+            if not mismatches and settle:
+                await asyncio.sleep(settle)
+                settle = 0.0
+                current, mismatches = await self._compare(plan)
             if not mismatches:
                 return current
         raise ApplyFailed("verification failed after the apply; still different: " + summarise(mismatches))
+
+    async def _compare(self, plan: Plan) -> tuple[dict[str, Section], list[Change]]:
+        current = await self._query_scoped(plan.plugins, plan.document)
+        return current, [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
 
     async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: Any, intent: Intent) -> NoReturn:
         """Undo what was applied, check the result against the checkpoint, record the attempt, raise."""
@@ -255,7 +267,7 @@ class Engine:
 
     async def recover(self) -> str | None:
         """Finish a transaction a dead op-dbus left behind (if any, and if no other op-dbus is busy)."""
-        if not self.journal.path.exists():
+        if not self.journal.pending():
             return None
         lock = StateLock(self._state_dir())
         if not lock.try_acquire():

@@ -8,7 +8,13 @@ settings it ran with, and its phase:
                       the state lock), the next op-dbus command converges back to the checkpoint
     confirm-pending   applied and recorded; reverted to the checkpoint at `deadline` unless confirmed
 
-One fsync'd write per phase, so the cost does not grow with the number of changes.
+The file stays in place between transactions (empty means none), so starting a transaction costs one
+write and one fdatasync, with no directory fsync: the change only begins once that write is durable, and
+a torn write (a crash inside it) can only leave a prefix of the record, which is not valid JSON and means
+nothing was applied yet. The confirm-pending update replaces the file atomically instead, since by then
+there is something to lose. Ending a transaction truncates the file without waiting for the disk: should
+the truncation be lost, the record names a transaction whose block is in the log, and recovery only
+tidies it away.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +61,19 @@ class Journal:
 
     def read(self) -> Intent | None:
         try:
-            data = json.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
+            if not raw.strip():
+                return None
+            data = json.loads(raw)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except ValueError:
+            if raw.lstrip().startswith(b"{") and not raw.rstrip().endswith(b"}"):
+                return None  # torn while it was being written: the apply had not started
+            raise LedgerError(f"the intent record {self.path} is not valid JSON; an interrupted apply may need "
+                              "attention",
+                              hint="compare the system with `op-dbus verify --current`, then empty the file") from None
+        except OSError as e:
             raise LedgerError(f"the intent record {self.path} is unreadable ({e}); an interrupted apply may need "
                               "attention",
                               hint="compare the system with `op-dbus verify --current`, then remove it") from None
@@ -67,10 +82,29 @@ class Journal:
         except TypeError as e:
             raise LedgerError(f"the intent record {self.path} is not one this op-dbus wrote: {e}") from None
 
+    def pending(self) -> bool:
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def begin(self, intent: Intent) -> None:
+        """Write a new transaction's record in place (see the module docstring for why this is safe)."""
+        data = json.dumps(vars(intent), separators=(",", ":")).encode()
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.path.parent)
+
     def write(self, intent: Intent) -> None:
-        atomic_write(self.path, json.dumps(asdict(intent), separators=(",", ":")).encode(), 0o600)
+        atomic_write(self.path, json.dumps(vars(intent), separators=(",", ":")).encode(), 0o600)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-            fsync_dir(self.path.parent)
+            os.truncate(self.path, 0)

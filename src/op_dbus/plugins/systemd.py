@@ -72,6 +72,8 @@ ENABLED_STATES = {"enabled": True, "enabled-runtime": True, "disabled": False}
 MASKED_STATES = ("masked", "masked-runtime")
 NOT_ENABLEABLE = ("static", "indirect", "generated", "transient", "alias", "linked", "linked-runtime", "bad")
 
+START_SETTLE = 0.3
+
 # Inverse of each action, used to record undo before the action runs.
 INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "enable", "mask": "unmask", "unmask": "mask"}
 # Order of actions in a plan: unit files first (unmask before enable), stops before starts so a
@@ -234,6 +236,10 @@ class SystemdPlugin(Plugin[SystemdState]):
 
     def _change(self, unit: str, action: str, field: str, before: Any, after: Any) -> Change:
         return Change(self.name, unit, action, {field: before}, {field: after})
+
+    def settle_time(self, changes: list[Change]) -> float:
+        # A Type=simple unit is "active" from the moment it forks: give a crash time to show.
+        return START_SETTLE if any(c.action == "start" for c in changes) else 0.0
 
     # -- applying ------------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ Semantics:
 - `ports` is the complete member list of an ovs-bridge, linux-bridge or bond. A port named by an
   `ovs-interface` entry becomes an internal port; any other port is an existing device. An
   ovs-bridge's own internal device (same name) carries the bridge's addresses.
+  `check` refuses a port that neither exists (as a device or an OVS port) nor is created by the
+  document, before anything changes.
 - `datapath-type` of an ovs-bridge: when left out, a new bridge gets `system` if the kernel has the
   OVS datapath (the `ovs_datapath` generic netlink family), else `netdev` (userspace datapath, which
   needs no kernel module); an existing bridge keeps its own. ovs-vswitchd must run in the same
@@ -70,21 +72,34 @@ from .query import build_state, read_ovs
 
 __all__ = ["NetPlugin", "NetSection"]
 
-# Kernel feature probes are process-wide facts: kind -> (supported, kernel message).
+# Kernel feature probes are process-wide facts: kind -> (supported, what the probe found).
 _KIND_SUPPORT: dict[str, tuple[bool, str]] = {}
 
 
 def probe_kind(kind: str) -> tuple[bool, str]:
-    """Create a `kind` link in a private, throwaway namespace to learn whether the kernel has it."""
+    """Whether the kernel has `kind` links, and what the probe found, in words fit for a report.
+
+    The probe creates such a link in a private, throwaway namespace. Every outcome is remembered, an inconclusive one
+    too, so all callers in a process see the same answer and the same words.
+    """
     if kind not in _KIND_SUPPORT:
-        try:
-            sock = nl.socket_in_private_netns()
-        except OSError:
-            return True, ""  # cannot probe: let apply report it
-        with nl.Netlink(sock=sock) as probe:
-            reply = probe.batch([nl.link_add("opdbusprobe0", kind)])[0]
-        _KIND_SUPPORT[kind] = (reply.error != errno.EOPNOTSUPP, reply.describe())
+        _KIND_SUPPORT[kind] = _probe_kind(kind)
     return _KIND_SUPPORT[kind]
+
+
+def _probe_kind(kind: str) -> tuple[bool, str]:
+    try:
+        sock = nl.socket_in_private_netns()
+    except OSError as exc:
+        # Without a namespace to probe in, assume support: apply then reports the kernel's own refusal.
+        return True, f"not probed: no private network namespace for the probe ({exc.strerror or exc})"
+    with nl.Netlink(sock=sock) as probe:
+        reply = probe.batch([nl.link_add("opdbusprobe0", kind)])[0]
+    if reply.error == errno.EOPNOTSUPP:
+        return False, f"the kernel refused a {kind!r} link: {reply.describe()}"
+    if reply.error:
+        return True, f"probe inconclusive: creating a {kind!r} link failed with {reply.describe()}"
+    return True, f"the kernel created a {kind!r} link"
 
 
 class NetPlugin(Plugin[NetSection]):
@@ -139,8 +154,35 @@ class NetPlugin(Plugin[NetSection]):
                 if ip is not None and ip.dhcp and (ip.enabled is not False) and applier.find_dhcp_client() is None:
                     problems.append(Problem(f"{path}.{fam}.dhcp", f"interface {iface.name!r}: dhcp is requested but no "
                                             f"DHCP client is installed (looked for {', '.join(applier.DHCP_CLIENTS)})"))
+        ovs_ports: set[str] = set()
         if needs_ovs:
-            await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
+            db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
+            ovs_ports = set((await read_ovs(db)).port_uuid)
+        problems += await self._missing_ports(desired, ctx, netns, ovs_ports)
+        return problems
+
+    async def _missing_ports(self, desired: NetSection, ctx: Context, netns: str | None,
+                             ovs_ports: set[str]) -> list[Problem]:
+        """Ports no device, no OVS port and no entry of the file provides: refused before anything changes.
+
+        Otherwise the kernel or ovs-vswitchd would refuse them halfway through an apply, and the steps taken
+        before would have to be rolled back.
+        """
+        controllers = [(i, d) for i, d in enumerate(desired.interfaces) if d.state != "absent" and d.ports]
+        if not controllers:
+            return []
+        provided = {d.name for d in desired.interfaces if d.state != "absent"}
+        provided |= {d.veth.peer for d in desired.interfaces
+                     if d.state != "absent" and d.veth is not None and d.veth.peer_netns is None}
+        provided |= {link.name for link in (await self._netlink(ctx, netns)).links()} | ovs_ports
+        problems = []
+        for i, d in controllers:
+            for j, port in enumerate(d.ports or []):
+                if port not in provided:
+                    where = f" in network namespace {netns!r}" if netns else ""
+                    problems.append(Problem(f"plugins.net.interfaces[{i}].ports[{j}]",
+                                            f"interface {d.name!r}: port {port!r} does not exist{where} and no entry "
+                                            "of this file creates it; nothing was changed"))
         return problems
 
     async def query(self, ctx: Context, scope: NetSection | None = None) -> NetSection:
