@@ -167,6 +167,8 @@ class Plugin(ABC, Generic[S]):
 BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
     "net": "op_dbus.plugins.net:NetPlugin",
+    "login1": "op_dbus.plugins.login1:Login1Plugin",
+    "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"

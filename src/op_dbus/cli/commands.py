@@ -136,6 +136,64 @@ def blockchain_show(opts: Options, index: int) -> int:
     return ExitCode.OK
 
 
+def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: int) -> int:
+    """`query --discover-all`: the whole bus, with a progress line on a terminal's stderr."""
+    import sys
+
+    from op_dbus.backends import dbus
+    from op_dbus.discovery import discover
+
+    async def go(progress: Any) -> Any:
+        client = dbus.Client(await dbus.connect(opts.bus), timeout=timeout)
+        try:
+            return await discover(client, activate=activate, timeout=timeout, concurrency=concurrency,
+                                  progress=progress)
+        finally:
+            client.bus.disconnect()
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("discovering"), BarColumn(), MofNCompleteColumn(), TextColumn("services"),
+                      TextColumn("{task.fields[objects]} objects"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("walk", total=None, objects=0)
+
+            def progress(d: Any) -> None:
+                bar.update(task, total=len(d.services), completed=d.services_done, objects=d.objects)
+
+            result = _run(go(progress))
+    else:
+        result = _run(go(None))
+    if opts.json:
+        if sys.stdout.isatty():
+            _emit_json(result.to_dict())
+        else:
+            # tens of thousands of properties: indented JSON would take Python's slow encoder path
+            import json
+
+            click.echo(json.dumps(result.to_dict(), separators=(",", ":"), default=str))
+        return ExitCode.OK
+    for name, svc in sorted(result.services.items()):
+        who = f" pid {svc.pid}" if svc.pid is not None else ""
+        props = sum(len(i) for o in svc.objects.values() for i in o.values())
+        click.secho(f"{name}  [{svc.status}]{who}", bold=True, fg=None if svc.status in ("ok", "activatable") else "red")
+        if svc.objects:
+            click.echo(f"  {len(svc.objects)} object(s), {props} propert(ies)")
+        for path, interfaces in sorted(svc.objects.items())[:20]:
+            click.echo(f"  {path}  " + ", ".join(sorted(interfaces)))
+        if len(svc.objects) > 20:
+            click.echo(f"  ... and {len(svc.objects) - 20} more objects (-o json lists everything)")
+        for err in svc.errors[:3]:
+            click.echo(f"  ! {err}")
+    s = result.to_dict()["summary"]
+    rate = s["objects"] / s["seconds"] if s["seconds"] else 0.0
+    click.echo(f"{s['services']} services ({', '.join(f'{k} {v}' for k, v in s['by_status'].items())}); "
+               f"{s['objects']} objects, {s['interfaces']} interfaces, {s['properties']} properties "
+               f"in {s['seconds']:.2f} s ({rate:.0f} objects/s)")
+
+
 def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
     from op_dbus.engine import Engine, document_from_snapshot
 

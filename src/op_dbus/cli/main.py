@@ -102,14 +102,36 @@ def _emit_json(value: Any) -> None:
 
 @cli.command()
 @click.argument("plugin", required=False)
+@click.option("--discover-all", is_flag=True,
+              help="Instead: walk every service on the bus (objects, interfaces, properties) and report it.")
+@click.option("--activate", is_flag=True, help="With --discover-all: also start and walk bus-activatable services.")
+@click.option("--timeout", "call_timeout", metavar="SECONDS", type=click.FloatRange(min=0.05), default=5.0,
+              show_default=True, help="With --discover-all: give up on a call after this long (the service is "
+                                      "then listed as timed out).")
+@click.option("--concurrency", metavar="N", type=click.IntRange(min=1, max=1024), default=32, show_default=True,
+              help="With --discover-all: calls in flight at once.")
 @output_option
 @click.pass_obj
-def query(opts: Options, plugin: str | None) -> int:
-    """Print the live state of every plugin (or only PLUGIN), in the state-file format."""
+def query(opts: Options, plugin: str | None, discover_all: bool, activate: bool, call_timeout: float,
+          concurrency: int) -> int:
+    """Print the live state of every plugin (or only PLUGIN), in the state-file format.
+
+    Unlike `introspect`, plugins may add read-only facts under a `status` key (e.g. login1's sessions);
+    a state file may carry them and they are ignored there.
+    """
+    if discover_all and plugin:
+        raise click.UsageError("--discover-all walks the whole bus; it takes no PLUGIN")
+    if not discover_all and (activate or call_timeout != 5.0 or concurrency != 32):
+        raise click.UsageError("--activate, --timeout and --concurrency go with --discover-all")
+    if discover_all:
+        from op_dbus.cli import commands
+
+        return commands.discover_all(opts, activate=activate, timeout=call_timeout, concurrency=concurrency)
     from op_dbus.engine import Engine
 
     async def go() -> Any:
         async with opts.context() as ctx:
+            ctx.settings.extra["read_only_facts"] = True
             return await Engine(ctx).query([plugin] if plugin else None)
 
     _emit_json(_run(go()))

@@ -177,7 +177,11 @@ class SystemdPlugin(Plugin[SystemdState]):
         for path, state in files:
             name = path.rsplit("/", 1)[-1]
             kind = name.rsplit(".", 1)[-1]
-            if kind not in INTROSPECT_TYPES or "@." in name or state in ("alias", "transient", "generated", "bad"):
+            # A static unit runs when something triggers it (bus activation, a socket, a dependency), so its
+            # activity is not a declaration: writing it down would race with anything that triggers it (reading
+            # hostname1 starts systemd-hostnamed) and make the introspected state stale by itself.
+            if kind not in INTROSPECT_TYPES or "@." in name or state in ("alias", "transient", "generated", "bad",
+                                                                            "static"):
                 continue
             if state in MASKED_STATES:
                 units[name] = UnitState.model_construct(active_state="inactive", enabled=None, masked=True)
