@@ -72,8 +72,12 @@ def test_linger_on_and_off(lab: Any, op: str) -> None:
     assert code == 0, err
     assert [c["action"] for c in out["changes"]] == ["linger"]
     assert linger(lab, "labuser")
-    # the user manager runs without any login
-    assert lab.run(["systemctl", "is-active", "user@1000.service"], check=False).stdout.strip() == "active"
+    # the user manager runs without any login (it may still be starting when apply returns)
+    state, deadline = "", time.monotonic() + 20
+    while state != "active" and time.monotonic() < deadline:
+        state = lab.run(["systemctl", "is-active", "user@1000.service"], check=False).stdout.strip()
+        time.sleep(0.1)
+    assert state == "active"
     assert apply(lab, op, {"users": {"labuser": {"linger": True}}})[1]["changes"] == []
     code, out, err = apply(lab, op, {"users": {"labuser": {"linger": False}}})
     assert code == 0, err
