@@ -69,13 +69,21 @@ class Change:
 
 
 class UndoLog:
-    """Inverse changes, recorded by plugins as they apply; the engine replays them newest first."""
+    """Inverse changes, recorded by plugins as they apply; the engine replays them newest first.
+
+    A step that nothing can undo (terminating a session kills its processes) is declared with
+    `irreversible(change)` as it is taken, so a failed apply says exactly what it could not roll back.
+    """
 
     def __init__(self) -> None:
         self.entries: list[Change] = []
+        self.irreversible_steps: list[Change] = []
 
     def record(self, inverse: Change) -> None:
         self.entries.append(inverse)
+
+    def irreversible(self, change: Change) -> None:
+        self.irreversible_steps.append(change)
 
     def __len__(self) -> int:
         return len(self.entries)

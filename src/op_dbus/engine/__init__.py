@@ -221,12 +221,13 @@ class Engine:
     async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: Any, intent: Intent) -> NoReturn:
         """Undo what was applied, check the result against the checkpoint, record the attempt, raise."""
         undo_errors = await self.rollback(undo)
+        undo_errors += [f"{c.summary()} cannot be undone" for c in undo.irreversible_steps]
         checkpoint = document_from_snapshot(intent.checkpoint, f"checkpoint of {intent.id}", self._load)
         state = await self._converge_back(checkpoint, undo_errors)
         message = str(error) if isinstance(error, OpDbusError) else f"{type(error).__name__}: {error}"
         if ledger is not None:
             ledger.append("failed", intent.changes, state, actor=actor(),
-                          summary=f"failed, rolled back: {message.splitlines()[0][:200]}",
+                          summary=f"failed, {'partly ' if undo_errors else ''}rolled back: {message.splitlines()[0][:200]}",
                           meta={"txid": intent.id, "error": message, "rolled_back": not undo_errors,
                                 "undo_errors": undo_errors, "undone": [c.to_record() for c in reversed(undo.entries)]})
         self.journal.remove()

@@ -311,7 +311,8 @@ class Login1Plugin(Plugin[Login1State]):
             await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "SetUserLinger", "ubb", [uid, c.payload["linger"], False])
         terminations = [c for c in changes if c.action == "terminate"]
         for c in terminations:
-            # No undo is recorded: killed processes cannot be brought back (the change says reversible: false).
+            # No inverse exists: killed processes cannot be brought back (the change says reversible: false).
+            undo.irreversible(c)
             p = c.payload
             if p.get("whole_user") and p.get("uid") is not None:
                 await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "TerminateUser", "u", [p["uid"]])
