@@ -33,6 +33,7 @@ async def main() -> None:
         everything = await plugin.query(ctx)
         names = [n for n in everything.units if n.endswith(".service")][:50]
         scope = SystemdState(units={n: UnitState(active_state="active", enabled=True) for n in names})
+        scope_active = SystemdState(units={n: UnitState(active_state="active") for n in names})
         times: dict[str, list[float]] = {}
 
         def record(key: str, seconds: float) -> None:
@@ -78,6 +79,8 @@ async def main() -> None:
             await timed_async("read50.native", plugin.query(ctx, scope=scope))
             await timed_async("read50.native_cold", cold_read())
             timed("read50.systemctl", show)
+            await timed_async("active50.native", plugin.query(ctx, scope=scope_active))
+            timed("active50.systemctl", ["systemctl", "show", "--property=Id,ActiveState", *names])
             await timed_async("enable_disable.native", enable_disable())
             timed("enable_disable.systemctl", ["systemctl", "enable", "-q", UNIT], ["systemctl", "disable", "-q", UNIT])
             await timed_async("reload_x2.native", reload_twice())
