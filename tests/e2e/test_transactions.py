@@ -159,6 +159,19 @@ def test_unconfirmed_change_reverts_even_when_op_dbus_is_killed(lab: Any, op: An
     assert_log_verifies(op)
 
 
+def test_kill_9_between_recording_and_arming_the_confirmation_still_reverts(lab: Any, op: Any) -> None:
+    doc = write(lab, document(GOOD_UNITS))
+    r = op("apply", "--confirm-timeout", "3", doc, env={"OP_DBUS_FAULTS": "after-append"})
+    assert r.returncode in (-9, 137), r.stderr
+    assert systemctl(lab, "is-active", "app-backend.service") == ["active"]
+    deadline = time.monotonic() + 30
+    while (lab.root / "var/lib/op-dbus/transaction.json").stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert_pristine(lab)
+    assert kinds(op)[-2:] == ["apply", "rollback"]
+    assert_log_verifies(op)
+
+
 def test_confirm_keeps_the_change_and_abort_reverts_it(lab: Any, op: Any) -> None:
     r = op("apply", "--confirm-timeout", "60", write(lab, document(GOOD_UNITS)))
     assert r.returncode == 0 and "op-dbus confirm" in r.stdout

@@ -17,6 +17,7 @@ detached watchdog does the same at the deadline unless `op-dbus confirm` arrives
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import getpass
 import os
@@ -70,6 +71,13 @@ class ApplyResult:
 
 def _when(epoch: float | None) -> str:
     return "?" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _epoch(when: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError):
+        return time.time()  # unreadable: treat the deadline as passed
 
 
 def actor() -> dict[str, Any]:
@@ -282,8 +290,9 @@ class Engine:
                 if "confirm_by" not in head.meta:
                     self.journal.remove()  # it had been recorded; only the clean-up was cut short
                     return f"transaction {intent.id} had completed (block {head.index})"
+                # Cut short between recording the block and arming the confirmation: the block has the deadline.
                 intent.phase, intent.block = "confirm-pending", head.index
-                intent.deadline = intent.deadline or time.time()
+                intent.deadline = intent.deadline or _epoch(head.meta["confirm_by"])
                 self.journal.write(intent)
             else:
                 return await self._revert(intent, ledger, "failed",
@@ -347,7 +356,10 @@ class Engine:
                     if intent is None or intent.id != txid:
                         return None
                     if intent.phase == "applying" or time.time() >= (intent.deadline or 0):
-                        return await self._recover_locked(ledger)
+                        outcome = await self._recover_locked(ledger)
+                        if outcome is not None:
+                            return outcome
+                        # else the apply had been recorded and now awaits confirmation: keep watching
             await asyncio.sleep(poll)
 
     async def rollback(self, undo: UndoLog) -> list[str]:
