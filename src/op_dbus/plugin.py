@@ -158,6 +158,7 @@ class Plugin(ABC, Generic[S]):
 # e.g. when running from a source tree.
 BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
+    "containers": "op_dbus.plugins.containers:ContainersPlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"
