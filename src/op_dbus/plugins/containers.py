@@ -247,7 +247,13 @@ def _podman(ctx: Context) -> ContainerBackend:
     return PodmanBackend(_option(ctx, "podman_socket"), timeout=ctx.settings.job_timeout)
 
 
-FACTORIES: dict[str, BackendFactory] = {"podman": _podman}
+def _docker(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.docker import DockerBackend
+
+    return DockerBackend(_option(ctx, "docker_socket"), timeout=ctx.settings.job_timeout)
+
+
+FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker}
 
 
 def _option(ctx: Context, key: str) -> Any:
