@@ -253,7 +253,13 @@ def _docker(ctx: Context) -> ContainerBackend:
     return DockerBackend(_option(ctx, "docker_socket"), timeout=ctx.settings.job_timeout)
 
 
-FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker}
+def _nspawn(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.nspawn import NspawnBackend
+
+    return NspawnBackend(ctx.settings.bus_address, _option(ctx, "nspawn_root"), timeout=ctx.settings.job_timeout)
+
+
+FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn}
 
 
 def _option(ctx: Context, key: str) -> Any:
