@@ -197,3 +197,39 @@ class OpDbus:
         path.write_text(json.dumps({"version": 1, "plugins": {"containers": section}}, indent=2))
         path.chmod(0o600)
         return path
+
+
+# -- lxc --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Lxc:
+    """A private lxcpath, and the lxc-* tools on it as the test oracle."""
+
+    path: Path
+
+    def tool(self, tool: str, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tool, "-P", str(self.path), "-n", name, *args], capture_output=True, text=True,
+                              timeout=60, check=check)
+
+    def state(self, name: str) -> str | None:
+        r = self.tool("lxc-info", name, "-s", "-H", check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def lxc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lxc]:
+    if os.geteuid() != 0:
+        pytest.skip("LXC system containers need root")
+    if shutil.which("lxc-start") is None:
+        pytest.skip("lxc is not installed: run lab/setup-host.sh")
+    path = Path(tmp_path_factory.mktemp("lxcpath"))
+    path.chmod(0o755)
+    box = Lxc(path)
+    try:
+        yield box
+    finally:
+        for config in path.glob("*/config"):
+            name = config.parent.name
+            box.tool("lxc-stop", name, "-k", check=False)
+            box.tool("lxc-destroy", name, check=False)
+        shutil.rmtree(path, ignore_errors=True)

@@ -259,7 +259,13 @@ def _nspawn(ctx: Context) -> ContainerBackend:
     return NspawnBackend(ctx.settings.bus_address, _option(ctx, "nspawn_root"), timeout=ctx.settings.job_timeout)
 
 
-FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn}
+def _lxc(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.lxc import LxcBackend
+
+    return LxcBackend(_option(ctx, "lxc_path"), timeout=ctx.settings.job_timeout)
+
+
+FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn, "lxc": _lxc}
 
 
 def _option(ctx: Context, key: str) -> Any:
