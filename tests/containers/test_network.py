@@ -61,13 +61,23 @@ def bridge(netns: str) -> str:
     return "br-ct"
 
 
+@pytest.fixture
+def lxc_in_netns(lxc: Lxc, netns: str) -> Iterator[Lxc]:
+    """The private lxcpath; containers started inside the namespace are stopped from inside it (their monitors'
+    sockets are abstract, hence per network namespace)."""
+    yield lxc
+    for config in lxc.path.glob("*/config"):
+        in_netns(netns, "lxc-stop", "-P", str(lxc.path), "-n", config.parent.name, "-k", check=False)
+
+
 def in_netns(netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=60,
                           check=check)
 
 
-def test_two_lxc_containers_on_a_bridge_talk_tcp(netns: str, bridge: str, lxc: Lxc, templates: Templates,
+def test_two_lxc_containers_on_a_bridge_talk_tcp(netns: str, bridge: str, lxc_in_netns: Lxc, templates: Templates,
                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    lxc = lxc_in_netns
     op = NetnsOpDbus(tmp_path_factory.mktemp("state"), {"OP_DBUS_LXC_PATH": str(lxc.path)},
                      tmp_path_factory.mktemp("files"))
     op.netns = netns
@@ -98,9 +108,10 @@ def test_two_lxc_containers_on_a_bridge_talk_tcp(netns: str, bridge: str, lxc: L
 
 @pytest.mark.skipif("net" not in plugin_specs(),
                     reason="the net plugin is not installed in this build: the OVS bridge comes from it")
-def test_two_containers_on_an_ovs_bridge_of_the_net_plugin_talk_tcp(netns: str, lxc: Lxc, templates: Templates,
+def test_two_containers_on_an_ovs_bridge_of_the_net_plugin_talk_tcp(netns: str, lxc_in_netns: Lxc, templates: Templates,
                                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
     """One state file: the net plugin makes the OVS bridge, the containers plugin joins two containers to it."""
+    lxc = lxc_in_netns
     if shutil.which("ovsdb-server") is None:
         pytest.skip("Open vSwitch is not installed")
     d = Path(tmp_path_factory.mktemp("ovs"))
@@ -128,7 +139,7 @@ def test_two_containers_on_an_ovs_bridge_of_the_net_plugin_talk_tcp(netns: str, 
         r = op("--ovsdb", f"unix:{d}/db.sock", "apply", str(f))
         assert r.code == 0, r.err
         for name in ("ovs-a", "ovs-b"):  # the userspace datapath needs checksums computed in software
-            pid = lxc.tool("lxc-info", name, "-p", "-H").stdout.strip()
+            pid = in_netns(netns, "lxc-info", "-P", str(lxc.path), "-n", name, "-p", "-H").stdout.strip()
             subprocess.run(["nsenter", "-t", pid, "-n", "ethtool", "-K", "eth0", "tx", "off"], check=True,
                            capture_output=True)
         got = in_netns(netns, "lxc-attach", "-P", str(lxc.path), "-n", "ovs-b", "--",
