@@ -265,7 +265,15 @@ def _lxc(ctx: Context) -> ContainerBackend:
     return LxcBackend(_option(ctx, "lxc_path"), timeout=ctx.settings.job_timeout)
 
 
-FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn, "lxc": _lxc}
+def _proxmox(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.proxmox import ProxmoxBackend
+
+    return ProxmoxBackend(pct=_option(ctx, "pct"), template_dir=_option(ctx, "proxmox_template_dir"),
+                          timeout=ctx.settings.job_timeout)
+
+
+FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn, "lxc": _lxc,
+                                        "proxmox": _proxmox}
 
 
 def _option(ctx: Context, key: str) -> Any:
