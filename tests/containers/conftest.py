@@ -80,6 +80,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
 """
 
 STORAGE_CONF = """\
@@ -150,6 +151,13 @@ def stop_podman(pod: Podman, proc: subprocess.Popen[bytes]) -> None:
         pod.cli("system", "reset", "-f", check=False, timeout=120)
     subprocess.run(["umount", "-R", str(pod.dir / "root" / "overlay")], capture_output=True, check=False)
     shutil.rmtree(pod.dir, ignore_errors=True)
+    # podman's cgroupfs manager leaves its (now empty) parent cgroups behind
+    for parent in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
+        for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 @pytest.fixture(scope="module")

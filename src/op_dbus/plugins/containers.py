@@ -330,8 +330,10 @@ class ContainersPlugin(Plugin[ContainersState]):
         needed = self._template_backends(scope)
         names = sorted(set(by_backend) | {b for bs in needed.values() for b in bs})
         backends = {n: await backend(ctx, n) for n in names}
+        fields = {b: frozenset(f for name in names_ for f in FIXED if getattr(scope.containers[name], f) is not None)
+                  for b, names_ in by_backend.items()}
         infos, templates = await asyncio.gather(
-            asyncio.gather(*(backends[n].inspect(by_backend[n]) for n in by_backend)),
+            asyncio.gather(*(backends[n].inspect(by_backend[n], fields[n]) for n in by_backend)),
             asyncio.gather(*(backends[n].templates() for n in names)),
         )
         found = dict(zip(by_backend, infos, strict=True))

@@ -148,8 +148,12 @@ class ContainerBackend(ABC):
         """Every container of this manager, managed or not (settings may be partial: use inspect)."""
 
     @abstractmethod
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
-        """Full information about the named containers; names that do not exist are left out."""
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+        """Information about the named containers; names that do not exist are left out.
+
+        `fields` names the settings the caller will read (None: all of them); a backend may answer from a
+        cheaper listing when it covers them. Existence, the marker, the image and running are always filled in.
+        """
 
     @abstractmethod
     async def create(self, spec: ContainerSpec) -> None: ...

@@ -50,7 +50,10 @@ class DockerBackend(ContainerBackend):
         return [info_from_labels(row["Names"][0].lstrip("/"), row.get("Labels"), row.get("State") == "running")
                 for row in rows]
 
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+        if fields is not None and fields <= {"image"} and len(names) > 1:
+            wanted = set(names)
+            return {info.name: info for info in await self.list() if info.name in wanted}
         found = await asyncio.gather(*(self._inspect(name) for name in names))
         return {info.name: info for info in found if info is not None}
 

@@ -193,7 +193,7 @@ class LxcBackend(ContainerBackend):
         names = sorted(p.parent.name for p in self.lxcpath.glob("*/config") if not p.parent.name.startswith("."))
         return list((await self.inspect(names)).values())
 
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         running = self._running()
         found = {}
         for name in names:

@@ -235,7 +235,7 @@ class NspawnBackend(ContainerBackend):
         names = [n for n in names if not n.startswith(TEMPLATE_PREFIX)]
         return list((await self.inspect(names)).values())
 
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         if not names:
             return {}
         images, running = await asyncio.gather(self._images(), self._machines())

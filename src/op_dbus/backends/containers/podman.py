@@ -29,6 +29,7 @@ from op_dbus.backends.containers.http import NotFound, UnixHTTP
 DEFAULT_SOCKET = "/run/podman/podman.sock"
 API = "/v4.0.0/libpod"
 CPU_PERIOD = 100_000
+LIST_FIELDS = frozenset({"image", "command"})  # what the container listing carries besides name, labels, state
 
 
 def socket_from_env(variable: str, default: str) -> str:
@@ -82,9 +83,19 @@ class PodmanBackend(ContainerBackend):
 
     async def list(self) -> list[ContainerInfo]:
         rows = (await self.http.request("GET", f"{API}/containers/json", params={"all": True})).json() or []
-        return [info_from_labels(row["Names"][0], row.get("Labels"), row.get("State") == "running") for row in rows]
+        found = []
+        for row in rows:
+            info = info_from_labels(row["Names"][0], row.get("Labels"), row.get("State") == "running")
+            info.command = row.get("Command")
+            found.append(info)
+        return found
 
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+        # one listing answers for many containers when only what it carries is wanted; podman serves
+        # an inspect in about 1 ms, so fifty of them cost more than the listing
+        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
+            wanted = set(names)
+            return {info.name: info for info in await self.list() if info.name in wanted}
         found = await asyncio.gather(*(self._inspect(name) for name in names))
         return {info.name: info for info in found if info is not None}
 

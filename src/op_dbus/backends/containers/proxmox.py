@@ -150,7 +150,7 @@ class ProxmoxBackend(ContainerBackend):
         rows = await self._table()
         return list((await self.inspect([name for _, _, name in rows])).values())
 
-    async def inspect(self, names: list[str]) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         rows = await self._table()
         status = {name: (vmid, st) for vmid, st, name in rows}
         found = {}
