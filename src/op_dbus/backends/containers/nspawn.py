@@ -156,6 +156,7 @@ class NspawnBackend(ContainerBackend):
         self._jobs: dict[str, asyncio.Future[str]] = {}
         self._finished_jobs: dict[str, str] = {}
         self._transfers: dict[int, asyncio.Future[str]] = {}
+        self._image_names: set[str] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -216,9 +217,12 @@ class NspawnBackend(ContainerBackend):
         return {row[0] for row in rows if row[1] == "container"}
 
     async def _images(self) -> set[str]:
-        client = await self.client()
-        (rows,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListImages")
-        return {row[0] for row in rows}
+        # machined measures every image for ListImages: one answer serves all reads until something is written
+        if self._image_names is None:
+            client = await self.client()
+            (rows,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListImages")
+            self._image_names = {row[0] for row in rows}
+        return set(self._image_names)
 
     async def _reload(self) -> None:
         await (await self.client()).call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "Reload")
@@ -239,11 +243,15 @@ class NspawnBackend(ContainerBackend):
         if not names:
             return {}
         images, running = await asyncio.gather(self._images(), self._machines())
-        client = await self.client()
+        present = [name for name in names if name in images or name in running]
+        enabled: set[str] = set()
+        if present and (fields is None or "autostart" in fields):
+            client = await self.client()
+            (rows,) = await client.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "ListUnitFilesByPatterns", "asas",
+                                        [["enabled", "enabled-runtime"], [unit_of(n) for n in present]])
+            enabled = {path.rsplit("/", 1)[-1] for path, _state in rows}
         found = {}
-        for name in names:
-            if name not in images and name not in running:
-                continue
+        for name in present:
             try:
                 info = parse_settings(name, self.settings_file(name).read_text())
             except FileNotFoundError:
@@ -251,9 +259,7 @@ class NspawnBackend(ContainerBackend):
             with contextlib.suppress(FileNotFoundError):
                 parse_limits(self.limits_file(name).read_text(), info)
             info.running = name in running
-            (state,) = await client.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnitFileState", "s",
-                                         [unit_of(name)])
-            info.autostart = state in ("enabled", "enabled-runtime")
+            info.autostart = unit_of(name) in enabled
             found[name] = info
         return found
 
@@ -269,6 +275,7 @@ class NspawnBackend(ContainerBackend):
         return problems
 
     async def create(self, spec: ContainerSpec) -> None:
+        self._image_names = None
         client = await self.client()
         settings = self.settings_file(spec.name)
         settings.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +290,8 @@ class NspawnBackend(ContainerBackend):
             if spec.autostart:
                 await client.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "EnableUnitFiles", "asbb",
                                   [[unit_of(spec.name)], False, True])
-            await self._reload()
+            if limits:
+                await self._reload()  # the unit's drop-in must be loaded before it starts
         except BaseException:
             settings.unlink(missing_ok=True)
             self.limits_file(spec.name).unlink(missing_ok=True)
@@ -302,6 +310,7 @@ class NspawnBackend(ContainerBackend):
         await self._job("StopUnit", name)
 
     async def remove(self, name: str) -> None:
+        self._image_names = None
         client = await self.client()
         if name in await self._machines():
             await self._job("StopUnit", name)
@@ -316,7 +325,7 @@ class NspawnBackend(ContainerBackend):
             limits.unlink()
             with contextlib.suppress(OSError):
                 limits.parent.rmdir()
-        await self._reload()
+            await self._reload()
 
     # -- templates ------------------------------------------------------------------------------------------------
 
@@ -335,6 +344,7 @@ class NspawnBackend(ContainerBackend):
 
     async def import_template(self, name: str, source: Path, sha256: str | None,
                               progress: Progress | None = None) -> TemplateInfo:
+        self._image_names = None
         client = await self.client()
         image = template_image(name)
         with as_tarball(source) as tarball, tarball.open("rb") as f:
@@ -363,6 +373,7 @@ class NspawnBackend(ContainerBackend):
         return TemplateInfo(name, sha256, str(source), image)
 
     async def remove_template(self, name: str) -> None:
+        self._image_names = None
         client = await self.client()
         if template_image(name) in await self._images():
             await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "RemoveImage", "s", [template_image(name)])
