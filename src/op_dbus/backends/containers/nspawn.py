@@ -247,9 +247,12 @@ class NspawnBackend(ContainerBackend):
         enabled: set[str] = set()
         if present and (fields is None or "autostart" in fields):
             client = await self.client()
-            (rows,) = await client.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "ListUnitFilesByPatterns", "asas",
-                                        [["enabled", "enabled-runtime"], [unit_of(n) for n in present]])
-            enabled = {path.rsplit("/", 1)[-1] for path, _state in rows}
+            # an instance is enabled through a .wants symlink that unit-file listings do not show: ask per unit,
+            # all questions in flight at once on the one connection
+            states = await asyncio.gather(*(client.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnitFileState", "s",
+                                                        [unit_of(n)]) for n in present))
+            enabled = {unit_of(n) for n, (state,) in zip(present, states, strict=True)
+                       if state in ("enabled", "enabled-runtime")}
         found = {}
         for name in present:
             try:
