@@ -96,3 +96,24 @@ def test_an_unknown_backend_is_invalid_input(op: OpDbus, templates: Templates) -
     r = op("apply", str(op.state("k8s", section)))
     assert r.code == 2, r.err
     assert "backend" in r.err
+
+
+async def test_events_report_the_lifecycle(podman: Podman, templates: Templates) -> None:
+    import time
+
+    from op_dbus.backends.containers import ContainerSpec
+    from op_dbus.backends.containers.podman import PodmanBackend
+
+    backend = PodmanBackend(str(podman.socket))
+    since = time.time() - 1
+    try:
+        await backend.import_template("ev", templates.one, None)
+        await backend.create(ContainerSpec("ev-1", "ev", command=SLEEP))
+        await backend.start("ev-1")
+        await backend.remove("ev-1")
+        seen = [(e["name"], e["action"]) for e in await backend.events(since) if e["name"] == "ev-1"]
+        assert [a for _, a in seen if a in ("create", "start", "remove")] == ["create", "start", "remove"]
+        await backend.remove_template("ev")
+        assert "ev" not in await backend.templates()
+    finally:
+        await backend.close()

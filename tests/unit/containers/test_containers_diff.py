@@ -201,3 +201,25 @@ def test_query_strings() -> None:
 
 def test_json_lines() -> None:
     assert Response(200, {}, b'{"a":1}\n{"b":2}{"c":3}\n').json_lines() == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
+def test_progress_is_drawn_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import sys
+
+    from op_dbus.plugins.containers import tty_progress
+
+    assert tty_progress("x") is None  # captured stderr is not a terminal
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    report = tty_progress("importing base")
+    assert report is not None
+    for done in (0, 512, 1024):
+        report(done, 1024)
+    assert tty.getvalue() == ("\rimporting base:   0% of 0.0 MB\rimporting base:  50% of 0.0 MB"
+                              "\rimporting base: 100% of 0.0 MB\n")

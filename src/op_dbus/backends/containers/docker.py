@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from op_dbus.errors import BackendError
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API = "/v1.41"
 TEMPLATE_REPO = "localhost/op-dbus-template/"
+COMMAND = "op-dbus.command"  # the argv given at create, as JSON
+LIST_FIELDS = frozenset({"image", "command"})
 
 
 def template_ref(name: str) -> str:
@@ -47,11 +51,19 @@ class DockerBackend(ContainerBackend):
 
     async def list(self) -> list[ContainerInfo]:
         rows = (await self.http.request("GET", f"{API}/containers/json", params={"all": 1})).json() or []
-        return [info_from_labels(row["Names"][0].lstrip("/"), row.get("Labels"), row.get("State") == "running")
-                for row in rows]
+        found = []
+        for row in rows:
+            labels = row.get("Labels") or {}
+            info = info_from_labels(row["Names"][0].lstrip("/"), labels, row.get("State") == "running")
+            # the listing joins the command into one string; a container's command never changes after create,
+            # so the argv recorded then is exact
+            with contextlib.suppress(ValueError, TypeError):
+                info.command = json.loads(labels[COMMAND]) if COMMAND in labels else None
+            found.append(info)
+        return found
 
     async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
-        if fields is not None and fields <= {"image"} and len(names) > 1:
+        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
             wanted = set(names)
             return {info.name: info for info in await self.list() if info.name in wanted}
         found = await asyncio.gather(*(self._inspect(name) for name in names))
@@ -96,7 +108,8 @@ class DockerBackend(ContainerBackend):
             host["Memory"] = spec.memory
         if spec.cpus:
             host["NanoCpus"] = int(spec.cpus * 1e9)
-        body: dict[str, Any] = {"Image": template_ref(spec.image), "Labels": spec.labels(),
+        labels = spec.labels() | ({COMMAND: json.dumps(spec.command)} if spec.command else {})
+        body: dict[str, Any] = {"Image": template_ref(spec.image), "Labels": labels,
                                 "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())], "HostConfig": host}
         if spec.command:
             body["Cmd"] = spec.command
