@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from op_dbus.plugin import plugin_specs
-from tests.containers.conftest import Lxc, OpDbus, Result, Templates
+from tests.containers.conftest import Lxc, OpDbus, Podman, Result, Templates
 
 SERVER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do echo hello-from-a | nc -l -p 8080; done"]
 IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
@@ -149,3 +149,59 @@ def test_two_containers_on_an_ovs_bridge_of_the_net_plugin_talk_tcp(netns: str, 
         for proc in (switch, server):
             proc.terminate()
             proc.wait(timeout=10)
+
+
+class NsenterOpDbus(OpDbus):
+    """op-dbus run in a network namespace only (`nsenter --net`): the mount namespace stays the host's, so the
+    namespaces it bind-mounts under /run/netns are seen by the podman service."""
+
+    netns: str = ""
+
+    def __call__(self, *args: str, timeout: float = 180) -> Result:
+        import sys
+
+        from tests.containers.conftest import SRC
+
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", sys.executable, "-m", "op_dbus", "--state-dir",
+                str(self.state_dir), *args]
+        p = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(SRC), **self.env}, capture_output=True,
+                           text=True, timeout=timeout, check=False)
+        return Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_two_podman_containers_on_a_bridge_talk_tcp(netns: str, bridge: str, podman: Podman, templates: Templates,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    op = NsenterOpDbus(tmp_path_factory.mktemp("state"), {"CONTAINER_HOST": f"unix://{podman.socket}"},
+                       tmp_path_factory.mktemp("files"))
+    op.netns = netns
+
+    def net(ip: str) -> dict[str, object]:
+        return {"bridge": bridge, "ipv4": {"address": [{"ip": ip, "prefix": 24}]}}
+
+    section = {"templates": {"one": {"source": str(templates.one)}},
+               "containers": {"pod-a": {"backend": "podman", "image": "one", "command": SERVER,
+                                        "network": net("198.18.0.31")},
+                              "pod-b": {"backend": "podman", "image": "one", "command": IDLE,
+                                        "network": net("198.18.0.32")}}}
+    try:
+        r = op("apply", str(op.state("pnet", section)))
+        assert r.code == 0, r.err
+        ports = json.loads(in_netns(netns, "ip", "-j", "link", "show", "master", bridge).stdout)
+        assert len(ports) == 2, ports
+        got = podman.cli("exec", "pod-b", "/bin/sh", "-c", "nc -w 3 198.18.0.31 8080 </dev/null").stdout
+        assert got.strip() == "hello-from-a"
+        assert "198.18.0.31/24" in podman.cli("exec", "pod-a", "/bin/ip", "-4", "addr").stdout
+        d = op("-o", "json", "diff", str(op.state("pnet", section)))
+        assert d.code == 0, d.out + d.err
+        # moving a container to another address is announced as a recreation of the network setting
+        section["containers"]["pod-b"]["network"] = net("198.18.0.33")
+        d = op("-o", "json", "diff", str(op.state("pnet2", section)))
+        (change,) = d.json()["changes"]
+        assert change["action"] == "recreate" and change["before"]["network"]["ipv4"]["address"][0]["ip"] == "198.18.0.32"
+    finally:
+        for c in section["containers"].values():
+            c["state"] = "absent"
+        r = op("apply", str(op.state("pgone", section)))
+    assert r.code == 0, r.err
+    assert json.loads(in_netns(netns, "ip", "-j", "link", "show", "master", bridge).stdout) == []
+    assert not Path("/run/netns/op-dbus-pod-a").exists()

@@ -23,6 +23,7 @@ from op_dbus.backends.containers import (
     TemplateInfo,
     as_tarball,
     file_chunks,
+    netattach,
 )
 from op_dbus.backends.containers.http import NotFound, UnixHTTP
 
@@ -118,6 +119,8 @@ class PodmanBackend(ContainerBackend):
             info.cpus = host["CpuQuota"] / host["CpuPeriod"]
         info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
                        "image": data.get("ImageName")}
+        if info.managed and host.get("NetworkMode", "").endswith(str(netattach.netns_path(name))):
+            info.bridge, info.addresses = await asyncio.to_thread(netattach.read, name)
         return info
 
     # -- changing ----------------------------------------------------------------------------------------------
@@ -126,8 +129,8 @@ class PodmanBackend(ContainerBackend):
         problems = []
         if spec.boot:
             problems.append("podman containers run one command; `boot` is for nspawn and lxc")
-        if spec.bridge or spec.addresses:
-            problems.append("network attachment is not implemented for podman (its containers have no network)")
+        if spec.addresses and not spec.bridge:
+            problems.append("network.ipv4 needs network.bridge: the address is set on the container's end of the veth")
         return problems
 
     async def create(self, spec: ContainerSpec) -> None:
@@ -151,7 +154,16 @@ class PodmanBackend(ContainerBackend):
             limits["cpu"] = {"quota": int(spec.cpus * CPU_PERIOD), "period": CPU_PERIOD}
         if limits:
             body["resource_limits"] = limits
-        await self.http.request("POST", f"{API}/containers/create", json_body=body)
+        if spec.bridge:
+            # the container runs in a namespace op-dbus made, with a veth from the bridge already in it
+            path = await asyncio.to_thread(netattach.attach, spec.name, spec.bridge, spec.addresses)
+            body["netns"] = {"nsmode": "path", "value": str(path)}
+        try:
+            await self.http.request("POST", f"{API}/containers/create", json_body=body)
+        except BaseException:
+            if spec.bridge:
+                await asyncio.to_thread(netattach.detach, spec.name)
+            raise
 
     async def start(self, name: str) -> None:
         await self.http.request("POST", f"{API}/containers/{name}/start", ok=(304,))
@@ -163,6 +175,8 @@ class PodmanBackend(ContainerBackend):
     async def remove(self, name: str) -> None:
         await self.http.request("DELETE", f"{API}/containers/{name}", params={"force": True, "timeout": 10},
                                 ok=(404,), timeout=60)
+        if netattach.netns_path(name).exists():
+            await asyncio.to_thread(netattach.detach, name)
 
     async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         import time
