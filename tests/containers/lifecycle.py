@@ -76,6 +76,21 @@ class Lifecycle:
         assert oracle.running(self.name)
         assert oracle.exec(self.name, ["/bin/cat", "/etc/variant"]).strip() == "two"
 
+    def test_new_template_content_recreates_its_containers(self, op: OpDbus, templates: Templates,
+                                                            oracle: Oracle) -> None:
+        doc = self.doc(templates, image="two")
+        doc["templates"]["two"] = {"source": str(templates.one), "sha256": templates.sha(templates.one)}
+        f = op.state("two-new", doc)
+        d = op("-o", "json", "diff", str(f))
+        assert d.code == 3, d.err
+        changes = d.json()["changes"]
+        assert [(c["object"], c["action"]) for c in changes] == [("template:two", "import"), (self.name, "recreate")]
+        assert changes[1]["before"]["image"] == "two@unknown" and changes[1]["after"]["image"] == "two"
+        r = op("apply", str(f))
+        assert r.code == 0, r.err
+        assert oracle.exec(self.name, ["/bin/cat", "/etc/variant"]).strip() == "one"
+        assert op("-o", "json", "diff", str(f)).json()["changes"] == []
+
     def test_introspect_reapplies_as_a_noop(self, op: OpDbus) -> None:
         r = op("introspect", "containers")
         assert r.code == 0, r.err

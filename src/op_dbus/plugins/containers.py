@@ -35,6 +35,7 @@ from op_dbus.backends.containers import (
     Mount,
     Progress,
     sha256_file,
+    split_image,
     valid_name,
 )
 from op_dbus.errors import ApplyFailed, BackendError, InvalidInput, Problem
@@ -150,8 +151,9 @@ ACTION_ORDER = {"import": 0, "remove": 1, "recreate": 2, "create": 3, "stop": 4,
 
 # -- conversion between the state model and the backend contract ----------------------------------------------
 
-def spec_of(name: str, want: ContainerConfig) -> ContainerSpec:
+def spec_of(name: str, want: ContainerConfig, templates: dict[str, Template] | None = None) -> ContainerSpec:
     net = want.network or NetworkConfig()
+    template = (templates or {}).get(want.image or "")
     limits = want.limits or Limits()
     return ContainerSpec(
         name=name, image=want.image or "", command=want.command, env=dict(want.env or {}),
@@ -160,18 +162,27 @@ def spec_of(name: str, want: ContainerConfig) -> ContainerSpec:
         memory=parse_size(limits.memory) if limits.memory else None,
         cpus=float(limits.cpus) if limits.cpus else None, bridge=net.bridge,
         addresses=[f"{a.ip}/{a.prefix}" for a in (net.ipv4.address if net.ipv4 else [])],
+        image_sha256=template.sha256 if template else None,
     )
 
 
-def config_of(backend: str, info: ContainerInfo, want: ContainerConfig | None) -> ContainerConfig:
-    """The live container as a state entry: only the fields `want` names (all of them when `want` is None)."""
+def config_of(backend: str, info: ContainerInfo, want: ContainerConfig | None,
+              template_sha256: str | None = None) -> ContainerConfig:
+    """The live container as a state entry: only the fields `want` names (all of them when `want` is None).
+
+    When the state pins its template's hash (`template_sha256`), a container made from another content of that
+    template reports its image as NAME@HASH-PREFIX, so the plan recreates it from the new content.
+    """
 
     def named(field: str) -> bool:
         return want is None or getattr(want, field) is not None
 
     values: dict[str, Any] = {"backend": backend, "state": "running" if info.running else "stopped"}
     if named("image"):
-        values["image"] = info.image
+        image, sha = split_image(info.image)
+        if template_sha256 is not None and sha != template_sha256:
+            image = f"{image}@{(sha or 'unknown')[:12]}"
+        values["image"] = image
     if named("autostart"):
         values["autostart"] = info.autostart
     if named("boot") and (want is not None or info.boot):
@@ -342,7 +353,8 @@ class ContainersPlugin(Plugin[ContainersState]):
         for name, want in scope.containers.items():
             info = found[want.backend].get(name)
             if info is not None and info.managed:
-                containers[name] = config_of(want.backend, info, want)
+                template = scope.templates.get(want.image or "")
+                containers[name] = config_of(want.backend, info, want, template.sha256 if template else None)
         result_templates = {}
         for tname, want_t in scope.templates.items():
             copies = [imported[b].get(tname) for b in needed.get(tname, [])]
@@ -442,7 +454,8 @@ class ContainersPlugin(Plugin[ContainersState]):
                                        "backends": needed.get(tname, [])}))
         for name, want in desired.containers.items():
             have = current.containers.get(name)
-            payload = {"backend": want.backend, "spec": spec_of(name, want) if want.state != "absent" else None}
+            spec = spec_of(name, want, desired.templates) if want.state != "absent" else None
+            payload = {"backend": want.backend, "spec": spec}
             if want.state == "absent":
                 if have is not None:
                     changes.append(Change(self.name, name, "remove", {"state": have.state}, {"state": "absent"},

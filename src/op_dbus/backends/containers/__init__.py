@@ -67,9 +67,15 @@ class ContainerSpec:
     cpus: float | None = None
     bridge: str | None = None
     addresses: list[str] = field(default_factory=list)  # "IP/PREFIX", configured inside the container
+    image_sha256: str | None = None  # the template's hash when the state declares one
+
+    @property
+    def recorded_image(self) -> str:
+        """What a backend records as the container's image: the template name, and its hash when known."""
+        return f"{self.image}@sha256:{self.image_sha256}" if self.image_sha256 else self.image
 
     def labels(self) -> dict[str, str]:
-        return {MANAGED: "true", IMAGE: self.image, ENV_KEYS: ",".join(sorted(self.env))}
+        return {MANAGED: "true", IMAGE: self.recorded_image, ENV_KEYS: ",".join(sorted(self.env))}
 
 
 @dataclass
@@ -95,8 +101,17 @@ class ContainerInfo:
     def spec(self) -> ContainerSpec:
         """The spec that recreates this container as it is (used to undo a removal or recreation)."""
         env = {k: v for k, v in self.env.items() if k in self.env_keys}
-        return ContainerSpec(self.name, self.image or "", self.command, env, list(self.mounts), self.autostart,
-                             self.boot, self.memory, self.cpus, self.bridge, list(self.addresses))
+        image, sha = split_image(self.image)
+        return ContainerSpec(self.name, image or "", self.command, env, list(self.mounts), self.autostart,
+                             self.boot, self.memory, self.cpus, self.bridge, list(self.addresses), sha)
+
+
+def split_image(recorded: str | None) -> tuple[str | None, str | None]:
+    """A recorded image ("base" or "base@sha256:HEX") as (template name, hash or None)."""
+    if recorded is None:
+        return None, None
+    name, _, sha = recorded.partition("@sha256:")
+    return name, sha or None
 
 
 @dataclass

@@ -9,8 +9,8 @@ config file (`LXCPATH/NAME/config`, whose first line carries op-dbus's marker), 
 whether its monitor listens on its command socket (`@LXCPATH/NAME/command` in /proc/net/unix): one file
 read answers for every container, where `lxc-ls --running` asks each monitor in turn.
 
-A template is unpacked once into `LXCPATH/.op-dbus-templates/NAME/rootfs`; each container's root is an
-overlay of it (`lxc.rootfs.path = overlay:TEMPLATE:LXCPATH/NAME/delta0`). Without a bridge a container
+A template is unpacked once into `LXCPATH/.op-dbus-templates/NAME/rootfs-ID`; each container's root is an
+overlay of it (`lxc.rootfs.path = overlay:TREE:LXCPATH/NAME/delta0`). Without a bridge a container
 gets `lxc.net.0.type = empty` (loopback only): LXC never creates networking on the host by itself.
 """
 
@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def cgroup_v1_memory() -> bool:
 
 
 def render_config(spec: ContainerSpec, lxcpath: Path, template_rootfs: Path, v1: bool) -> str:
-    record = {"managed": True, "image": spec.image, "env_keys": sorted(spec.env), "command": spec.command,
+    record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env), "command": spec.command,
               "boot": spec.boot}
     lines = [MARKER + json.dumps(record, sort_keys=True),
              f"lxc.uts.name = {spec.name}",
@@ -216,8 +217,8 @@ class LxcBackend(ContainerBackend):
         return []
 
     async def create(self, spec: ContainerSpec) -> None:
-        template = self.template_dir(spec.image) / "rootfs"
-        if not template.is_dir():
+        template = self._template_rootfs(spec.image)
+        if template is None or not template.is_dir():
             raise BackendError(f"lxc: template {spec.image} is not imported into {self.lxcpath}")
         directory = self.lxcpath / spec.name
         if directory.exists():
@@ -251,36 +252,61 @@ class LxcBackend(ContainerBackend):
             await self._run(*self._tool("lxc-destroy", name))
         if (self.lxcpath / name).exists():
             shutil.rmtree(self.lxcpath / name)
+        base = self.lxcpath / TEMPLATES
+        for template in base.iterdir() if base.is_dir() else []:
+            self._collect(template.name)
 
     # -- templates ------------------------------------------------------------------------------------------------
+
+    def _template_record(self, name: str) -> dict[str, Any] | None:
+        with contextlib.suppress(ValueError, OSError):
+            data = json.loads((self.template_dir(name) / "template.json").read_text())
+            return data if isinstance(data, dict) and data.get("rootfs") else None
+        return None
+
+    def _template_rootfs(self, name: str) -> Path | None:
+        record = self._template_record(name)
+        return self.template_dir(name) / record["rootfs"] if record else None
 
     async def templates(self) -> dict[str, TemplateInfo]:
         found = {}
         base = self.lxcpath / TEMPLATES
-        for record in sorted(base.glob("*/template.json")) if base.is_dir() else []:
-            with contextlib.suppress(ValueError, OSError):
-                data = json.loads(record.read_text())
-                name = record.parent.name
-                found[name] = TemplateInfo(name, data.get("sha256"), data.get("source"), str(record.parent / "rootfs"))
+        for directory in sorted(base.iterdir()) if base.is_dir() else []:
+            record = self._template_record(directory.name)
+            if record is not None and not directory.name.startswith("."):
+                found[directory.name] = TemplateInfo(directory.name, record.get("sha256"), record.get("source"),
+                                                     str(directory / record["rootfs"]))
         return found
 
     async def import_template(self, name: str, source: Path, sha256: str | None,
                               progress: Progress | None = None) -> TemplateInfo:
+        # Every import gets a tree of its own: containers made from an earlier import keep theirs as the lower
+        # layer of their overlay, and it goes once no container uses it any more.
         directory = self.template_dir(name)
-        staging = directory.with_name(f".{name}.importing")
+        tree = f"rootfs-{(sha256 or '')[:12] or format(time.time_ns(), 'x')}"
+        staging = directory / f".{tree}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        (staging / "rootfs").mkdir(parents=True)
+        staging.mkdir(parents=True)
         try:
-            await asyncio.to_thread(self._unpack, source, staging / "rootfs", progress)
-            (staging / "template.json").write_text(json.dumps({"sha256": sha256, "source": str(source)}))
-            if directory.exists():
-                # containers keep the old tree as their overlay's lower layer: keep it under another name
-                directory.rename(directory.with_name(f".{name}.replaced-{os.getpid()}"))
-            staging.rename(directory)
+            await asyncio.to_thread(self._unpack, source, staging, progress)
+            shutil.rmtree(directory / tree, ignore_errors=True)
+            staging.rename(directory / tree)
+            record = directory / ".template.json.partial"
+            record.write_text(json.dumps({"sha256": sha256, "source": str(source), "rootfs": tree}))
+            record.rename(directory / "template.json")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return TemplateInfo(name, sha256, str(source), str(directory / "rootfs"))
+        self._collect(name)
+        return TemplateInfo(name, sha256, str(source), str(directory / tree))
+
+    def _collect(self, name: str) -> None:
+        """Remove a template's older trees that no container's config refers to."""
+        current = self._template_rootfs(name)
+        configs = [p.read_text() for p in self.lxcpath.glob("*/config")]
+        for tree in self.template_dir(name).glob("rootfs-*"):
+            if tree != current and not any(f"overlay:{tree}:" in text for text in configs):
+                shutil.rmtree(tree, ignore_errors=True)
 
     @staticmethod
     def _unpack(source: Path, target: Path, progress: Progress | None) -> None:

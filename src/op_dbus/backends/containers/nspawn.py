@@ -61,7 +61,7 @@ def template_image(name: str) -> str:
 
 def render_settings(spec: ContainerSpec) -> str:
     """The .nspawn file of a container: nspawn's own settings, with op-dbus's record on the first line."""
-    record = {"managed": True, "image": spec.image, "env_keys": sorted(spec.env)}
+    record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env)}
     lines = [MARKER + json.dumps(record, sort_keys=True), "[Exec]", f"Boot={'yes' if spec.boot else 'no'}",
              "PrivateUsers=no"]
     if not spec.boot:

@@ -181,7 +181,7 @@ class ProxmoxBackend(ContainerBackend):
     async def create(self, spec: ContainerSpec) -> None:
         rows = await self._table()
         vmid = max([99, *(v for v, _, _ in rows)]) + 1
-        record = json.dumps({"image": spec.image}, sort_keys=True)
+        record = json.dumps({"image": spec.recorded_image}, sort_keys=True)
         args = ["create", str(vmid), f"{self.storage}:vztmpl/{template_file(spec.image)}",
                 "--hostname", spec.name, "--tags", TAG, "--description", RECORD + record,
                 "--rootfs", self.rootfs, "--onboot", "1" if spec.autostart else "0", "--unprivileged", "1"]
