@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,12 @@ def test_two_containers_on_an_ovs_bridge_of_the_net_plugin_talk_tcp(netns: str, 
     subprocess.run(["ovsdb-tool", "create", str(d / "conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"], check=True)
     server = subprocess.Popen(["ovsdb-server", str(d / "conf.db"), f"--remote=punix:{d}/db.sock",
                                f"--unixctl={d}/ovsdb-server.ctl"], env={**os.environ, **env})
+    for _ in range(200):
+        if (d / "db.sock").exists():
+            break
+        time.sleep(0.01)
+    # a new database has no Open_vSwitch row until something initialises it, as the init scripts do
+    subprocess.run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], check=True, env={**os.environ, **env})
     switch = subprocess.Popen(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{d}/db.sock",
                                f"--unixctl={d}/ovs-vswitchd.ctl"], env={**os.environ, **env})
     try:
