@@ -117,3 +117,22 @@ async def test_events_report_the_lifecycle(podman: Podman, templates: Templates)
         assert "ev" not in await backend.templates()
     finally:
         await backend.close()
+
+
+def test_a_failed_recreation_is_rolled_back_to_the_old_container(op: OpDbus, templates: Templates,
+                                                                 podman: Podman) -> None:
+    section: dict = {"templates": {"one": {"source": str(templates.one)}},
+                     "containers": {"rb-1": {"backend": "podman", "image": "one", "command": SLEEP, "env": {"V": "1"}}}}
+    assert op("apply", str(op.state("rb", section))).code == 0
+    before = podman.inspect("rb-1")
+    assert before is not None and before["State"]["Running"]
+    # podman refuses a bind mount whose source does not exist: the old container is already removed by then
+    section["containers"]["rb-1"]["mounts"] = [{"source": "/nonexistent/op-dbus-test", "target": "/data"}]
+    r = op("apply", str(op.state("rb2", section)))
+    assert r.code == 4, r.err
+    assert "rolled back" in r.err
+    after = podman.inspect("rb-1")
+    assert after is not None and after["State"]["Running"]
+    assert after["Id"] != before["Id"] and "V=1" in after["Config"]["Env"] and not after["Mounts"]
+    section["containers"]["rb-1"]["state"] = "absent"
+    assert op("apply", str(op.state("rb3", section))).code == 0

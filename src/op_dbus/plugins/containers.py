@@ -537,7 +537,8 @@ class ContainersPlugin(Plugin[ContainersState]):
         previous = (await b.inspect([name])).get(name) if c.action in ("remove", "recreate") else None
         if previous is not None and not previous.managed:
             raise ApplyFailed(f"{b.name} container {name} was not created by op-dbus; it is left alone")
-        if c.action == "create":
+        if c.action == "create" or (c.action == "recreate" and previous is None):
+            # a recreation whose container is already gone (a rollback after a failed create) is a creation
             assert spec is not None
             undo.record(Change(self.name, name, "remove", c.after, c.before, {"backend": b.name, "spec": None}))
             await b.create(spec)
@@ -545,9 +546,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 await b.start(name)
             return
         if previous is None:
-            if c.action == "remove":
-                return
-            raise ApplyFailed(f"{b.name} container {name} vanished before it could be recreated")
+            return  # removing what is already gone
         restore = previous.spec()
         undo_payload = {"backend": b.name, "spec": restore, "start": previous.running}
         if c.action == "remove":
