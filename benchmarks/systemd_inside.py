@@ -15,10 +15,12 @@ import time
 from typing import Any
 
 from op_dbus.plugin import Change, Context, Settings, UndoLog
-from op_dbus.plugins.systemd import SystemdPlugin, SystemdState, UnitState
+from op_dbus.plugins.systemd import MANAGER, MANAGER_PATH, SYSTEMD, SystemdPlugin, SystemdState, UnitState, systemd_client
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+LOOP_EVERY = 5  # the 20-process systemctl loop is slow; time it every LOOP_EVERY rounds
 UNIT = "bench-simple.service"
+BATCH = [f"bench-{i}.service" for i in range(10)]  # written by systemd_ops.py before this runs
 
 
 def sh(*argv: str) -> None:
@@ -62,13 +64,29 @@ async def main() -> None:
             await plugin.apply(change("start"), ctx, UndoLog())
             await plugin.apply(change("stop"), ctx, UndoLog())
 
+        async def enable_disable_batch() -> None:
+            await plugin.apply([Change("systemd", u, "enable") for u in BATCH], ctx, UndoLog())
+            await plugin.apply([Change("systemd", u, "disable") for u in BATCH], ctx, UndoLog())
+
+        async def reload_twice() -> None:
+            client = await systemd_client(ctx)
+            for _ in range(2):
+                await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Reload")
+
         show = ["systemctl", "show", "--property=Id,ActiveState,UnitFileState", *names]
-        for _ in range(ROUNDS):
+        for round_no in range(ROUNDS):
             await timed_async("read50.native", plugin.query(ctx, scope=scope))
             await timed_async("read50.native_cold", cold_read())
             timed("read50.systemctl", show)
             await timed_async("enable_disable.native", enable_disable())
             timed("enable_disable.systemctl", ["systemctl", "enable", "-q", UNIT], ["systemctl", "disable", "-q", UNIT])
+            await timed_async("reload_x2.native", reload_twice())
+            await timed_async("enable_disable10.native", enable_disable_batch())
+            timed("enable_disable10.systemctl_best", ["systemctl", "enable", "-q", *BATCH],
+                  ["systemctl", "disable", "-q", *BATCH])
+            if round_no % LOOP_EVERY == 0:
+                timed("enable_disable10.systemctl_loop", *[["systemctl", "enable", "-q", u] for u in BATCH],
+                      *[["systemctl", "disable", "-q", u] for u in BATCH])
             await timed_async("start_stop.native", start_stop())
             timed("start_stop.systemctl", ["systemctl", "start", UNIT], ["systemctl", "stop", UNIT])
             timed("help.op-dbus", ["/opt/op-dbus/bin/op-dbus", "--help"])

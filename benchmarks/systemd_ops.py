@@ -18,9 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.machine import LabMachine  # noqa: E402
-
 from lab import rootfs, wheels  # noqa: E402
+from lab.machine import LabMachine  # noqa: E402
 
 BARS = {  # (native key, CLI key, minimum speed-up)
     "read the state of 50 units": ("read50.native", "read50.systemctl", 10.0),
@@ -33,6 +32,10 @@ def main() -> int:
     rounds = sys.argv[1] if len(sys.argv) > 1 else "30"
     with LabMachine(rootfs.ensure(), wheels.build()) as lab:
         lab.install_op_dbus()
+        for i in range(10):
+            (lab.root / f"etc/systemd/system/bench-{i}.service").write_text(
+                "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n")
+        lab.run(["systemctl", "daemon-reload"])
         shutil.copy(ROOT / "benchmarks/systemd_inside.py", lab.root / "root/systemd_inside.py")
         started = time.monotonic()
         out = lab.run(["/opt/op-dbus/bin/python", "/root/systemd_inside.py", rounds], timeout=1800).stdout
@@ -53,6 +56,16 @@ def main() -> int:
         print(f"{label:<34}{m[native] * 1e3:>9.2f}ms{m[cli] * 1e3:>10.2f}ms{ratio:>9.1f}x  {verdict}")
     print(f"{'read 50 units, new connection':<34}{m['read50.native_cold'] * 1e3:>9.2f}ms"
           f"{m['read50.systemctl'] * 1e3:>10.2f}ms{m['read50.systemctl'] / m['read50.native_cold']:>9.1f}x")
+    reload_share = m["reload_x2.native"] / m["enable_disable.native"]
+    print(f"\nenable + disable: {m['reload_x2.native'] * 1e3:.0f} ms of it ({reload_share * 100:.0f}%) is systemd's own "
+          "daemon reload (two of them), which `systemctl enable/disable` does too;\n  without it op-dbus spends "
+          f"{(m['enable_disable.native'] - m['reload_x2.native']) * 1e3:.1f} ms and systemctl "
+          f"{(m['enable_disable.systemctl'] - m['reload_x2.native']) * 1e3:.1f} ms")
+    print(f"enable + disable 10 units in one apply: {m['enable_disable10.native'] * 1e3:.0f} ms; "
+          f"`systemctl enable U1..U10` + `disable U1..U10`: {m['enable_disable10.systemctl_best'] * 1e3:.0f} ms "
+          f"({m['enable_disable10.systemctl_best'] / m['enable_disable10.native']:.1f}x); one systemctl per unit: "
+          f"{m['enable_disable10.systemctl_loop'] * 1e3:.0f} ms "
+          f"({m['enable_disable10.systemctl_loop'] / m['enable_disable10.native']:.1f}x)")
     # start/stop: the unit's own start is the same work for both; the rest is each tool's overhead
     overhead_cli = m["start_stop.systemctl"] - m["start_stop.native"]
     print(f"\nstart+stop: systemctl spends {overhead_cli * 1e3:.1f} ms more per start+stop pair "

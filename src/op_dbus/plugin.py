@@ -149,6 +149,14 @@ class Plugin(ABC, Generic[S]):
     @abstractmethod
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None: ...
 
+    def settle_time(self, changes: list[Change]) -> float:
+        """Seconds the result of `changes` must keep verifying before it counts (0: verify once).
+
+        A unit that crashes right after starting looks active to a first read; a second read after this
+        delay catches it.
+        """
+        return 0.0
+
     def dump(self, state: S) -> dict[str, Any]:
         """The section as it appears in a state file (and in the log): JSON, no unset fields."""
         return state.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -158,6 +166,9 @@ class Plugin(ABC, Generic[S]):
 # e.g. when running from a source tree.
 BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
+    "net": "op_dbus.plugins.net:NetPlugin",
+    "login1": "op_dbus.plugins.login1:Login1Plugin",
+    "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
     "containers": "op_dbus.plugins.containers:ContainersPlugin",
 }
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from op_dbus.errors import InvalidInput, Problem, StateFileError
+from op_dbus import files
+from op_dbus.errors import InvalidInput, OpDbusError, Problem, StateFileError
 from op_dbus.plugin import Plugin, Section, plugin_specs
 
 SUPPORTED_VERSIONS = (1,)
@@ -24,12 +23,14 @@ MAX_NESTING = 64
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def format_path(loc: tuple[str | int, ...] | list[str | int]) -> str:
+def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """`("plugins", "systemd", "units", "nginx.service", "enabled")` -> `plugins.systemd.units["nginx.service"].enabled`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not isinstance(part, str):  # YAML allows keys of any type: `? ` alone is a null key
+            out += "[" + json.dumps(str(part)) + "]"
         elif _IDENTIFIER.match(part):
             out += f".{part}" if out else part
         else:
@@ -87,6 +88,38 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+class Probe(BaseModel):
+    """A health check that decides whether to keep a change: exactly one of `tcp`, `dbus_name`, `unit_active`.
+
+    Only probes that pass before the change are required to pass after it (within `timeout` seconds).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    tcp: str | None = Field(default=None, description="HOST:PORT that must accept a TCP connection")
+    dbus_name: str | None = Field(default=None, description="a name that must have an owner on the system bus")
+    unit_active: str | None = Field(default=None, description="a systemd unit that must be active")
+    timeout: float = Field(default=5.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Probe:
+        kinds = [k for k in ("tcp", "dbus_name", "unit_active") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a probe names exactly one of tcp, dbus_name, unit_active")
+        if self.tcp is not None:
+            host, sep, port = self.tcp.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"tcp: expected HOST:PORT, got {self.tcp!r}")
+        return self
+
+    def describe(self) -> str:
+        if self.tcp is not None:
+            return f"tcp {self.tcp}"
+        if self.dbus_name is not None:
+            return f"dbus name {self.dbus_name}"
+        return f"unit {self.unit_active} active"
+
+
 @dataclass
 class StateDocument:
     """A validated document: `sections` maps plugin name to that plugin's model instance."""
@@ -94,12 +127,16 @@ class StateDocument:
     version: int
     sections: dict[str, Section] = field(default_factory=dict)
     source: str = "<state>"
+    probes: list[Probe] = field(default_factory=list)
 
     def to_json(self, plugins: dict[str, Plugin[Any]]) -> dict[str, Any]:
         return {
             "version": self.version,
             "plugins": {name: plugins[name].dump(sec) for name, sec in self.sections.items()},
         }
+
+
+_PROBES = TypeAdapter(list[Probe])
 
 
 class _DuplicateKey(Exception):
@@ -214,8 +251,8 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
     if not isinstance(value, dict):
         raise StateFileError(source, [Problem("", f"expected an object at the top level, got {_json_type(value)}")])
     for key in value:
-        if key not in ("version", "plugins"):
-            problems.append(Problem(format_path((key,)), "unknown key (expected: version, plugins)"))
+        if key not in ("version", "plugins", "probes"):
+            problems.append(Problem(format_path((key,)), "unknown key (expected: version, plugins, probes)"))
     version = value.get("version")
     if "version" not in value:
         problems.append(Problem("version", "required key is missing"))
@@ -228,37 +265,34 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
     if not isinstance(plugins_value, dict):
         problems.append(Problem("plugins", f"expected object, got {_json_type(plugins_value)}"))
         plugins_value = {}
-    installed = plugin_specs()
+    installed = plugin_specs() if load is load_plugins else None
     for name, section in plugins_value.items():
-        if name not in installed:
-            problems.append(Problem(format_path(("plugins", name)),
-                                    f"unknown plugin (installed: {', '.join(sorted(installed))})"))
+        try:
+            if installed is not None and name not in installed:
+                raise KeyError(name)
+            model = load([name])[name].model
+        except (KeyError, OpDbusError):
+            known = ", ".join(sorted(installed)) if installed is not None else "see `op-dbus schema`"
+            problems.append(Problem(format_path(("plugins", name)), f"unknown plugin (installed: {known})"))
             continue
-        model = load([name])[name].model
         try:
             sections[name] = model.model_validate(section)
         except ValidationError as e:
             problems.extend(problems_from_validation(e, ("plugins", name)))
+    probes: list[Probe] = []
+    try:
+        probes = _PROBES.validate_python(value.get("probes", []))
+    except ValidationError as e:
+        problems.extend(problems_from_validation(e, ("probes",)))
     if problems:
         raise StateFileError(source, problems)
-    return StateDocument(version=int(version), sections=sections, source=source)
+    return StateDocument(version=int(version), sections=sections, source=source, probes=probes)
 
 
 def check_file_trust(path: Path) -> None:
     """Refuse a state file that someone other than root (or us) could have written, as sshd's StrictModes does."""
-    st = path.stat()
-    me = os.geteuid()
-    if st.st_uid not in (0, me):
-        raise InvalidInput(f"{path}: owned by uid {st.st_uid}; refusing a state file that another user owns",
-                           hint=f"chown root {path}")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise InvalidInput(f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); refusing it",
-                           hint=f"chmod go-w {path}")
-    parent = path.resolve().parent
-    pst = parent.stat()
-    if pst.st_uid not in (0, me) or (pst.st_mode & stat.S_IWOTH and not pst.st_mode & stat.S_ISVTX):
-        raise InvalidInput(f"{path}: its directory {parent} is writable by others; refusing it",
-                           hint=f"chmod o-w {parent}")
+    files.check_file(path.stat(), path, "state file", secret=False)
+    files.check_parent(path)
 
 
 def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocument:
@@ -277,6 +311,8 @@ def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocumen
         raise InvalidInput(f"{p}: no such file") from None
     except IsADirectoryError:
         raise InvalidInput(f"{p}: is a directory, expected a state file") from None
+    except files.UnsafeFile:
+        raise
     except PermissionError:
         raise InvalidInput(f"{p}: permission denied") from None
     return validate_document(parse_text(data, str(p)), str(p))

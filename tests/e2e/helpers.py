@@ -63,3 +63,8 @@ def systemctl(lab: Any, verb: str, *units: str) -> list[str]:
 def install_unit(lab: Any, name: str, body: str) -> None:
     (lab.root / "etc/systemd/system" / name).write_text(body)
     lab.run(["systemctl", "daemon-reload"])
+
+
+# What systemctl calls the stack's units: `redis.service` is an alias, and `systemctl is-enabled` reports an
+# alias as "alias", so the oracle asks about the unit it names.
+STACK_UNITS = [u.replace("redis.service", "redis-server.service") for u in STACK["plugins"]["systemd"]["units"]]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import STACK, systemctl
+from tests.e2e.helpers import STACK, STACK_UNITS, systemctl
 
-UNITS = list(STACK["plugins"]["systemd"]["units"])  # type: ignore[index]
+UNITS = STACK_UNITS
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,7 @@ def test_introspect_round_trip_inside(lab: Any, op_dbus: str) -> None:
     r = lab.run(["sh", "-c", script], check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["changes"] == []
+    # the same through a pipe, as the deployment guide's adoption step reads
+    piped = lab.run(["sh", "-c", f"{op_dbus} introspect | {op_dbus} -o json apply -"], check=False)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["changes"] == []

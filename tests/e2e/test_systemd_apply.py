@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import STACK, OpDbus, systemctl, write_state
+from tests.e2e.helpers import STACK, STACK_UNITS, OpDbus, systemctl, write_state
 
-UNITS = list(STACK["plugins"]["systemd"]["units"])  # type: ignore[index]
+UNITS = STACK_UNITS
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_second_apply_changes_nothing_but_is_recorded(op: OpDbus, stack_file: Pa
     assert r.code == 0, r.err
     assert r.json()["changes"] == []
     blocks = op.blocks()
-    assert len(blocks) == before + 1 and blocks[-1]["kind"] == "apply" and blocks[-1]["changes"] == 0
+    assert len(blocks) == before + 1 and blocks[-1]["kind"] == "apply" and blocks[-1]["change_count"] == 0
 
 
 def test_introspect_reapplies_as_a_noop(op: OpDbus, tmp_path: Path) -> None:
@@ -86,3 +86,60 @@ def test_verify_full_passes_on_an_untouched_log(op: OpDbus) -> None:
     r = op("-o", "json", "verify", "--full")
     assert r.code == 0, r.out + r.err
     assert r.json()["ok"] is True
+
+
+@pytest.mark.parametrize("what", ["header", "state"])
+def test_editing_a_stored_block_fails_verify_full_naming_it(op: OpDbus, tmp_path_factory: pytest.TempPathFactory,
+                                                            what: str) -> None:
+    import shutil
+    import sqlite3
+
+    # tamper with a copy of the state dir, so the other tests keep their log
+    copy = tmp_path_factory.mktemp("tampered") / "state"
+    shutil.copytree(op.state_dir, copy)
+    copy.chmod(0o700)
+    tampered = OpDbus(op.bus_address, copy)
+    assert len(tampered.blocks()) >= 3
+    db = sqlite3.connect(copy / "ledger.db")
+    leaf = json.loads(db.execute("SELECT leaf FROM blocks WHERE idx = 1").fetchone()[0])
+    if what == "header":
+        leaf["summary"] = "nothing to see here"
+        db.execute("UPDATE blocks SET leaf = ? WHERE idx = 1", (json.dumps(leaf).encode(),))
+    else:
+        state_hash = bytes.fromhex(leaf["state_hash"])
+        doc = json.loads(db.execute("SELECT data FROM blobs WHERE hash = ?", (state_hash,)).fetchone()[0])
+        doc["plugins"]["systemd"]["units"]["nginx.service"]["enabled"] = False
+        db.execute("UPDATE blobs SET data = ? WHERE hash = ?", (json.dumps(doc).encode(), state_hash))
+    db.commit()
+    db.close()
+    r = tampered("-o", "json", "verify", "--full")
+    assert r.code == 3, r.out + r.err
+    report = r.json()
+    assert report["ok"] is False and report["first_bad"] == 1, report
+    assert "FAILED at block 1" in tampered("verify", "--full").out
+
+
+def test_rollback_to_the_genesis_block_restores_the_first_state(lab: Any, op: OpDbus) -> None:
+    dry = op("-o", "json", "rollback", "--to-block", "0", "--dry-run")
+    assert dry.code == 0, dry.err
+    planned = {(c["object"], c["action"]) for c in dry.json()["changes"]}
+    assert {("app-backend.service", "stop"), ("app-backend.service", "disable")} <= planned
+    assert dry.json()["proof"]["index"] == 0 and dry.json()["block"] is None
+    assert systemctl(lab, "is-active", "app-backend.service") == ["active"]  # a dry run changes nothing
+
+    before = len(op.blocks())
+    r = op("rollback", "--to-block", "0")
+    assert r.code == 0, r.err
+    assert "is in the signed log" in r.out
+    assert systemctl(lab, "is-active", "app-backend.service", "app-worker.service") == ["inactive", "inactive"]
+    assert systemctl(lab, "is-enabled", "app-backend.service", "app-worker.service") == ["disabled", "disabled"]
+    blocks = op.blocks()
+    assert len(blocks) == before + 1 and blocks[-1]["kind"] == "rollback"
+    assert blocks[-1]["meta"]["to_block"] == 0 and blocks[-1]["state_hash"] == blocks[0]["state_hash"]
+    assert op("verify", "--current").code == 0
+    assert op("verify", "--full").code == 0
+
+
+def test_rollback_to_a_missing_block_is_refused(op: OpDbus) -> None:
+    r = op("rollback", "--to-block", "999")
+    assert r.code == 2 and "no block 999" in r.err

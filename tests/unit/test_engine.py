@@ -5,6 +5,8 @@ These are fast tests of pure engine logic; the engine against a real systemd is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from op_dbus.engine import Engine
 from op_dbus.errors import ApplyFailed, OpDbusError, StateFileError
 from op_dbus.errors import Problem as P
-from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.plugin import Change, Context, Plugin, Section, Settings, UndoLog
 from op_dbus.state import StateDocument
 
 
@@ -59,12 +61,19 @@ class SecondPlugin(MemoryPlugin):
     order = 20
 
 
-def engine(plugins: dict[str, Plugin[Any]]) -> Engine:
-    def load(names: list[str] | None) -> dict[str, Plugin[Any]]:
-        chosen = {n: plugins[n] for n in (names or plugins)}
-        return dict(sorted(chosen.items(), key=lambda kv: kv[1].order))
+Load = Callable[[list[str] | None], dict[str, Plugin[Any]]]
 
-    return Engine(Context(), load=load)
+
+@pytest.fixture
+def make_engine(tmp_path: Path) -> Callable[[dict[str, Plugin[Any]]], Engine]:
+    def make(plugins: dict[str, Plugin[Any]]) -> Engine:
+        def load(names: list[str] | None) -> dict[str, Plugin[Any]]:
+            chosen = {n: plugins[n] for n in (names or plugins)}
+            return dict(sorted(chosen.items(), key=lambda kv: kv[1].order))
+
+        return Engine(Context(Settings(state_dir=tmp_path / "state")), load=load)
+
+    return make
 
 
 def doc(**sections: dict[str, int]) -> StateDocument:
@@ -76,39 +85,39 @@ def clear_journal() -> None:
     MemoryPlugin.journal.clear()
 
 
-async def test_apply_converges_in_plugin_order() -> None:
+async def test_apply_converges_in_plugin_order(make_engine: Any) -> None:
     a, b = {"x": 1}, {"y": 1}
-    result = await engine({"second": SecondPlugin(b), "mem": MemoryPlugin(a)}).apply(doc(second={"y": 2}, mem={"x": 2}))
+    result = await make_engine({"second": SecondPlugin(b), "mem": MemoryPlugin(a)}).apply(doc(second={"y": 2}, mem={"x": 2}))
     assert a == {"x": 2} and b == {"y": 2}
     assert MemoryPlugin.journal == ["mem:x=2", "second:y=2"]
     assert [c.object for c in result.applied] == ["x", "y"]
 
 
-async def test_failure_in_a_later_plugin_undoes_everything_newest_first() -> None:
+async def test_failure_in_a_later_plugin_undoes_everything_newest_first(make_engine: Any) -> None:
     a, b = {"x": 1, "z": 5}, {"y": 1, "w": 1}
-    e = engine({"mem": MemoryPlugin(a), "second": SecondPlugin(b, fail_on="w")})
+    e = make_engine({"mem": MemoryPlugin(a), "second": SecondPlugin(b, fail_on="w")})
     with pytest.raises(ApplyFailed, match="rolled back"):
         await e.apply(doc(mem={"x": 2, "z": 6}, second={"y": 2, "w": 2}))
     assert a == {"x": 1, "z": 5} and b == {"y": 1, "w": 1}
     assert MemoryPlugin.journal == ["mem:x=2", "mem:z=6", "second:y=2", "second:y=1", "mem:z=5", "mem:x=1"]
 
 
-async def test_result_that_never_verifies_is_rolled_back() -> None:
+async def test_result_that_never_verifies_is_rolled_back(make_engine: Any) -> None:
     a = {"x": 1}
     with pytest.raises(ApplyFailed, match="verification failed"):
-        await engine({"mem": MemoryPlugin(a, drift=True)}).apply(doc(mem={"x": 2}))
+        await make_engine({"mem": MemoryPlugin(a, drift=True)}).apply(doc(mem={"x": 2}))
     assert a == {"x": 1 + 1}  # the undo itself is applied by the same drifting store: proof it ran
 
 
-async def test_check_problems_stop_everything_before_any_change() -> None:
+async def test_check_problems_stop_everything_before_any_change(make_engine: Any) -> None:
     a = {"x": 1}
     with pytest.raises(StateFileError) as exc:
-        await engine({"mem": MemoryPlugin(a)}).apply(doc(mem={"x": 3, "y": -1}))
+        await make_engine({"mem": MemoryPlugin(a)}).apply(doc(mem={"x": 3, "y": -1}))
     assert [str(p) for p in exc.value.problems] == ["plugins.mem.values.y: negative"]
     assert a == {"x": 1} and MemoryPlugin.journal == []
 
 
-async def test_dry_run_changes_nothing() -> None:
+async def test_dry_run_changes_nothing(make_engine: Any) -> None:
     a = {"x": 1}
-    result = await engine({"mem": MemoryPlugin(a)}).apply(doc(mem={"x": 2}), dry_run=True)
+    result = await make_engine({"mem": MemoryPlugin(a)}).apply(doc(mem={"x": 2}), dry_run=True)
     assert [c.object for c in result.plan.all_changes] == ["x"] and a == {"x": 1}

@@ -31,7 +31,7 @@ def test_every_problem_is_listed_with_its_path() -> None:
             "nginx.service": {"active_state": "running", "enabled": "yes", "colour": "red"},
             "not a unit": {}}}, "nosuch": {}},
     })
-    assert "bogus: unknown key (expected: version, plugins)" in found
+    assert "bogus: unknown key (expected: version, plugins, probes)" in found
     assert 'plugins.systemd.units["nginx.service"].enabled: expected boolean, got string' in found
     assert 'plugins.systemd.units["nginx.service"].colour: unknown key' in found
     assert any(p.startswith('plugins.systemd.units["nginx.service"].active_state: expected one of') for p in found)

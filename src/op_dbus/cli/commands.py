@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -10,12 +11,26 @@ from op_dbus.cli.main import Options, _emit_json, _run
 from op_dbus.errors import ExitCode, InvalidInput
 
 
+def recover(opts: Options) -> None:
+    """Finish a transaction an op-dbus that died left behind, before reading anything (said on stderr)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).recover()
+
+    outcome = _run(go())
+    if outcome:
+        click.echo(f"op-dbus: recovered an interrupted transaction: {outcome}", err=True)
+
+
 def verify(opts: Options, mode: str) -> int:
+    recover(opts)
     if mode == "full":
         with opts.ledger() as ledger:
             report = ledger.verify_full()
         if opts.json:
-            _emit_json(report.to_dict())
+            _emit_json(dataclasses.asdict(report))
         elif report.ok:
             click.echo(f"ok: {report.size} block(s) verified: hashes, links, Merkle root and signatures")
         else:
@@ -64,6 +79,7 @@ def verify_current(opts: Options) -> int:
 
 
 def blockchain_list(opts: Options, limit: int | None) -> int:
+    recover(opts)
     with opts.ledger() as ledger:
         size = len(ledger)
         start = max(0, size - limit) if limit else 0
@@ -82,11 +98,15 @@ def blockchain_list(opts: Options, limit: int | None) -> int:
         table.add_column(col, no_wrap=col != "changes")
     for h in headers:
         table.add_row(str(h.index), h.time, h.kind, h.prev[:12], h.state_hash[:12], h.summary)
-    Console().print(table)
+    import sys
+
+    # Piped output keeps whole lines (a script or a pager wraps); a terminal gets its own width.
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
     return ExitCode.OK
 
 
 def blockchain_show(opts: Options, index: int) -> int:
+    recover(opts)
     with opts.ledger() as ledger:
         if index >= len(ledger):
             raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
@@ -113,4 +133,101 @@ def blockchain_show(opts: Options, index: int) -> int:
         click.echo("  state:")
         for line in json.dumps(block.state, indent=2, sort_keys=True).splitlines():
             click.echo("    " + line)
+    return ExitCode.OK
+
+
+def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: int) -> int:
+    """`query --discover-all`: the whole bus, with a progress line on a terminal's stderr."""
+    import sys
+
+    from op_dbus.backends import dbus
+    from op_dbus.discovery import discover
+
+    async def go(progress: Any) -> Any:
+        client = dbus.Client(await dbus.connect(opts.bus), timeout=timeout)
+        try:
+            return await discover(client, activate=activate, timeout=timeout, concurrency=concurrency,
+                                  progress=progress)
+        finally:
+            client.bus.disconnect()
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("discovering"), BarColumn(), MofNCompleteColumn(), TextColumn("services"),
+                      TextColumn("{task.fields[objects]} objects"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("walk", total=None, objects=0)
+
+            def progress(d: Any) -> None:
+                bar.update(task, total=len(d.services), completed=d.services_done, objects=d.objects)
+
+            result = _run(go(progress))
+    else:
+        result = _run(go(None))
+    if opts.json:
+        if sys.stdout.isatty():
+            _emit_json(result.to_dict())
+        else:
+            # tens of thousands of properties: indented JSON would take Python's slow encoder path
+            import json
+
+            click.echo(json.dumps(result.to_dict(), separators=(",", ":"), default=str))
+        return ExitCode.OK
+    for name, svc in sorted(result.services.items()):
+        who = f" pid {svc.pid}" if svc.pid is not None else ""
+        props = sum(len(i) for o in svc.objects.values() for i in o.values())
+        click.secho(f"{name}  [{svc.status}]{who}", bold=True, fg=None if svc.status in ("ok", "activatable") else "red")
+        if svc.objects:
+            click.echo(f"  {len(svc.objects)} object(s), {props} propert(ies)")
+        for path, interfaces in sorted(svc.objects.items())[:20]:
+            click.echo(f"  {path}  " + ", ".join(sorted(interfaces)))
+        if len(svc.objects) > 20:
+            click.echo(f"  ... and {len(svc.objects) - 20} more objects (-o json lists everything)")
+        for err in svc.errors[:3]:
+            click.echo(f"  ! {err}")
+    s = result.to_dict()["summary"]
+    rate = s["objects"] / s["seconds"] if s["seconds"] else 0.0
+    click.echo(f"{s['services']} services ({', '.join(f'{k} {v}' for k, v in s['by_status'].items())}); "
+               f"{s['objects']} objects, {s['interfaces']} interfaces, {s['properties']} properties "
+               f"in {s['seconds']:.2f} s ({rate:.0f} objects/s)")
+
+
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+    from op_dbus.engine import Engine, document_from_snapshot
+
+    recover(opts)
+    with opts.ledger() as ledger:
+        if index >= len(ledger):
+            raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
+        proof = ledger.prove(index)
+    block = proof.block
+    if block.state is None:
+        raise InvalidInput(f"block {index}'s state snapshot was compacted away: only its hash is kept, so there is "
+                           "nothing to roll back to", hint="roll back to a later block whose state is kept")
+    doc = document_from_snapshot(block.state, f"block {index}")
+    meta = {"to_block": index, "to_state": block.header.state_hash}
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
+            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, kind="rollback", meta=meta)
+
+    result = _run(go())
+    changes = result.plan.all_changes if dry_run else result.applied
+    if opts.json:
+        _emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run,
+                    "changes": [c.to_record() for c in changes],
+                    "block": result.block.to_dict() if result.block is not None else None})
+        return ExitCode.OK
+    from op_dbus.cli.render import print_changes
+
+    click.echo(f"block {index} is in the signed log (tree size {proof.size}, proof of {len(proof.proof)} hashes); "
+               f"its state hashes to {block.header.state_hash[:16]}")
+    print_changes(changes, empty=f"nothing to change: the system already matches block {index}")
+    if dry_run:
+        click.echo(f"dry run: {len(changes)} change(s) would return the system to block {index}")
+    elif result.block is not None:
+        click.echo(f"rolled back to block {index}; recorded block {result.block.index}")
     return ExitCode.OK

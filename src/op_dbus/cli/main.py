@@ -20,8 +20,11 @@ _OPTIONS: list[Options] = []  # the global options of this invocation, for error
 class Options:
     """Global options, shared by every command through click's context object."""
 
-    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str,
+                 netns: str | None = None, ovsdb: str | None = None) -> None:
         self.bus = bus
+        self.netns = netns
+        self.ovsdb = ovsdb
         self.state_dir = Path(state_dir)
         self.job_timeout = job_timeout
         self.output = output
@@ -33,7 +36,8 @@ class Options:
     def context(self) -> Any:
         from op_dbus.plugin import Context, Settings
 
-        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout))
+        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout,
+                                netns=self.netns, ovsdb=self.ovsdb))
 
     def ledger(self) -> Any:
         from op_dbus.ledger import Ledger
@@ -60,11 +64,16 @@ def output_option(f: Any) -> Any:
               help="Where the audit log and keys live.")
 @click.option("--job-timeout", metavar="SECONDS", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
               help="How long to wait for one systemd job or backend operation.")
+@click.option("--netns", metavar="NAME", envvar="OP_DBUS_NETNS",
+              help="Manage the network inside this network namespace (/run/netns/NAME) [net plugin].")
+@click.option("--ovsdb", metavar="unix:PATH", envvar="OP_DBUS_OVSDB",
+              help="OVSDB socket [default: unix:/var/run/openvswitch/db.sock] [net plugin].")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format (text, or json for scripts).")
 @click.version_option(__version__, "-V", "--version", prog_name="op-dbus")
 @click.pass_context
-def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float, output: str) -> None:
+def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float, netns: str | None,
+        ovsdb: str | None, output: str) -> None:
     """Declare what a Linux machine must look like; op-dbus shows the difference, converges it over
     native protocols (D-Bus, netlink, OVSDB), verifies it and records every change in a
     tamper-evident audit log.
@@ -77,7 +86,7 @@ def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float,
       op-dbus verify --current            # has anything drifted since?
       op-dbus blockchain list             # the history
     """
-    ctx.obj = Options(bus, state_dir, job_timeout, output)
+    ctx.obj = Options(bus, state_dir, job_timeout, output, netns, ovsdb)
     _OPTIONS.append(ctx.obj)
 
 
@@ -93,14 +102,36 @@ def _emit_json(value: Any) -> None:
 
 @cli.command()
 @click.argument("plugin", required=False)
+@click.option("--discover-all", is_flag=True,
+              help="Instead: walk every service on the bus (objects, interfaces, properties) and report it.")
+@click.option("--activate", is_flag=True, help="With --discover-all: also start and walk bus-activatable services.")
+@click.option("--timeout", "call_timeout", metavar="SECONDS", type=click.FloatRange(min=0.05), default=5.0,
+              show_default=True, help="With --discover-all: give up on a call after this long (the service is "
+                                      "then listed as timed out).")
+@click.option("--concurrency", metavar="N", type=click.IntRange(min=1, max=1024), default=32, show_default=True,
+              help="With --discover-all: calls in flight at once.")
 @output_option
 @click.pass_obj
-def query(opts: Options, plugin: str | None) -> int:
-    """Print the live state of every plugin (or only PLUGIN), in the state-file format."""
+def query(opts: Options, plugin: str | None, discover_all: bool, activate: bool, call_timeout: float,
+          concurrency: int) -> int:
+    """Print the live state of every plugin (or only PLUGIN), in the state-file format.
+
+    Unlike `introspect`, plugins may add read-only facts under a `status` key (e.g. login1's sessions);
+    a state file may carry them and they are ignored there.
+    """
+    if discover_all and plugin:
+        raise click.UsageError("--discover-all walks the whole bus; it takes no PLUGIN")
+    if not discover_all and (activate or call_timeout != 5.0 or concurrency != 32):
+        raise click.UsageError("--activate, --timeout and --concurrency go with --discover-all")
+    if discover_all:
+        from op_dbus.cli import commands
+
+        return commands.discover_all(opts, activate=activate, timeout=call_timeout, concurrency=concurrency)
     from op_dbus.engine import Engine
 
     async def go() -> Any:
         async with opts.context() as ctx:
+            ctx.settings.extra["read_only_facts"] = True
             return await Engine(ctx).query([plugin] if plugin else None)
 
     _emit_json(_run(go()))
@@ -155,13 +186,19 @@ def diff(opts: Options, file: str) -> int:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop: nothing is changed or recorded.")
+@click.option("--confirm-timeout", metavar="SECONDS", type=click.FloatRange(min=1),
+              help="Keep the change only if `op-dbus confirm` arrives within SECONDS; otherwise revert it "
+                   "automatically, even if this process or its SSH session dies.")
+@click.option("--wait", "lock_wait", metavar="SECONDS", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Wait this long for another apply to finish instead of exiting 5 at once.")
 @output_option
 @click.pass_obj
-def apply(opts: Options, file: str, dry_run: bool) -> int:
-    """Converge the system to FILE, verify it, and record a block in the audit log.
+def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None, lock_wait: float) -> int:
+    """Converge the system to FILE as one transaction, verify it, and record a block in the audit log.
 
-    Invalid files are refused whole (exit 2) before anything changes. If a change fails or the
-    result does not verify, what was applied is undone and the attempt is recorded (exit 4).
+    Invalid files are refused whole (exit 2) before anything changes. If a change fails, the result does
+    not verify, or a health probe that passed before fails after, everything applied is undone and the
+    attempt is recorded (exit 4). Another apply running: exit 5.
     """
     from op_dbus.engine import Engine
     from op_dbus.state import load_document
@@ -170,14 +207,15 @@ def apply(opts: Options, file: str, dry_run: bool) -> int:
 
     async def go() -> Any:
         async with opts.context() as ctx:
-            return await Engine(ctx, ledger=None if dry_run else opts.ledger).apply(doc, dry_run=dry_run)
+            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
+            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, lock_wait=lock_wait)
 
     result = _run(go())
     changes = result.plan.all_changes if dry_run else result.applied
     block = result.block
     if opts.json:
         _emit_json({"file": file, "dry_run": dry_run, "changes": [c.to_record() for c in changes],
-                    "block": block.to_dict() if block is not None else None})
+                    "block": block.to_dict() if block is not None else None, "confirm_by": result.confirm_by})
     else:
         from op_dbus.cli.render import print_changes
 
@@ -189,6 +227,86 @@ def apply(opts: Options, file: str, dry_run: bool) -> int:
             if block is not None:
                 click.echo(f"applied {len(changes)} change(s); recorded block {block.index} "
                            f"(state {block.state_hash[:16]})")
+            if result.confirm_by is not None:
+                import time
+
+                left = result.confirm_by - time.time()
+                click.secho(f"run `op-dbus confirm` within {left:.0f} s to keep this change; "
+                            "otherwise it is reverted automatically", fg="yellow", bold=True)
+    return ExitCode.OK
+
+
+@cli.command()
+@click.option("--to-block", "index", metavar="N", type=click.IntRange(min=0), required=True,
+              help="The block whose recorded state to return to.")
+@click.option("--dry-run", is_flag=True, help="Prove block N and show the plan; change nothing.")
+@click.option("--confirm-timeout", metavar="SECONDS", type=click.FloatRange(min=1),
+              help="As for apply: revert the rollback unless `op-dbus confirm` arrives in time.")
+@output_option
+@click.pass_obj
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+    """Return the system to the state recorded in block N.
+
+    Proves N's inclusion in the signed log and its state's hash first, then applies that state as a
+    normal transaction and records a new block of kind `rollback` naming N. History is never truncated.
+    """
+    from op_dbus.cli import commands
+
+    return commands.rollback(opts, index, dry_run, confirm_timeout)
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def confirm(opts: Options) -> int:
+    """Keep the change an `apply --confirm-timeout` made (before its deadline)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).confirm()
+
+    block = _run(go())
+    if opts.json:
+        _emit_json({"confirmed": True, "block": block.to_dict() if block is not None else None})
+    else:
+        click.echo("confirmed: the change is kept" + (f" (block {block.index})" if block is not None else ""))
+    return ExitCode.OK
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def abort(opts: Options) -> int:
+    """Revert now the change an `apply --confirm-timeout` made, instead of waiting for its deadline."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).abort()
+
+    outcome = _run(go())
+    if opts.json:
+        _emit_json({"aborted": True, "outcome": outcome})
+    else:
+        click.echo(outcome)
+    return ExitCode.OK
+
+
+@cli.command("_watchdog", hidden=True)
+@click.argument("txid")
+@click.pass_obj
+def watchdog(opts: Options, txid: str) -> int:
+    """Revert transaction TXID when its deadline passes or its op-dbus dies (started by apply --confirm-timeout)."""
+    from op_dbus.engine import Engine
+
+    async def go() -> Any:
+        async with opts.context() as ctx:
+            return await Engine(ctx, ledger=opts.ledger).watch(txid)
+
+    outcome = _run(go())
+    if outcome:
+        click.echo(f"op-dbus watchdog: {outcome}", err=True)
     return ExitCode.OK
 
 

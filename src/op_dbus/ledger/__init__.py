@@ -51,8 +51,9 @@ tail). The verifier keeps its own state outside the database, in `<state_dir>/ve
 directory the caller gives (for real protection, one root on this host cannot reach):
 `trusted-key` (the verifier key, pinned on first successful verification) and `last-checkpoint`
 (the latest checkpoint it accepted). The log must extend that checkpoint: same key, not shorter,
-same tree head at that size. `first_bad` names the first bad block. A damaged database file is
-reported as `LedgerCorrupt`, never repaired.
+same tree head at that size. `first_bad` names the first bad block. SQLite's `quick_check` runs
+too; a damaged database file is reported as `LedgerCorrupt`, never repaired. On large logs the
+record hashing and `quick_check` run in a child process (on the other core) beside the main pass.
 
 Left for later, with room kept: search (the `kind`/`time` columns and indexes), export, compaction,
 rollback, witness cosignatures.
@@ -68,6 +69,7 @@ from op_dbus.ledger.store import (
     Block,
     BlockHeader,
     BlockNotFound,
+    InclusionProof,
     Ledger,
     LedgerCorrupt,
     VerifyReport,
@@ -79,6 +81,7 @@ __all__ = [
     "BlockHeader",
     "BlockNotFound",
     "CanonicalError",
+    "InclusionProof",
     "KeyFileError",
     "Ledger",
     "LedgerCorrupt",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,54 +14,22 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from op_dbus import files
 from op_dbus.errors import LedgerError
 
 MAX_KEY_FILE = 64 * 1024
 
 
-class KeyFileError(LedgerError, PermissionError):
+class KeyFileError(LedgerError, files.UnsafeFile):
     """The key file or state directory is unsafe (owner, mode), missing, or unreadable. Never shows key bytes."""
 
 
-def _owner_ok(st: os.stat_result) -> bool:
-    return st.st_uid in (0, os.geteuid())
-
-
 def check_directory(path: Path, what: str) -> None:
-    """Refuse a directory another user could write to or that another non-root user owns (sshd StrictModes)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"{what} {path} does not exist") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise KeyFileError(f"{what} {path} is not a directory")
-    if not _owner_ok(st):
-        raise KeyFileError(
-            f"{what} {path} is owned by uid {st.st_uid}, not root or uid {os.geteuid()}",
-            hint=f"chown {os.geteuid()} {path}",
-        )
-    if st.st_mode & 0o022:
-        raise KeyFileError(
-            f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-            hint=f"chmod go-w {path}",
-        )
+    files.check_directory(path, what, KeyFileError)
 
 
 def check_file(st: os.stat_result, path: Path, what: str, *, secret: bool) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{what} {path} is not a regular file")
-    if not _owner_ok(st):
-        raise KeyFileError(
-            f"{what} {path} is owned by uid {st.st_uid}, not root or uid {os.geteuid()}",
-            hint=f"chown {os.geteuid()} {path}",
-        )
-    mask = 0o077 if secret else 0o022
-    if st.st_mode & mask:
-        kind = "readable or writable" if secret else "writable"
-        raise KeyFileError(
-            f"{what} {path} is {kind} by group or others (mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
-            hint=f"chmod 0600 {path}" if secret else f"chmod go-w {path}",
-        )
+    files.check_file(st, path, what, secret=secret, error=KeyFileError)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -109,15 +76,7 @@ def _create_private_key(path: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    files.fsync_dir(path.parent)
 
 
 def load_or_create_private_key(path: Path, *, create: bool) -> tuple[Ed25519PrivateKey, bool]:
@@ -136,26 +95,9 @@ def load_or_create_private_key(path: Path, *, create: bool) -> tuple[Ed25519Priv
 
 def write_public_file(path: Path, text: str) -> None:
     """Write a public file atomically (mode 0644)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    files.atomic_write(path, text.encode(), 0o644)
 
 
 def write_private_file(path: Path, text: str) -> None:
     """Write a file atomically (mode 0600)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    files.atomic_write(path, text.encode(), 0o600)

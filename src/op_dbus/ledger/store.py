@@ -133,11 +133,13 @@ class BlockHeader:
             raise LedgerCorrupt(f"a block header is not valid: {exc}") from None
 
 
-def as_bytes(value: bytes | str | memoryview) -> bytes:
-    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT; its UTF-8 bytes are what is hashed)."""
+def as_bytes(value: object) -> bytes:
+    """A stored leaf or blob as bytes (a hand-edited row may hold TEXT or a number; hash what SQLite returns)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
-    return bytes(value)
+    return str(value).encode()
 
 
 def _typed(d: dict[str, Any], key: str, kind: type) -> Any:
@@ -156,6 +158,22 @@ class Block:
     @property
     def index(self) -> int:
         return self.header.index
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Block `block` is leaf `block.index` of the tree of `size` leaves with head `root`, as `proof` shows;
+    `checkpoint` is the signed note that commits to that head."""
+
+    block: Block
+    size: int
+    root: bytes
+    proof: list[bytes]
+    checkpoint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.block.index, "leaf_hash": self.block.header.leaf_hash.hex(), "tree_size": self.size,
+                "root": self.root.hex(), "proof": [h.hex() for h in self.proof], "checkpoint": self.checkpoint}
 
 
 @dataclass
@@ -281,7 +299,9 @@ class Ledger:
         except (FileNotFoundError, UnicodeDecodeError):
             current = None
         if current != text:
-            keys.write_public_file(self.public_key_path, text)
+            # A convenience copy for auditors and witnesses; a read-only key directory must not stop the log.
+            with contextlib.suppress(OSError):
+                keys.write_public_file(self.public_key_path, text)
 
     def close(self) -> None:
         self._conn.close()
@@ -331,11 +351,13 @@ class Ledger:
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full, I/O error): never leave the connection mid-transaction.
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     # -- appending ---------------------------------------------------------------------------------
 
@@ -529,13 +551,28 @@ class Ledger:
 
     # -- verification ------------------------------------------------------------------------------
 
+    def prove(self, index: int) -> InclusionProof:
+        """Prove block `index` is in the tree the latest signed checkpoint commits to, and that its stored
+        changes and state are the ones its header names. Raises ProofError or LedgerCorrupt otherwise."""
+        block = self.get(index)  # checks the changes/state records against the header's hashes
+        signed = self.checkpoint()
+        opened = note.open_note(signed, [self.verifier])
+        head = note.parse_checkpoint(opened.text)
+        if head.origin != self.origin:
+            raise merkle.ProofError(f"the latest checkpoint names origin {head.origin!r}, not {self.origin!r}")
+        if not index < head.size:
+            raise merkle.ProofError(f"block {index} is not covered by the latest checkpoint (size {head.size})")
+        proof = self.inclusion_proof(index, head.size)
+        merkle.verify_inclusion(index, head.size, block.header.leaf_hash, proof, head.root)
+        return InclusionProof(block, head.size, head.root, proof, signed)
+
     def verify_full(
         self,
         *,
         verifier_dir: Path | str | None = None,
         update: bool = True,
         all_signatures: bool = False,
-    ) -> Any:
+    ) -> VerifyReport:
         """Check everything; see `op_dbus.ledger.verify.verify_full`."""
         from op_dbus.ledger.verify import verify_full
 

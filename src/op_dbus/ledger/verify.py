@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from op_dbus.ledger import keys, merkle, note
-from op_dbus.ledger.store import ZERO_HASH, VerifyReport, as_bytes
+from op_dbus.ledger import _linkcheck, keys, merkle, note
+from op_dbus.ledger.store import VerifyReport, as_bytes
 
 if TYPE_CHECKING:
     from op_dbus.ledger.store import Ledger
@@ -18,10 +21,11 @@ if TYPE_CHECKING:
 LAST_CHECKPOINT = "last-checkpoint"
 TRUSTED_KEY = "trusted-key"
 MAX_PROBLEMS = 50
+# Above this many blocks, the header/link/record checks run in a child process so that they use
+# the other core instead of competing with the tree pass for the GIL.
+CHILD_THRESHOLD = 20_000
 
-_MISSING = object()
 _sha256 = hashlib.sha256
-_node = merkle.node_hash
 
 
 class _Problems:
@@ -37,6 +41,16 @@ class _Problems:
             self.messages.append(message)
         else:
             self.suppressed += 1
+
+    def merge(self, found: dict[str, Any]) -> None:
+        for index, message in found["problems"]:
+            self.add(index, message)
+        self.suppressed += found["suppressed"]
+        self.add_index(found["first_bad"])
+
+    def add_index(self, index: int | None) -> None:
+        if index is not None and (self.first_bad is None or index < self.first_bad):
+            self.first_bad = index
 
     def __bool__(self) -> bool:
         return bool(self.messages)
@@ -54,6 +68,136 @@ class _Echo:
 
     def add(self, index: int | None, message: str) -> None:
         self.inner.add(None, message)
+
+
+class _TreeScan:
+    """The tree pass over the blocks, in batches: rebuild every perfect node and check the checkpoint of every size."""
+
+    def __init__(
+        self,
+        origin: str,
+        trusted: note.Verifier,
+        checkpoints: dict[Any, Any],
+        problems: _Problems,
+        all_signatures: bool,
+        remember_size: int,
+    ) -> None:
+        self.origin = origin
+        self.trusted = trusted
+        self.checkpoints = checkpoints
+        self.problems = problems
+        self.all_signatures = all_signatures
+        self.remember_size = remember_size
+        self.size = 0
+        self.levels: list[list[bytes]] = [[]]
+        self.edge: list[bytes] = []
+        self.root = merkle.EMPTY_ROOT
+        self.last_root: bytes | None = None
+        # A checkpoint we wrote is `<text>\n— <name> <base64(key ID || signature)>\n`: 92 base64
+        # characters, the first five of which spell 30 of the key ID's 32 bits and the sixth the last
+        # two. Checking those is enough to name the signing key; `all_signatures` verifies each one.
+        kid = base64.b64encode(trusted.key_id + bytes(64)).decode()
+        self.sig_prefix = f"\n{note.SIG_PREFIX}{trusted.name} {kid[:5]}"
+        self.sig_len = len(self.sig_prefix) - 5 + 92 + 1
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        self.sixth = frozenset(c for i, c in enumerate(alphabet) if i >> 4 == trusted.key_id[3] & 3)
+
+    def add(self, leaves: list[Any]) -> None:
+        sha256 = _sha256
+        # Extend the rebuilt tree leaf by leaf; `edge` is its right edge (one hash per set bit of the
+        # size), and folding it gives the tree head at every size, which every checkpoint must match.
+        levels, edge = self.levels, self.edge
+        level0 = levels[0]
+        roots = []
+        size = self.size
+        for (leaf,) in leaves:
+            if type(leaf) is not bytes:
+                leaf = as_bytes(leaf)
+            h = sha256(b"\x00" + leaf).digest()
+            level0.append(h)
+            i, lvl = size, 0
+            while i & 1:
+                h = sha256(b"\x01" + edge.pop() + h).digest()
+                lvl += 1
+                i >>= 1
+                if lvl == len(levels):
+                    levels.append([])
+                levels[lvl].append(h)
+            edge.append(h)
+            size += 1
+            for left in edge[-2::-1]:
+                h = sha256(b"\x01" + left + h).digest()
+            roots.append(h)
+        first = self.size + 1
+        self.size = size
+        if roots:
+            self.root = roots[-1]
+        if first <= self.remember_size <= size:
+            self.last_root = roots[self.remember_size - first]
+
+        problems = self.problems
+        b64 = base64.b64encode
+        pop = self.checkpoints.pop
+        origin, sig_prefix, sig_len, sixth = self.origin, self.sig_prefix, self.sig_len, self.sixth
+        for k, root in enumerate(roots):
+            n = first + k
+            signed = pop(n, None)
+            if signed is None:
+                problems.add(n - 1, f"block {n - 1}: no signed checkpoint for tree size {n}")
+                continue
+            body = f"{origin}\n{n}\n{b64(root).decode()}\n"
+            start = len(body) + len(sig_prefix)
+            if (
+                type(signed) is str
+                and len(signed) == len(body) + sig_len
+                and signed.startswith(body)
+                and signed.startswith(sig_prefix, len(body))
+                and signed[start] in sixth
+                and signed[-1] == "\n"
+            ):
+                if not self.all_signatures or self._signature_verifies(body, signed[start - 5 : -1]):
+                    continue
+                problems.add(n - 1, f"checkpoint {n}: the signature does not verify with the trusted key")
+                continue
+            problems.add(n - 1, _explain_checkpoint(signed, body, n, self.trusted))
+
+    def _signature_verifies(self, body: str, b64sig: str) -> bool:
+        try:
+            raw = base64.b64decode(b64sig, validate=True)
+        except ValueError:
+            return False
+        return len(raw) == 68 and raw[:4] == self.trusted.key_id and self.trusted.verify(body, raw[4:])
+
+
+def _link_check(db_path: Path, busy_timeout: float, in_child: bool) -> dict[str, Any]:
+    """Headers, `prev` links and records (see `_linkcheck`), in a child process or in this one."""
+    if in_child:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", _linkcheck.__file__, str(db_path), str(busy_timeout)],
+                capture_output=True,
+                check=False,
+            )
+        except OSError:
+            proc = None
+        if proc is not None and proc.returncode == 3:
+            message = proc.stderr.decode(errors="replace")
+            if "locked" in message or "busy" in message:
+                raise sqlite3.OperationalError(message)
+            raise sqlite3.DatabaseError(message)
+        if proc is not None and proc.returncode == 0:
+            result: dict[str, Any] = json.loads(proc.stdout)
+            return result
+    return _linkcheck.check(str(db_path), busy_timeout)
+
+
+def _quick_check(db_path: Path, busy_timeout: float) -> list[Any]:
+    """SQLite's own consistency check of the file (pages, b-trees, indexes); C code that leaves the GIL free."""
+    conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
+    try:
+        return [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    finally:
+        conn.close()
 
 
 def _read_verifier_state(
@@ -95,9 +239,9 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     index columns; for every tree size: that a checkpoint exists, that its text is exactly the
     recomputed tree head, and that it names the trusted key (each Ed25519 signature is verified too
     with `all_signatures`; the latest one always is); that the cached Merkle nodes equal the
-    recomputed ones; that no checkpoint signs more blocks than are stored; and that the log extends
-    the last checkpoint this verifier accepted. On success the latest checkpoint becomes the new
-    last-seen one (with `update`).
+    recomputed ones; that no checkpoint signs more blocks than are stored; SQLite's quick_check; and
+    that the log extends the last checkpoint this verifier accepted. On success the latest
+    checkpoint becomes the new last-seen one (with `update`).
     """
     problems = _Problems()
     notes: list[str] = []
@@ -106,101 +250,18 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     if last_seen is not None and last_seen.origin != origin:
         problems.add(None, f"the verifier last saw log {last_seen.origin!r}, this is {origin!r}")
         last_seen = None
-    trusted_id = trusted.key_id
-    sig_prefix = f"\n{note.SIG_PREFIX}{trusted.name} "
-    b64 = base64.b64encode
-    b64decode = base64.b64decode
-
-    with ledger._transaction("verify", write=False) as db:
-        integrity = [r[0] for r in db.execute("PRAGMA quick_check(20)")]
-        if integrity != ["ok"]:
-            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
-
-        blob_ok: dict[bytes, bool | None] = {}
-        for digest, data in db.execute("SELECT hash, data FROM blobs"):
-            blob_ok[bytes(digest) if not isinstance(digest, str) else digest.encode()] = (
-                None if data is None else _sha256(as_bytes(data)).digest() == digest
-            )
+    timeout = ledger._busy_timeout
+    with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
+        # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
+        (blocks,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
+        links_job = pool.submit(_link_check, ledger.db_path, timeout, blocks > CHILD_THRESHOLD)
+        integrity_job = pool.submit(_quick_check, ledger.db_path, timeout)
         checkpoints: dict[Any, Any] = dict(db.execute("SELECT size, note FROM checkpoints"))
-
-        levels: list[list[bytes]] = [[]]
-        edge: list[bytes] = []
-        prev = ZERO_HASH
-        count = 0
-        last_root: bytes | None = None
-        root = merkle.EMPTY_ROOT
-        for idx, leaf, kind_col, time_col in db.execute("SELECT idx, leaf, kind, time FROM blocks ORDER BY idx"):
-            if idx != count:
-                gap = f"{count}" if idx == count + 1 else f"{count} to {idx - 1}"
-                problems.add(count, f"block {gap} missing: the stored blocks jump from {count - 1} to {idx}")
-            if not isinstance(leaf, bytes):
-                leaf = as_bytes(leaf)
-            try:
-                header = json.loads(leaf)
-            except ValueError:
-                header = None
-            if not isinstance(header, dict):
-                problems.add(idx, f"block {idx}: the header is not a JSON object")
-            else:
-                if header.get("index") != idx:
-                    problems.add(
-                        idx, f"block {idx}: holds the header of block {header.get('index')} (blocks swapped or moved)"
-                    )
-                if header.get("prev") != prev:
-                    problems.add(idx, f"block {idx}: 'prev' is not the hash of the block before it")
-                if header.get("kind") != kind_col or header.get("time") != time_col:
-                    problems.add(idx, f"block {idx}: the kind/time index columns disagree with the header")
-                for what in ("changes", "state"):
-                    digest = header.get(f"{what}_hash")
-                    try:
-                        status = blob_ok.get(bytes.fromhex(digest), _MISSING)
-                    except (TypeError, ValueError):
-                        status = _MISSING
-                    if status is _MISSING:
-                        problems.add(idx, f"block {idx}: its {what} record is missing")
-                    elif status is False:
-                        problems.add(idx, f"block {idx}: its {what} record does not match the hash in the header (edited)")
-            prev = _sha256(leaf).hexdigest()
-
-            # Extend the rebuilt tree by one leaf; `edge` is its right edge (one hash per set bit of the size).
-            h = _sha256(b"\x00" + leaf).digest()
-            level0 = levels[0]
-            level0.append(h)
-            i, lvl = count, 0
-            while i & 1:
-                h = _node(edge.pop(), h)
-                lvl += 1
-                i >>= 1
-                if lvl == len(levels):
-                    levels.append([])
-                levels[lvl].append(h)
-            edge.append(h)
-            count += 1
-            root = edge[-1]
-            for left in edge[-2::-1]:
-                root = _node(left, root)
-            if last_seen is not None and count == last_seen.size:
-                last_root = root
-
-            signed = checkpoints.pop(count, None)
-            if signed is None:
-                problems.add(idx, f"block {idx}: no signed checkpoint for tree size {count}")
-                continue
-            body = f"{origin}\n{count}\n{b64(root).decode()}\n"
-            rest = signed[len(body) + len(sig_prefix) :] if isinstance(signed, str) else ""
-            fast = isinstance(signed, str) and signed.startswith(body) and signed.startswith(sig_prefix, len(body))
-            if fast and rest.endswith("\n") and "\n" not in rest[:-1]:
-                try:
-                    raw = b64decode(rest[:-1], validate=True)
-                except (binascii.Error, ValueError):
-                    raw = b""
-                if len(raw) == 68 and raw[:4] == trusted_id:
-                    if all_signatures and not trusted.verify(body, raw[4:]):
-                        problems.add(idx, f"checkpoint {count}: the signature does not verify with the trusted key")
-                    continue
-            problems.add(idx, _explain_checkpoint(signed, body, count, trusted))
-
-        size = count
+        scan = _TreeScan(origin, trusted, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
+        cursor = db.execute("SELECT leaf FROM blocks ORDER BY idx")
+        while rows := cursor.fetchmany(8192):
+            scan.add(rows)
+        size, root = scan.size, scan.root
         if checkpoints:
             beyond = sorted(k for k in checkpoints if isinstance(k, int) and k > size)
             if beyond:
@@ -220,7 +281,11 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 bad = _first_bad_signature(db, size, trusted)
                 problems.add(bad - 1, f"checkpoint {bad}: the signature does not verify with the trusted key")
 
-        _check_tree_cache(db, levels, problems)
+        problems.merge(links_job.result())
+        integrity = integrity_job.result()
+        if integrity != ["ok"]:
+            problems.add(None, "SQLite integrity check: " + "; ".join(map(str, integrity)))
+        _check_tree_cache(db, scan.levels, problems)
 
     if last_seen is not None:
         if last_seen.size > size:
@@ -229,7 +294,7 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
                 f"the log has {size} blocks but this verifier saw {last_seen.size} before: "
                 f"blocks {size} to {last_seen.size - 1} were removed",
             )
-        elif last_root != last_seen.root:
+        elif scan.last_root != last_seen.root:
             index = problems.first_bad if problems.first_bad is not None else 0
             problems.add(
                 index,
@@ -302,41 +367,34 @@ def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -
 
     When blocks were already found bad, node mismatches are their echo and do not move `first_bad`.
     """
-    expected_next = [0] * len(levels)
-    reported = 0
-    if problems.first_bad is not None:
-        problems = _Echo(problems)  # type: ignore[assignment]
-    for level, idx, digest in db.execute("SELECT level, idx, hash FROM tree ORDER BY level, idx"):
-        if reported >= 5:
-            break
-        if not isinstance(level, int) or not isinstance(idx, int) or level < 0 or idx < 0:
-            problems.add(None, "the Merkle node table holds a malformed row")
-            reported += 1
+    sink: Any = _Echo(problems) if problems.first_bad is not None else problems
+    size = len(levels[0])
+    (top,) = db.execute("SELECT MAX(level) FROM tree").fetchone()
+    depth = max(len(levels), top + 1 if isinstance(top, int) else 0)
+    for level in range(depth):
+        nodes = levels[level] if level < len(levels) else []
+        rows = db.execute("SELECT idx, hash FROM tree WHERE level = ? ORDER BY idx", (level,)).fetchall()
+        # (level, idx) is the key, so n rows ending at idx n - 1 are exactly 0 .. n - 1.
+        if len(rows) == len(nodes) and (not rows or rows[-1][0] == len(rows) - 1) and [h for _, h in rows] == nodes:
             continue
-        if level >= len(levels) or idx >= len(levels[level]):
-            problems.add(
-                max(idx << level, len(levels[0])),
-                f"the Merkle node table holds node (level {level}, index {idx}) beyond the log",
-            )
-            reported += 1
-            continue
-        if idx != expected_next[level]:
-            problems.add(
-                expected_next[level] << level,
-                f"the Merkle node table lacks node (level {level}, index {expected_next[level]})",
-            )
-            reported += 1
-        expected_next[level] = idx + 1
-        if digest != levels[level][idx]:
-            problems.add(idx << level, f"the Merkle node (level {level}, index {idx}) does not match the blocks it covers")
-            reported += 1
-    if reported < 5:
-        for level, nodes in enumerate(levels):
-            if expected_next[level] < len(nodes):
-                problems.add(
-                    expected_next[level] << level,
-                    f"the Merkle node table lacks node (level {level}, index {expected_next[level]})",
-                )
+        reported = 0
+        stored = {idx: h for idx, h in rows if isinstance(idx, int)}
+        for idx in sorted(stored):
+            if reported >= 3:
+                break
+            if idx < 0 or idx >= len(nodes):
+                message = f"the Merkle node table holds node (level {level}, index {idx}) beyond the log"
+                sink.add(max(idx << level, size), message)
+                reported += 1
+            elif stored[idx] != nodes[idx]:
+                sink.add(idx << level, f"the Merkle node (level {level}, index {idx}) does not match the blocks it covers")
+                reported += 1
+        for idx in range(len(nodes)):
+            if reported >= 3:
+                break
+            if idx not in stored:
+                sink.add(idx << level, f"the Merkle node table lacks node (level {level}, index {idx})")
+                reported += 1
 
 
 def _save_verifier_state(

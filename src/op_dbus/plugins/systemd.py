@@ -5,9 +5,10 @@ State section::
     {"units": {"nginx.service": {"active_state": "active", "enabled": true, "masked": false}}}
 
 Every field is optional; only what is declared is managed, and units the file does not name are never
-touched. Reading uses two calls whatever the number of units (ListUnitsByNames and
-ListUnitFilesByPatterns); unit-file changes are batched into one call per kind plus one Reload; start and
-stop jobs are issued together and each is awaited through its JobRemoved signal.
+touched. Reading takes one ListUnitsByNames call whatever the number of units, plus, when `enabled` is
+declared, each unit's cached UnitFileState property (pipelined on one connection); unit-file changes are
+batched into one call per kind plus one Reload; start and stop jobs are issued together and each is
+awaited through its JobRemoved signal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
 
 UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(" + "|".join(UNIT_TYPES) + r")$")
@@ -70,6 +72,8 @@ ENABLED_STATES = {"enabled": True, "enabled-runtime": True, "disabled": False}
 MASKED_STATES = ("masked", "masked-runtime")
 NOT_ENABLEABLE = ("static", "indirect", "generated", "transient", "alias", "linked", "linked-runtime", "bad")
 
+START_SETTLE = 0.3
+
 # Inverse of each action, used to record undo before the action runs.
 INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "enable", "mask": "unmask", "unmask": "mask"}
 # Order of actions in a plan: unit files first (unmask before enable), stops before starts so a
@@ -98,7 +102,11 @@ class UnitInfo:
 
     @property
     def exists(self) -> bool:
-        return self.load_state not in ("not-found",) or bool(self.file_state)
+        return self.load_state != "not-found"
+
+
+async def _empty() -> str:
+    return ""
 
 
 async def systemd_client(ctx: Context) -> dbus.Client:
@@ -116,25 +124,34 @@ class SystemdPlugin(Plugin[SystemdState]):
 
     # -- reading -------------------------------------------------------------------------------------
 
-    async def inspect(self, ctx: Context, names: list[str]) -> dict[str, UnitInfo]:
+    async def inspect(self, ctx: Context, names: list[str], *, file_state: bool = True) -> dict[str, UnitInfo]:
+        """One ListUnitsByNames call for all names, then (if asked) each unit's cached UnitFileState.
+
+        The unit object's UnitFileState property is cached by systemd; ListUnitFilesByPatterns and
+        GetUnitFileState rescan the unit directories for every name, which costs milliseconds per unit.
+        """
         if not names:
             return {}
         client = await systemd_client(ctx)
         (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [names])
         if len(rows) != len(names):
             raise ApplyFailed(f"systemd answered ListUnitsByNames with {len(rows)} units for {len(names)} names")
-        ids = sorted({row[0] for row in rows})
-        (files,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFilesByPatterns", "asas", [[], ids])
-        file_state = {path.rsplit("/", 1)[-1]: state for path, state in files}
+        states = [""] * len(rows)
+        if file_state:
+            states = await asyncio.gather(*(
+                client.get_property(SYSTEMD, row[6], UNIT, "UnitFileState") if row[2] != "not-found" else _empty()
+                for row in rows
+            ))
         # ListUnitsByNames returns one row per requested name, in order; an alias comes back under its unit's id.
         return {
-            name: UnitInfo(name, row[0], row[2], row[3], file_state.get(row[0], ""))
-            for name, row in zip(names, rows, strict=True)
+            name: UnitInfo(name, row[0], row[2], row[3], state)
+            for name, row, state in zip(names, rows, states, strict=True)
         }
 
     async def query(self, ctx: Context, scope: SystemdState | None = None) -> SystemdState:
         if scope is not None:
-            infos = await self.inspect(ctx, list(scope.units))
+            infos = await self.inspect(ctx, list(scope.units),
+                                       file_state=any(u.enabled is not None for u in scope.units.values()))
             units = {}
             for name, want in scope.units.items():
                 info = infos[name]
@@ -160,7 +177,11 @@ class SystemdPlugin(Plugin[SystemdState]):
         for path, state in files:
             name = path.rsplit("/", 1)[-1]
             kind = name.rsplit(".", 1)[-1]
-            if kind not in INTROSPECT_TYPES or "@." in name or state in ("alias", "transient", "generated", "bad"):
+            # A static unit runs when something triggers it (bus activation, a socket, a dependency), so its
+            # activity is not a declaration: writing it down would race with anything that triggers it (reading
+            # hostname1 starts systemd-hostnamed) and make the introspected state stale by itself.
+            if kind not in INTROSPECT_TYPES or "@." in name or state in ("alias", "transient", "generated", "bad",
+                                                                            "static"):
                 continue
             if state in MASKED_STATES:
                 units[name] = UnitState.model_construct(active_state="inactive", enabled=None, masked=True)
@@ -175,7 +196,8 @@ class SystemdPlugin(Plugin[SystemdState]):
     # -- checking ------------------------------------------------------------------------------------
 
     async def check(self, desired: SystemdState, ctx: Context) -> list[Problem]:
-        infos = await self.inspect(ctx, list(desired.units))
+        infos = await self.inspect(ctx, list(desired.units),
+                                   file_state=any(u.enabled is not None for u in desired.units.values()))
         problems = []
         for name, want in desired.units.items():
             info = infos[name]
@@ -215,17 +237,23 @@ class SystemdPlugin(Plugin[SystemdState]):
     def _change(self, unit: str, action: str, field: str, before: Any, after: Any) -> Change:
         return Change(self.name, unit, action, {field: before}, {field: after})
 
+    def settle_time(self, changes: list[Change]) -> float:
+        # A Type=simple unit is "active" from the moment it forks: give a crash time to show.
+        return START_SETTLE if any(c.action == "start" for c in changes) else 0.0
+
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
         if not changes:
             return
         client = await systemd_client(ctx)
-        infos = await self.inspect(ctx, sorted({c.object for c in changes}))
+        # Unit-file calls refuse alias names, so resolve them to unit ids; jobs take any name as it is.
+        file_units = sorted({c.object for c in changes if c.action not in ("start", "stop")})
+        infos = await self.inspect(ctx, file_units, file_state=False)
         for is_job, group in groupby(changes, key=lambda c: c.action in ("start", "stop")):
             batch = list(group)
             if is_job:
-                await self._run_jobs(client, batch, infos, undo, ctx.settings.job_timeout)
+                await self._run_jobs(client, batch, undo, ctx.settings.job_timeout)
             else:
                 await self._change_files(client, batch, infos, undo)
 
@@ -246,8 +274,7 @@ class SystemdPlugin(Plugin[SystemdState]):
         # One daemon reload for the whole batch, as `systemctl enable` does after each call.
         await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Reload")
 
-    async def _run_jobs(self, client: dbus.Client, batch: list[Change], infos: dict[str, UnitInfo],
-                        undo: UndoLog, timeout: float) -> None:
+    async def _run_jobs(self, client: dbus.Client, batch: list[Change], undo: UndoLog, timeout: float) -> None:
         await self._subscribe(client)
         loop = asyncio.get_running_loop()
         finished: dict[str, str] = {}
@@ -267,7 +294,7 @@ class SystemdPlugin(Plugin[SystemdState]):
                 undo.record(self._inverse(c))
             replies = await asyncio.gather(*(
                 client.call(SYSTEMD, MANAGER_PATH, MANAGER, "StartUnit" if c.action == "start" else "StopUnit",
-                            "ss", [infos[c.object].id, "replace"])
+                            "ss", [c.object, "replace"])
                 for c in batch
             ))
             for c, (job,) in zip(batch, replies, strict=True):

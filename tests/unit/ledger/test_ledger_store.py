@@ -318,3 +318,24 @@ def test_compacted_state_reads_as_none_and_is_restored_by_a_later_append(ledger:
     assert ledger.verify_full().ok
     ledger.append("apply", sample_changes(9), sample_state(0), actor={}, summary="same state as block 0")
     assert ledger.get(0).state is not None
+
+
+def test_a_failure_inside_the_append_transaction_leaves_nothing_behind(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(ledger, 3)
+
+    def broken_sign(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("signing device unplugged")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(note, "sign", broken_sign)
+        with pytest.raises(RuntimeError, match="unplugged"):
+            fill(ledger, 1)
+    assert len(ledger) == 3
+    conn = sqlite3.connect(ledger.db_path)
+    assert conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0] == 3
+    assert conn.execute("SELECT COUNT(*) FROM tree WHERE level = 0").fetchone()[0] == 3
+    conn.close()
+    fill(ledger, 2)
+    assert ledger.verify_full().ok

@@ -15,10 +15,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from ledger_helpers import fill
 
-from op_dbus.ledger import Ledger, canonical, merkle, note
+from op_dbus.ledger import Ledger, canonical, merkle, note, verify
 from op_dbus.ledger.keys import load_private_key
 
 N = 12
+
+
+@pytest.fixture(autouse=True, params=["in-process", "child-process"])
+def link_check_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Large logs check headers, links and records in a child process: both paths must find the same things."""
+    if request.param == "child-process":
+        monkeypatch.setattr(verify, "CHILD_THRESHOLD", -1)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -273,3 +281,8 @@ def test_verifier_dir_can_live_elsewhere(log: Ledger, tmp_path: Path) -> None:
     sql(log, "DELETE FROM tree WHERE (idx + 1) * (1 << level) > 10")
     report = log.verify_full(verifier_dir=outside)
     assert not report.ok and report.first_bad == 10
+
+
+def test_header_replaced_by_a_number(log: Ledger) -> None:
+    sql(log, "UPDATE blocks SET leaf = 1000000000000 WHERE idx = 3")
+    assert_bad(log, 3, "block 3: the header is not a JSON object")

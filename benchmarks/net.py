@@ -1,0 +1,323 @@
+"""Benchmark: the net plugin's netlink and OVSDB paths against what a user would otherwise run (ip, ovs-vsctl).
+
+Run as root from the repository root:  python benchmarks/net.py [--rounds N]
+Everything happens inside network namespaces and a private OVS instance that the benchmark creates
+and removes. Variants run interleaved in the same rounds; medians and ratios are printed. Timing is
+reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from op_dbus.backends import netlink as nl
+from op_dbus.backends.ovsdb import Ovsdb, named, oset
+from op_dbus.plugin import Context, Settings, UndoLog
+from op_dbus.plugins.net import NetPlugin, NetSection
+
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def sh(*argv: str, stdin: str | None = None) -> None:
+    subprocess.run(argv, check=True, input=stdin, text=True, capture_output=True)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+async def atimed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t
+
+
+class Results:
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.samples.setdefault(name, []).append(seconds)
+
+    def median_ms(self, name: str) -> float:
+        return statistics.median(self.samples[name]) * 1000
+
+    def line(self, title: str, ours: str, theirs: str, bar: str) -> None:
+        a, b = self.median_ms(ours), self.median_ms(theirs)
+        print(f"  {title:<58} {a:9.3f} ms  vs {b:9.3f} ms   {b / a:7.1f}x faster   (bar: {bar})")
+
+
+def new_netns() -> str:
+    name = f"opdb-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    return name
+
+
+class PrivateOvs:
+    def __init__(self, netns: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="opdb-ovs-"))
+        self.sock = str(self.dir / "db.sock")
+        env = {**os.environ, **{k: str(self.dir) for k in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR")}}
+        sh("ovsdb-tool", "create", str(self.dir / "conf.db"), SCHEMA)
+        self.db = subprocess.Popen(["ovsdb-server", str(self.dir / "conf.db"), f"--remote=punix:{self.sock}",
+                                    f"--unixctl={self.dir}/db.ctl", f"--log-file={self.dir}/db.log"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not os.path.exists(self.sock):
+            time.sleep(0.005)
+        self.vsctl("--no-wait", "init")
+        self.vswitchd = subprocess.Popen(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{self.sock}",
+                                          f"--unixctl={self.dir}/vs.ctl", f"--log-file={self.dir}/vs.log"], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.vsctl("set", "Open_vSwitch", ".", "external_ids:bench=1")
+
+    def vsctl(self, *args: str) -> None:
+        sh("ovs-vsctl", f"--db=unix:{self.sock}", "--timeout=30", *args)
+
+    def close(self) -> None:
+        for p in (self.vswitchd, self.db):
+            p.terminate()
+            p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def bench_netlink(ns: str, rounds: int, res: Results) -> None:
+    sock = nl.Netlink(ns)
+    sh("ip", "-n", ns, "link", "add", "b0", "type", "veth", "peer", "name", "b0p")
+    idx = sock.indexes(["b0"])["b0"]
+    plugin = NetPlugin()
+    ctx = Context(Settings(netns=ns))
+    batch_file = Path(tempfile.mktemp(suffix=".batch"))
+    batch_file.write_text("".join(f"addr add 198.18.{i // 250}.{i % 250 + 1}/32 dev b0\n" for i in range(100)))
+    one = NetSection.model_validate(
+        {"interfaces": [{"name": "b0", "ipv4": {"address": [{"ip": "198.19.0.1", "prefix": 32}]}}]})
+    hundred = NetSection.model_validate({"interfaces": [{"name": "b0", "ipv4": {"address": [
+        {"ip": f"198.18.{i // 250}.{i % 250 + 1}", "prefix": 32} for i in range(100)]}}]})
+    empty = NetSection.model_validate({"interfaces": [{"name": "b0", "ipv4": {"address": []}}]})
+    current_empty = await plugin.query(ctx, one)
+    one_changes = plugin.diff(one, current_empty)
+    hundred_changes = plugin.diff(hundred, current_empty)
+    assert len(hundred_changes) == 100
+
+    def flush() -> None:
+        sock.batch([nl.addr_req(False, a.index, a.ip, a.prefix) for a in sock.addresses(2) if a.index == idx])
+
+    for _ in range(rounds):
+        res.add("ip addr add", timed(lambda: sh("ip", "-n", ns, "addr", "add", "198.19.0.1/32", "dev", "b0")))
+        flush()
+        res.add("codec add 1", timed(lambda: sock.request(nl.addr_req(True, idx, "198.19.0.1", 32), "add")))
+        flush()
+        res.add("plugin apply 1", await atimed(lambda: plugin.apply(one_changes, ctx, UndoLog())))
+        flush()
+        res.add("ip -batch 100", timed(lambda: sh("ip", "-n", ns, "-batch", str(batch_file))))
+        flush()
+        res.add("codec batch 100", timed(lambda: sock.batch(
+            [nl.addr_req(True, idx, f"198.18.{i // 250}.{i % 250 + 1}", 32) for i in range(100)])))
+        flush()
+        res.add("plugin apply 100", await atimed(lambda: plugin.apply(hundred_changes, ctx, UndoLog())))
+        flush()
+    batch_file.unlink()
+    del empty
+
+    # A namespace with about 300 objects for the full read.
+    lines = []
+    for i in range(27):
+        lines.append(f"link add r{i} type veth peer name r{i}p")
+        lines.append(f"link set r{i} up")
+        lines.append(f"addr add 198.18.{100 + i}.1/24 dev r{i}")
+        lines.append(f"addr add 2001:db8:{i:x}::1/64 dev r{i} nodad")
+        lines.append(f"route add 198.19.{i}.0/24 via 198.18.{100 + i}.2")
+    sh("ip", "-n", ns, "-batch", "-", stdin="\n".join(lines) + "\n")
+    count = len(sock.links()) + len(sock.addresses()) + len(sock.routes())
+
+    def ip_json() -> None:
+        for args in (("link",), ("addr",), ("route",), ("-6", "route")):
+            subprocess.run(["ip", "-n", ns, "-j", *args], check=True, stdout=subprocess.PIPE)
+
+    for _ in range(rounds):
+        res.add("ip -j x4", timed(ip_json))
+        res.add("codec read", timed(lambda: (sock.links(), sock.addresses(), sock.routes())))
+        res.add("plugin query", await atimed(lambda: plugin.query(ctx)))
+    res.samples["objects"] = [count]
+    await ctx.aclose()
+    sock.close()
+
+
+async def bench_ovs(ns: str, rounds: int, res: Results) -> None:
+    ovs = PrivateOvs(ns)
+    db = await Ovsdb.connect(ovs.sock)
+    try:
+        def bridge_ops(name: str) -> list[dict[str, Any]]:
+            return [
+                {"op": "insert", "table": "Interface", "row": {"name": name, "type": "internal"}, "uuid-name": "i"},
+                {"op": "insert", "table": "Port", "row": {"name": name, "interfaces": named("i")}, "uuid-name": "p"},
+                {"op": "insert", "table": "Bridge", "row": {"name": name, "ports": named("p"), "datapath_type": "netdev"},
+                 "uuid-name": "b"},
+                {"op": "mutate", "table": "Open_vSwitch", "where": [],
+                 "mutations": [["bridges", "insert", oset([named("b")])]]},
+            ]
+
+        async def del_bridges() -> None:
+            await db.transact_and_wait([{"op": "update", "table": "Open_vSwitch", "where": [],
+                                         "row": {"bridges": oset([])}}], 30)
+
+        ports_ops: list[dict[str, Any]] = []
+        port_refs = []
+        for i in range(100):
+            ports_ops.append({"op": "insert", "table": "Interface", "row": {"name": f"q{i}", "type": "internal"},
+                              "uuid-name": f"i{i}"})
+            ports_ops.append({"op": "insert", "table": "Port", "row": {"name": f"q{i}", "interfaces": named(f"i{i}")},
+                              "uuid-name": f"p{i}"})
+            port_refs.append(named(f"p{i}"))
+        ports_ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", "pb"]],
+                          "mutations": [["ports", "insert", oset(port_refs)]]})
+        vsctl_ports = []
+        for i in range(100):
+            vsctl_ports += ["--", "add-port", "pb", f"q{i}", "--", "set", "Interface", f"q{i}", "type=internal"]
+
+        for _ in range(rounds):
+            res.add("ovs-vsctl --no-wait add-br", timed(lambda: ovs.vsctl(
+                "--no-wait", "add-br", "xb", "--", "set", "bridge", "xb", "datapath_type=netdev")))
+            await del_bridges()
+            res.add("transact add-br", await atimed(lambda: db.transact(bridge_ops("xb"))))
+            await del_bridges()
+            res.add("ovs-vsctl add-br (waits)", timed(lambda: ovs.vsctl(
+                "add-br", "xb", "--", "set", "bridge", "xb", "datapath_type=netdev")))
+            await del_bridges()
+            res.add("transact add-br + wait", await atimed(lambda: db.transact_and_wait(bridge_ops("xb"), 30)))
+            await del_bridges()
+
+        for r in range(max(3, rounds // 3)):
+            await db.transact_and_wait(bridge_ops("pb"), 30)
+            res.add("ovs-vsctl --no-wait 100 add-port", timed(lambda: ovs.vsctl("--no-wait", *vsctl_ports[1:])))
+            await del_bridges()
+            await db.transact_and_wait(bridge_ops("pb"), 30)
+            res.add("transact 100 ports", await atimed(lambda: db.transact(ports_ops)))
+            await del_bridges()
+            await db.transact_and_wait(bridge_ops("pb"), 30)
+            res.add("ovs-vsctl 100 add-port (waits)", timed(lambda: ovs.vsctl(*vsctl_ports[1:])))
+            await del_bridges()
+            await db.transact_and_wait(bridge_ops("pb"), 30)
+            res.add("transact 100 ports + wait", await atimed(lambda: db.transact_and_wait(ports_ops, 60)))
+            await del_bridges()
+            del r
+
+        await bench_whole_apply(ns, ovs, rounds, res)
+    finally:
+        await db.close()
+        ovs.close()
+
+
+def whole_doc() -> dict[str, Any]:
+    """About 100 changes: veths, two OVS bridges with ports, addresses and routes."""
+    ifaces: list[dict[str, Any]] = []
+    for b in range(2):
+        ports = [f"w{b}{i}" for i in range(8)]
+        ifaces.append({"name": f"obr{b}", "type": "ovs-bridge", "ports": ports,
+                       "ipv4": {"address": [{"ip": f"198.18.{200 + b}.1", "prefix": 24}]}})
+        for p in ports:
+            ifaces.append({"name": p, "type": "veth", "veth": {"peer": f"{p}p"}})
+    for i in range(10):
+        ifaces.append({"name": f"d{i}", "type": "veth", "veth": {"peer": f"d{i}p"},
+                       "ipv4": {"address": [{"ip": f"198.18.{210 + i}.{k + 1}", "prefix": 24} for k in range(3)]}})
+    routes = [{"destination": f"198.20.{i}.0/24", "next-hop": f"198.18.{210 + i % 10}.254"} for i in range(20)]
+    return {"interfaces": ifaces, "routes": routes}
+
+
+async def bench_whole_apply(ns: str, ovs: PrivateOvs, rounds: int, res: Results) -> None:
+    doc = whole_doc()
+    absent = {"interfaces": [{"name": i["name"], "state": "absent"} for i in doc["interfaces"]]}
+    n_changes = 0
+    for _ in range(max(3, rounds // 3)):
+        plugin = NetPlugin()
+        ctx = Context(Settings(netns=ns, ovsdb=ovs.sock, job_timeout=60))
+        db = await plugin._ovsdb(ctx, ovs.sock)
+        waited = 0.0
+        real_wait = db.wait_cur_cfg
+
+        async def counting_wait(target: int, timeout: float, real_wait: Any = real_wait) -> None:
+            nonlocal waited
+            t = time.perf_counter()
+            await real_wait(target, timeout)
+            waited += time.perf_counter() - t
+
+        db.wait_cur_cfg = counting_wait  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        desired = NetSection.model_validate(doc)
+        problems = await plugin.check(desired, ctx)
+        assert not problems
+        changes = plugin.diff(desired, await plugin.query(ctx, desired))
+        n_changes = len(changes)
+        await plugin.apply(changes, ctx, UndoLog())
+        left = await plugin.verify(desired, ctx)
+        total = time.perf_counter() - t0
+        assert left == [], [c.summary() for c in left]
+        res.add("whole apply, end to end", total)
+        res.add("whole apply, vswitchd wait", waited)
+        res.add("whole apply, without vswitchd wait", total - waited)
+        # tear down (untimed)
+        gone = NetSection.model_validate(absent)
+        await plugin.apply(plugin.diff(gone, await plugin.query(ctx, gone)), ctx, UndoLog())
+        await ctx.aclose()
+    res.samples["changes"] = [n_changes]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    res = Results()
+    ns = new_netns()
+    ns_ovs = new_netns()
+    try:
+        await bench_netlink(ns, args.rounds, res)
+        if shutil.which("ovs-vswitchd"):
+            await bench_ovs(ns_ovs, args.rounds, res)
+    finally:
+        sh("ip", "netns", "del", ns)
+        sh("ip", "netns", "del", ns_ovs)
+
+    print(f"net benchmark: medians over {args.rounds} interleaved rounds (fewer for the 100-port/whole-apply cases)")
+    print("netlink")
+    res.line("one address add: codec vs `ip addr add`", "codec add 1", "ip addr add", ">= 10x")
+    res.line("one address add: plugin apply vs `ip addr add`", "plugin apply 1", "ip addr add", ">= 10x")
+    res.line("100 address adds: codec batch vs `ip -batch`", "codec batch 100", "ip -batch 100", ">= 1x")
+    res.line("100 address adds: plugin apply vs `ip -batch`", "plugin apply 100", "ip -batch 100", ">= 1x")
+    objs = int(res.samples["objects"][0])
+    res.line(f"read {objs} objects: codec vs `ip -j` link/addr/route/-6 route", "codec read", "ip -j x4", ">= 1x")
+    res.line(f"read {objs} objects: plugin query vs `ip -j` x4", "plugin query", "ip -j x4", ">= 1x")
+    if "transact add-br" in res.samples:
+        print("OVSDB")
+        res.line("one bridge: transact vs `ovs-vsctl --no-wait add-br`", "transact add-br", "ovs-vsctl --no-wait add-br",
+                 ">= 10x")
+        res.line("one bridge, waiting for vswitchd: vs `ovs-vsctl add-br`", "transact add-br + wait",
+                 "ovs-vsctl add-br (waits)", "> 1x")
+        res.line("100 ports: transact vs one `ovs-vsctl --no-wait` x100", "transact 100 ports",
+                 "ovs-vsctl --no-wait 100 add-port", ">= 5x")
+        res.line("100 ports, waiting for vswitchd: vs `ovs-vsctl` x100", "transact 100 ports + wait",
+                 "ovs-vsctl 100 add-port (waits)", "> 1x")
+        print(f"whole apply of {int(res.samples['changes'][0])} changes (check, query, diff, apply, verify)")
+        for name in ("whole apply, end to end", "whole apply, vswitchd wait", "whole apply, without vswitchd wait"):
+            print(f"  {name:<58} {res.median_ms(name):9.3f} ms" + ("   (bar: < 300 ms)" if "without" in name else ""))
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark creates network namespaces")
+    asyncio.run(main())

@@ -1,0 +1,392 @@
+"""The engine: every apply is one transaction across all plugins.
+
+    lock the state dir (exit 5 if another apply holds it) -> finish any interrupted transaction ->
+    check -> query -> diff -> note which health probes pass -> write the intent record (the checkpoint:
+    the state of everything the plan touches) -> apply plugin by plugin, each recording the inverse of
+    every step -> verify (bounded retries) -> required probes -> append a block -> remove the record
+
+On any failure after the first change, the recorded inverse steps are replayed newest first, the result
+is checked against the checkpoint (and converged to it where an inverse fell short), a `failed` block
+records what was attempted, what failed and what was undone, and ApplyFailed (exit 4) is raised.
+
+If op-dbus dies mid-apply (kill -9, power loss), the intent record outlives it: the next op-dbus command
+that takes the lock converges back to the checkpoint and records that. With `--confirm-timeout`, a
+detached watchdog does the same at the deadline unless `op-dbus confirm` arrives first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Any, NoReturn
+
+from op_dbus.engine import faults, probes
+from op_dbus.engine.confirm import settings_from_record, settings_record, spawn_watchdog, watchdog_alive
+from op_dbus.engine.journal import Intent, Journal
+from op_dbus.engine.lock import StateLock
+from op_dbus.errors import ApplyFailed, InvalidInput, LedgerError, LockHeld, OpDbusError, Problem, StateFileError
+from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog, load_plugins
+from op_dbus.state import StateDocument, validate_document
+
+# Verification re-reads the system a few times before it gives up: a unit that was just started can
+# take a moment to settle, a link a moment to come up.
+VERIFY_DELAYS = (0.0, 0.2, 0.5, 1.0)
+
+
+@dataclass
+class Plan:
+    document: StateDocument
+    plugins: dict[str, Plugin[Any]]
+    current: dict[str, Section]
+    changes: dict[str, list[Change]]
+
+    @property
+    def all_changes(self) -> list[Change]:
+        return [c for name in self.plugins for c in self.changes.get(name, [])]
+
+    def snapshot(self, states: dict[str, Section] | None = None) -> dict[str, Any]:
+        """A state document of the managed objects as they are in `states` (default: before the apply)."""
+        states = self.current if states is None else states
+        return {"version": 1, "plugins": {n: p.dump(states[n]) for n, p in self.plugins.items() if n in states}}
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    applied: list[Change] = field(default_factory=list)
+    block: Any = None  # the ledger's BlockHeader, when a log is kept
+    dry_run: bool = False
+    confirm_by: float | None = None  # epoch seconds; the change reverts then unless confirmed
+
+
+def _when(epoch: float | None) -> str:
+    return "?" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def actor() -> dict[str, Any]:
+    """Who is making the change, as far as this process can tell."""
+    who: dict[str, Any] = {"uid": os.getuid(), "pid": os.getpid(), "host": socket.gethostname(),
+                           "command": " ".join(sys.argv)[:500]}
+    try:
+        who["user"] = getpass.getuser()
+    except (KeyError, OSError):
+        who["user"] = str(os.getuid())
+    for var in ("SUDO_USER", "SSH_CONNECTION"):
+        if os.environ.get(var):
+            who[var.lower()] = os.environ[var]
+    return who
+
+
+def summarise(changes: list[Change], limit: int = 160) -> str:
+    """One line: changes grouped by action, e.g. "enable app-backend.service, app-worker.service; start nginx.service"."""
+    if not changes:
+        return "no changes"
+    groups: dict[str, list[str]] = {}
+    for c in changes:
+        groups.setdefault(c.action, []).append(c.object)
+    text = "; ".join(f"{action} {', '.join(objects)}" for action, objects in groups.items())
+    return text if len(text) <= limit else text[: limit - 12].rstrip(" ,;") + f" ... ({len(changes)})"
+
+
+class Engine:
+    def __init__(self, ctx: Context, *, ledger: Callable[[], Any] | None = None,
+                 load: Callable[[list[str] | None], dict[str, Plugin[Any]]] = load_plugins) -> None:
+        self.ctx = ctx
+        self._open_ledger = ledger  # None: agent mode, no log is kept
+        self._load = load
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def query(self, names: list[str] | None = None) -> dict[str, Any]:
+        plugins = self._load(names)
+        states = await asyncio.gather(*(p.query(self.ctx) for p in plugins.values()))
+        return {name: p.dump(s) for (name, p), s in zip(plugins.items(), states, strict=True)}
+
+    async def introspect(self, names: list[str] | None = None) -> dict[str, Any]:
+        return {"version": 1, "plugins": await self.query(names)}
+
+    # -- planning ------------------------------------------------------------------------------------
+
+    async def plan(self, doc: StateDocument) -> Plan:
+        plugins = self._load(list(doc.sections))
+        problems = await asyncio.gather(*(p.check(doc.sections[n], self.ctx) for n, p in plugins.items()))
+        found: list[Problem] = [p for ps in problems for p in ps]
+        if found:
+            raise StateFileError(doc.source, found)
+        current = await self._query_scoped(plugins, doc)
+        changes = {n: p.diff(doc.sections[n], current[n]) for n, p in plugins.items()}
+        return Plan(doc, plugins, current, changes)
+
+    async def _query_scoped(self, plugins: dict[str, Plugin[Any]], doc: StateDocument) -> dict[str, Section]:
+        states = await asyncio.gather(*(p.query(self.ctx, scope=doc.sections[n]) for n, p in plugins.items()))
+        return dict(zip(plugins, states, strict=True))
+
+    async def drift(self, doc: StateDocument) -> tuple[list[Change], dict[str, Section]]:
+        """What differs between `doc` and the live system, and the live state of what `doc` names."""
+        plugins = self._load(list(doc.sections))
+        current = await self._query_scoped(plugins, doc)
+        return [c for n, p in plugins.items() for c in p.diff(doc.sections[n], current[n])], current
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    async def apply(self, doc: StateDocument, *, dry_run: bool = False, confirm_timeout: float | None = None,
+                    lock_wait: float = 0.0, kind: str = "apply", meta: dict[str, Any] | None = None) -> ApplyResult:
+        """Converge to `doc` as one transaction; see the module docstring for what happens on failure."""
+        if dry_run:
+            return ApplyResult(await self.plan(doc), dry_run=True)
+        state_dir = self._state_dir()
+        with StateLock(state_dir).acquire(lock_wait), self._log() as ledger:
+            await self._recover_locked(ledger)
+            pending = self.journal.read()
+            if pending is not None:
+                raise LockHeld(f"block {pending.block} awaits confirmation until {_when(pending.deadline)}; "
+                               "nothing else is applied meanwhile",
+                               hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
+            plan = await self.plan(doc)
+            return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
+
+    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
+                           extra: dict[str, Any]) -> ApplyResult:
+        if ledger is not None and len(ledger) == 0:
+            ledger.append("genesis", [], plan.snapshot(), actor=actor(), summary="initial state")
+        required = await probes.passing(plan.document.probes, self.ctx)
+        intent = Intent.new(plan.document.source, plan.snapshot(), [c.to_record() for c in plan.all_changes],
+                            settings_record(self.ctx.settings))
+        self.journal.begin(intent)
+        if confirm_timeout is not None:
+            # Armed before the first change: a kill -9 from here on is still reverted by the watchdog.
+            intent.watchdog_pid = spawn_watchdog(self.ctx.settings, intent.id)
+            self.journal.write(intent)
+        faults.point("before-apply")
+        undo = UndoLog()
+        applied: list[Change] = []
+        try:
+            for name, plugin in plan.plugins.items():
+                steps = plan.changes[name]
+                if steps:
+                    await plugin.apply(steps, self.ctx, undo)
+                    applied.extend(steps)
+                    faults.point(f"after-plugin:{name}")
+            after = await self._verify(plan)
+            await probes.require(required, self.ctx)
+        except (OpDbusError, OSError, asyncio.CancelledError) as error:
+            await self._fail(plan, undo, error, ledger, intent)
+        faults.point("before-append")
+        meta: dict[str, Any] = {**extra, "txid": intent.id}
+        if confirm_timeout is not None:
+            intent.deadline = time.time() + confirm_timeout
+            meta["confirm_by"] = _when(intent.deadline)
+        block = None
+        if ledger is not None:
+            block = ledger.append(kind, [c.to_record() for c in applied], plan.snapshot(after),
+                                  actor=actor(), summary=summarise(applied), meta=meta)
+        faults.point("after-append")
+        if confirm_timeout is None:
+            self.journal.remove()
+        else:
+            intent.phase, intent.block = "confirm-pending", block.index if block is not None else None
+            self.journal.write(intent)
+            faults.point("confirm-pending")
+        return ApplyResult(plan, applied, block, confirm_by=intent.deadline)
+
+    async def _verify(self, plan: Plan) -> dict[str, Section]:
+        """Re-read and compare, with bounded retries; a pass must still hold after the plugins' settle time."""
+        settle = max((p.settle_time(plan.changes[n]) for n, p in plan.plugins.items()), default=0.0)
+        mismatches: list[Change] = []
+        for delay in VERIFY_DELAYS:
+            if delay:
+                await asyncio.sleep(delay)
+            current, mismatches = await self._compare(plan)
+            if not mismatches and settle:
+                await asyncio.sleep(settle)
+                settle = 0.0
+                current, mismatches = await self._compare(plan)
+            if not mismatches:
+                return current
+        raise ApplyFailed("verification failed after the apply; still different: " + summarise(mismatches))
+
+    async def _compare(self, plan: Plan) -> tuple[dict[str, Section], list[Change]]:
+        current = await self._query_scoped(plan.plugins, plan.document)
+        return current, [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
+
+    async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: Any, intent: Intent) -> NoReturn:
+        """Undo what was applied, check the result against the checkpoint, record the attempt, raise."""
+        undo_errors = await self.rollback(undo)
+        checkpoint = document_from_snapshot(intent.checkpoint, f"checkpoint of {intent.id}", self._load)
+        state = await self._converge_back(checkpoint, undo_errors)
+        message = str(error) if isinstance(error, OpDbusError) else f"{type(error).__name__}: {error}"
+        if ledger is not None:
+            ledger.append("failed", intent.changes, state, actor=actor(),
+                          summary=f"failed, rolled back: {message.splitlines()[0][:200]}",
+                          meta={"txid": intent.id, "error": message, "rolled_back": not undo_errors,
+                                "undo_errors": undo_errors, "undone": [c.to_record() for c in reversed(undo.entries)]})
+        self.journal.remove()
+        if undo_errors:
+            raise ApplyFailed(f"apply failed: {message}\nrollback incomplete: " + "; ".join(undo_errors)) from None
+        raise ApplyFailed(f"apply failed and was rolled back ({len(undo)} step(s) undone): {message}") from None
+
+    async def _converge_back(self, checkpoint: StateDocument, errors: list[str]) -> dict[str, Any]:
+        """Verify the system against the checkpoint; converge to it where undo steps left a difference.
+
+        Appends what could not be restored to `errors`; returns the state reached (a state document).
+        """
+        plugins = self._load(list(checkpoint.sections))
+        try:
+            left, current = await self.drift(checkpoint)
+            if left:
+                for name, plugin in plugins.items():
+                    steps = [c for c in left if c.plugin == name]
+                    if steps:
+                        await plugin.apply(steps, self.ctx, UndoLog())
+                left, current = await self.drift(checkpoint)
+        except OpDbusError as e:
+            errors.append(f"could not restore the state before the change: {e}")
+            return {"version": 1, "plugins": {}}
+        if left:
+            errors.append("still different from before the change: " + summarise(left))
+        return {"version": 1, "plugins": {n: p.dump(current[n]) for n, p in plugins.items()}}
+
+    # -- interrupted transactions and commit-confirm ---------------------------------------------------
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self._state_dir())
+
+    async def recover(self) -> str | None:
+        """Finish a transaction a dead op-dbus left behind (if any, and if no other op-dbus is busy)."""
+        if not self.journal.pending():
+            return None
+        lock = StateLock(self._state_dir())
+        if not lock.try_acquire():
+            return None  # its owner is alive and will finish it
+        with lock, self._log() as ledger:
+            return await self._recover_locked(ledger)
+
+    async def _recover_locked(self, ledger: Any) -> str | None:
+        intent = self.journal.read()
+        if intent is None:
+            return None
+        if intent.phase == "applying":
+            head = ledger.head() if ledger is not None else None
+            if head is not None and head.meta.get("txid") == intent.id:
+                if "confirm_by" not in head.meta:
+                    self.journal.remove()  # it had been recorded; only the clean-up was cut short
+                    return f"transaction {intent.id} had completed (block {head.index})"
+                intent.phase, intent.block = "confirm-pending", head.index
+                intent.deadline = intent.deadline or time.time()
+                self.journal.write(intent)
+            else:
+                return await self._revert(intent, ledger, "failed",
+                                          f"interrupted: op-dbus pid {intent.pid} ended during the apply")
+        if intent.deadline is not None and time.time() >= intent.deadline:
+            return await self._revert(intent, ledger, "rollback", f"block {intent.block} was not confirmed in time")
+        if not watchdog_alive(intent):
+            intent.watchdog_pid = spawn_watchdog(self.ctx.settings, intent.id)
+            self.journal.write(intent)
+        return None
+
+    async def _revert(self, intent: Intent, ledger: Any, kind: str, reason: str) -> str:
+        """Converge back to the intent's checkpoint, with the settings it was applied with, and record it."""
+        errors: list[str] = []
+        checkpoint = document_from_snapshot(intent.checkpoint, f"checkpoint of {intent.id}", self._load)
+        engine = Engine(Context(settings_from_record(intent.settings, self.ctx.settings)), load=self._load)
+        async with engine.ctx:
+            undoing, _current = await engine.drift(checkpoint)
+            state = await engine._converge_back(checkpoint, errors)
+        if ledger is not None:
+            ledger.append(kind, [c.to_record() for c in undoing], state, actor=actor(),
+                          summary=f"reverted to the state before block {intent.block}: {reason}"
+                          if intent.block is not None else f"reverted an interrupted apply: {reason}",
+                          meta={"txid": intent.id, "reason": reason, "reverts": intent.block, "errors": errors})
+        self.journal.remove()
+        outcome = f"{reason}; reverted {len(undoing)} change(s)"
+        return outcome + (" — incomplete: " + "; ".join(errors) if errors else "")
+
+    async def confirm(self) -> Any:
+        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
+            intent = self.journal.read()
+            if intent is None or intent.phase != "confirm-pending":
+                raise InvalidInput("no change awaits confirmation")
+            block = None
+            if ledger is not None:
+                pending = ledger.get(intent.block) if intent.block is not None else None
+                state = pending.state if pending is not None and pending.state is not None else intent.checkpoint
+                block = ledger.append("confirm", [], state, actor=actor(), summary=f"confirmed block {intent.block}",
+                                      meta={"txid": intent.id, "confirms": intent.block})
+            self.journal.remove()  # the watchdog sees it gone and exits
+            return block
+
+    async def abort(self) -> str:
+        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
+            intent = self.journal.read()
+            if intent is None:
+                raise InvalidInput("no change awaits confirmation: nothing to abort")
+            return await self._revert(intent, ledger, "rollback", "aborted by `op-dbus abort`")
+
+    async def watch(self, txid: str, poll: float = 0.2) -> str | None:
+        """The commit-confirm watchdog: revert transaction `txid` if its op-dbus dies or its deadline passes."""
+        lock = StateLock(self._state_dir())
+        while True:
+            intent = self.journal.read()
+            if intent is None or intent.id != txid:
+                return None  # confirmed, aborted or already reverted
+            due = intent.phase == "applying" or (intent.deadline is not None and time.time() >= intent.deadline)
+            if due and lock.try_acquire():
+                with lock, self._log() as ledger:
+                    intent = self.journal.read()
+                    if intent is None or intent.id != txid:
+                        return None
+                    if intent.phase == "applying" or time.time() >= (intent.deadline or 0):
+                        return await self._recover_locked(ledger)
+            await asyncio.sleep(poll)
+
+    async def rollback(self, undo: UndoLog) -> list[str]:
+        """Replay recorded inverse steps newest first, one plugin batch at a time; return what failed."""
+        errors: list[str] = []
+        plugins = self._load(sorted({c.plugin for c in undo.entries})) if undo.entries else {}
+        for name, group in groupby(reversed(undo.entries), key=lambda c: c.plugin):
+            try:
+                await plugins[name].apply(list(group), self.ctx, UndoLog())
+            except OpDbusError as e:
+                errors.append(f"{name}: {e}")
+        return errors
+
+    def _state_dir(self) -> Path:
+        state_dir = self.ctx.settings.state_dir
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return state_dir
+
+    @contextlib.contextmanager
+    def _log(self) -> Iterator[Any]:
+        """The audit log for the duration of a block (None in agent mode, where no log is kept)."""
+        ledger = self._ledger()
+        try:
+            yield ledger
+        finally:
+            if ledger is not None:
+                ledger.close()
+
+    def _ledger(self) -> Any:
+        if self._open_ledger is None:
+            return None
+        try:
+            return self._open_ledger()
+        except OpDbusError:
+            raise
+        except Exception as e:
+            raise LedgerError(f"cannot open the audit log: {e}") from e
+
+
+def document_from_snapshot(snapshot: dict[str, Any], source: str,
+                           load: Callable[[list[str] | None], dict[str, Plugin[Any]]] = load_plugins) -> StateDocument:
+    """A recorded state snapshot read back as a desired state (for verify --current, recovery and rollback)."""
+    return validate_document(snapshot, source, load)

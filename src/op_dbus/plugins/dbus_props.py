@@ -1,0 +1,487 @@
+"""Properties of any D-Bus service, declared by service, object path and interface (the `dbus` section).
+
+State section::
+
+    {"org.freedesktop.hostname1": {"/org/freedesktop/hostname1": {
+         "org.freedesktop.hostname1": {"StaticHostname": "web-01"}}},
+     "setters": {"com.example.Config1": {"Colour": {"method": "SetColour", "args": ["$Colour"]}}}}
+
+Types come from the service's own introspection: before anything is applied, every declared value is checked
+against its property's D-Bus signature (see `op_dbus.backends.dbus_types` for the JSON form of each type).
+A writable property is set with `Properties.Set`. Many system services publish read-only properties and a
+setter method instead; for the well-known ones (hostname1, timedate1, locale1) the table `WELL_KNOWN_SETTERS`
+says which method sets which property, and `setters` in the section adds or overrides entries for any other
+interface. A setter's `args` are JSON values; a string `"$Name"` stands for property `Name` of the same
+interface (its declared value, else its live value), `"$$..."` for a literal string starting with `$`. A
+method that sets several properties at once (locale1's `SetX11Keyboard`) is called once for all of them.
+Services that are bus-activatable are started by the bus on the first call.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar
+
+from dbus_fast import SignatureTree, Variant
+from pydantic import AfterValidator, ValidationError, model_validator
+
+from op_dbus.backends import dbus
+from op_dbus.backends.dbus_types import (
+    InterfaceInfo,
+    ObjectInfo,
+    PropertyInfo,
+    SignatureMismatch,
+    from_json,
+    parse_introspection,
+    to_json,
+)
+from op_dbus.errors import ApplyFailed, BackendError, OpDbusError, PermissionDenied, Problem, ServiceUnavailable
+from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.state import format_path
+
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+
+_BUS_NAME = re.compile(r"^[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+$")
+_INTERFACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_OBJECT_PATH = re.compile(r"^/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?$")
+_MEMBER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if len(value) > 255 or not pattern.match(value):
+            raise ValueError(f"not a D-Bus {what}: {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+BusName = Annotated[str, _matching(_BUS_NAME, "well-known bus name")]
+InterfaceName = Annotated[str, _matching(_INTERFACE, "interface name")]
+ObjectPath = Annotated[str, _matching(_OBJECT_PATH, "object path")]
+MemberName = Annotated[str, _matching(_MEMBER, "member name")]
+
+
+class Setter(Section):
+    """A method that sets a read-only property: `interface.method(*args)`, `"$Prop"` substituted in `args`."""
+
+    method: MemberName
+    args: list[Any] | None = None  # default: ["$<the property>"]
+    interface: InterfaceName | None = None  # default: the property's own interface
+
+
+Properties = dict[MemberName, Any]
+Objects = dict[ObjectPath, dict[InterfaceName, Properties]]
+
+
+class DbusState(Section):
+    """`{SERVICE: {PATH: {INTERFACE: {PROPERTY: VALUE}}}, "setters": {INTERFACE: {PROPERTY: SETTER}}}`."""
+
+    services: dict[BusName, Objects] = {}
+    setters: dict[InterfaceName, dict[MemberName, Setter]] = {}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _split(cls, data: Any, handler: Any) -> Any:
+        # In the file, services sit directly in the section next to the one reserved key "setters" (a bus name
+        # always has a dot, so the two cannot clash); error paths are given as the file has them.
+        if not isinstance(data, dict):
+            return handler(data)
+        rest = {k: v for k, v in data.items() if k != "setters"}
+        try:
+            return handler({"services": rest, **({"setters": data["setters"]} if "setters" in data else {})})
+        except ValidationError as e:
+            errors: list[Any] = []
+            for err in e.errors(include_url=False):
+                loc = err["loc"][1:] if err["loc"][:1] == ("services",) else err["loc"]
+                errors.append({k: v for k, v in {**err, "loc": loc}.items() if k in ("type", "loc", "input", "ctx")})
+            raise ValidationError.from_exception_data(e.title, errors) from None
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        inner = super().model_json_schema(*args, **kwargs)
+        setters = inner["properties"]["setters"]
+        return {
+            "title": "dbus", "type": "object", "$defs": inner.get("$defs", {}),
+            "description": "Properties of any D-Bus service: {SERVICE: {OBJECT_PATH: {INTERFACE: {PROPERTY: VALUE}}}}, "
+                           "plus setter methods for read-only properties under \"setters\".",
+            "properties": {"setters": setters},
+            "patternProperties": {_BUS_NAME.pattern: {"type": "object", "patternProperties": {
+                _OBJECT_PATH.pattern: {"type": "object", "patternProperties": {
+                    _INTERFACE.pattern: {"type": "object", "additionalProperties": True}}}}}},
+            "additionalProperties": False,
+        }  # fmt: skip
+
+
+def _s(method: str, *props: str, extra: tuple[Any, ...] = (False,)) -> dict[str, Setter]:
+    spec = Setter.model_construct(method=method, args=[f"${p}" for p in props] + list(extra), interface=None)
+    return {p: spec for p in props}
+
+
+# Read-only properties of the well-known systemd services and the methods that set them. The trailing
+# booleans are "interactive" (never ask polkit to prompt) and, where present, the methods' other flags:
+# SetLocalRTC's fix_system (do not step the clock) and the keyboard methods' convert (leave the other
+# keymap alone).
+WELL_KNOWN_SETTERS: dict[str, dict[str, Setter]] = {
+    "org.freedesktop.hostname1": {
+        **_s("SetStaticHostname", "StaticHostname"), **_s("SetPrettyHostname", "PrettyHostname"),
+        **_s("SetIconName", "IconName"), **_s("SetChassis", "Chassis"),
+        **_s("SetDeployment", "Deployment"), **_s("SetLocation", "Location"),
+    },
+    "org.freedesktop.timedate1": {
+        **_s("SetTimezone", "Timezone"), **_s("SetNTP", "NTP"),
+        **_s("SetLocalRTC", "LocalRTC", extra=(False, False)),
+    },
+    "org.freedesktop.locale1": {
+        **_s("SetLocale", "Locale"),
+        **_s("SetVConsoleKeyboard", "VConsoleKeymap", "VConsoleKeymapToggle", extra=(False, False)),
+        **_s("SetX11Keyboard", "X11Layout", "X11Model", "X11Variant", "X11Options", extra=(False, False)),
+    },
+}  # fmt: skip
+
+# What `introspect` writes out: the declarable properties of the well-known services (service, path, interface).
+WELL_KNOWN_OBJECTS = {
+    "org.freedesktop.hostname1": ("/org/freedesktop/hostname1", "org.freedesktop.hostname1"),
+    "org.freedesktop.timedate1": ("/org/freedesktop/timedate1", "org.freedesktop.timedate1"),
+    "org.freedesktop.locale1": ("/org/freedesktop/locale1", "org.freedesktop.locale1"),
+}
+
+
+def substitute(args: list[Any], values: dict[str, Any]) -> list[Any]:
+    """Replace `"$Name"` with `values[Name]` (and `"$$x"` with the literal `"$x"`)."""
+    out = []
+    for a in args:
+        if isinstance(a, str) and a.startswith("$$"):
+            out.append(a[1:])
+        elif isinstance(a, str) and a.startswith("$"):
+            out.append(values[a[1:]])
+        else:
+            out.append(a)
+    return out
+
+
+def referenced(args: list[Any]) -> list[str]:
+    return [a[1:] for a in args if isinstance(a, str) and a.startswith("$") and not a.startswith("$$")]
+
+
+def setter_for(setters: dict[str, dict[str, Setter]], interface: str, prop: str) -> Setter | None:
+    spec = setters.get(interface, {}).get(prop) or WELL_KNOWN_SETTERS.get(interface, {}).get(prop)
+    if spec is not None and spec.args is None:
+        spec = Setter.model_construct(method=spec.method, args=[f"${prop}"], interface=spec.interface)
+    return spec
+
+
+def _where(*keys: str) -> str:
+    return format_path(("plugins", "dbus", *keys))
+
+
+async def bus_client(ctx: Context) -> dbus.Client:
+    return await ctx.resource(  # type: ignore[no-any-return]
+        "dbus.system",
+        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
+        dbus.close_client,
+    )
+
+
+async def _cache(ctx: Context) -> dict[tuple[str, str], ObjectInfo]:
+    async def empty() -> dict[tuple[str, str], ObjectInfo]:
+        return {}
+
+    return await ctx.resource("dbus.introspection", empty)  # type: ignore[no-any-return]
+
+
+async def introspect(ctx: Context, service: str, path: str) -> ObjectInfo:
+    """The object's introspection, read once per command (this also activates a bus-activatable service)."""
+    cache = await _cache(ctx)
+    if (service, path) not in cache:
+        client = await bus_client(ctx)
+        (xml,) = await client.call(service, path, INTROSPECTABLE, "Introspect")
+        cache[(service, path)] = parse_introspection(xml, f"{service} {path}")
+    return cache[(service, path)]
+
+
+async def read_all(client: dbus.Client, service: str, path: str, interface: str,
+                   names: list[str] | None = None) -> dict[str, Any]:
+    """Properties of one interface as canonical JSON (GetAll; per-property Get if the service fails GetAll)."""
+    try:
+        (props,) = await client.call(service, path, dbus.PROPERTIES, "GetAll", "s", [interface])
+        variants: dict[str, Variant] = props
+    except (ServiceUnavailable, PermissionDenied):
+        raise
+    except BackendError:
+        if names is None:
+            raise
+        variants = {}
+        for name in names:
+            try:
+                (variants[name],) = await client.call(service, path, dbus.PROPERTIES, "Get", "ss", [interface, name])
+            except (ServiceUnavailable, PermissionDenied):
+                raise
+            except BackendError:
+                continue
+    return {k: to_json(v.signature, v.value) for k, v in variants.items() if names is None or k in names}
+
+
+def _change_key(c: Change) -> tuple[str, str]:
+    return c.payload["service"], c.payload["path"]
+
+
+class DbusPropertiesPlugin(Plugin[DbusState]):
+    name = "dbus"
+    model = DbusState
+    # Host-wide identity (hostname, time zone, locale) before the units that may read it.
+    order = 30
+
+    well_known: ClassVar[dict[str, tuple[str, str]]] = WELL_KNOWN_OBJECTS
+
+    def dump(self, state: DbusState) -> dict[str, Any]:
+        out: dict[str, Any] = {s: objects for s, objects in state.services.items()}
+        if state.setters:
+            out["setters"] = {i: {p: s.model_dump(mode="json", exclude_none=True) for p, s in props.items()}
+                              for i, props in state.setters.items()}
+        return out
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def query(self, ctx: Context, scope: DbusState | None = None) -> DbusState:
+        client = await bus_client(ctx)
+        services: dict[str, Objects] = {}
+        if scope is None:
+            available = await self._available(client)
+            for service, (path, interface) in self.well_known.items():
+                if service not in available:
+                    continue
+                names = sorted(WELL_KNOWN_SETTERS[interface])
+                try:
+                    values = await read_all(client, service, path, interface, names)
+                except (ServiceUnavailable, PermissionDenied):
+                    continue
+                services[service] = {path: {interface: {k: values[k] for k in names if k in values}}}
+            return DbusState.model_construct(services=services, setters={})
+        for service, objects in scope.services.items():
+            for path, interfaces in objects.items():
+                for interface, props in interfaces.items():
+                    try:
+                        values = await read_all(client, service, path, interface, list(props))
+                    except ServiceUnavailable:
+                        continue
+                    found = {k: values[k] for k in props if k in values}
+                    services.setdefault(service, {}).setdefault(path, {})[interface] = found
+        return DbusState.model_construct(services=services, setters=dict(scope.setters))
+
+    async def _available(self, client: dbus.Client) -> set[str]:
+        (names,) = await client.call(*BUS, "ListNames")
+        (activatable,) = await client.call(*BUS, "ListActivatableNames")
+        return set(names) | set(activatable)
+
+    # -- checking ------------------------------------------------------------------------------------
+
+    async def check(self, desired: DbusState, ctx: Context) -> list[Problem]:
+        problems: list[Problem] = []
+        for service, objects in desired.services.items():
+            for path, interfaces in objects.items():
+                try:
+                    info = await introspect(ctx, service, path)
+                except ServiceUnavailable:
+                    problems.append(Problem(_where(service), "no such service on the bus (not running and not "
+                                                             "bus-activatable)"))
+                    break
+                except BackendError as e:
+                    problems.append(Problem(_where(service, path), f"cannot introspect the object: {e.message}"))
+                    continue
+                for interface, props in interfaces.items():
+                    iface = info.interfaces.get(interface)
+                    if iface is None:
+                        have = ", ".join(sorted(info.interfaces)) or "none"
+                        problems.append(Problem(_where(service, path, interface),
+                                                f"the object has no such interface (it has: {have})"))
+                        continue
+                    for prop, value in props.items():
+                        problems += self._check_property(desired, service, path, iface, prop, value)
+        return problems
+
+    def _check_property(self, desired: DbusState, service: str, path: str, iface: InterfaceInfo, prop: str,
+                        value: Any) -> list[Problem]:
+        where = _where(service, path, iface.name, prop)
+        info = iface.properties.get(prop)
+        if info is None:
+            return [Problem(where, f"{iface.name} has no property {prop!r} "
+                                   f"(it has: {', '.join(sorted(iface.properties)) or 'none'})")]
+        problems = [Problem(where + sub, f"{msg} (the property's type is {info.signature})")
+                    for sub, msg in _mismatches(info.signature, value)]
+        if not info.readable:
+            problems.append(Problem(where, "the property is write-only: op-dbus could not verify it"))
+        spec = setter_for(desired.setters, iface.name, prop)
+        if spec is None and not info.writable:
+            problems.append(Problem(where, f"the property is read-only and no setter method is known for it; name "
+                                           f'one under plugins.dbus.setters["{iface.name}"]["{prop}"]'))
+        elif spec is not None and (spec.interface is None or spec.interface == iface.name):
+            problems += self._check_setter(spec, iface, where)
+        return problems
+
+    def _check_setter(self, spec: Setter, iface: InterfaceInfo, where: str) -> list[Problem]:
+        method = iface.methods.get(spec.method)
+        if method is None:
+            return [Problem(where, f"setter {spec.method!r} is not a method of {iface.name}")]
+        args = spec.args or []
+        missing = [r for r in referenced(args) if r not in iface.properties]
+        if missing:
+            return [Problem(where, f"setter {spec.method} refers to unknown properties: {', '.join(missing)}")]
+        types = SignatureTree(method.in_signature).types
+        if len(types) != len(args):
+            return [Problem(where, f"setter {spec.method} takes {len(types)} argument(s) ({method.in_signature}), "
+                                   f"the setter names {len(args)}")]
+        problems = []
+        for i, (t, a) in enumerate(zip(types, args, strict=True)):
+            refs = referenced([a])
+            if refs:
+                ref_sig = iface.properties[refs[0]].signature
+                if ref_sig != t.signature:
+                    problems.append(Problem(where, f"setter {spec.method} argument {i} is {t.signature}, but "
+                                                   f"{refs[0]} is {ref_sig}"))
+            else:
+                problems += [Problem(where, f"setter {spec.method} argument {i}{sub}: {msg}")
+                             for sub, msg in _mismatches(t.signature, substitute([a], {})[0])]
+        return problems
+
+    # -- planning ------------------------------------------------------------------------------------
+
+    def diff(self, desired: DbusState, current: DbusState) -> list[Change]:
+        changes = []
+        for service, objects in desired.services.items():
+            for path, interfaces in objects.items():
+                for interface, props in interfaces.items():
+                    have = current.services.get(service, {}).get(path, {}).get(interface, {})
+                    for prop, want in props.items():
+                        before = have.get(prop)
+                        # values are canonical JSON on both sides once check() passed: 1 == 1.0 for a "d"
+                        if prop in have and _same(before, want):
+                            continue
+                        spec = setter_for(desired.setters, interface, prop)
+                        changes.append(Change(
+                            self.name, object_name(service, path, interface, prop), "set", {prop: before}, {prop: want},
+                            payload={"service": service, "path": path, "interface": interface, "property": prop,
+                                     "value": want, "setter": spec.model_dump() if spec else None},
+                        ))
+        return changes
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
+        client = await bus_client(ctx)
+        if changes and all(c.payload.get("undo") for c in changes):
+            await self._roll_back(changes, ctx, client)
+            return
+        i = 0
+        while i < len(changes):
+            # One call for every change in a row that the same setter of the same object covers.
+            group = [changes[i]]
+            spec = group[0].payload["setter"]
+            while spec is not None and i + len(group) < len(changes):
+                nxt = changes[i + len(group)]
+                if (_change_key(nxt), nxt.payload["interface"], nxt.payload["setter"]) != \
+                        (_change_key(group[0]), group[0].payload["interface"], spec):
+                    break
+                group.append(nxt)
+            await self._apply_group(ctx, client, group, undo)
+            i += len(group)
+
+    async def _apply_group(self, ctx: Context, client: dbus.Client, group: list[Change], undo: UndoLog) -> None:
+        c = group[0]
+        info = await introspect(ctx, c.payload["service"], c.payload["path"])
+        iface = info.interfaces.get(c.payload["interface"])
+        if iface is None or c.payload["property"] not in iface.properties:
+            raise ApplyFailed(f"{c.object}: the service no longer has this property")
+        spec = c.payload["setter"]
+        if spec is None:
+            await self._set(client, c, iface.properties[c.payload["property"]], undo)
+        else:
+            await self._call_setter(client, group, iface, spec, undo)
+
+    async def _roll_back(self, changes: list[Change], ctx: Context, client: dbus.Client) -> None:
+        """Undo steps one by one: a step whose property already has its old value is skipped (the change it
+        undoes may be the one that failed), and one failure does not stop the others."""
+        errors = []
+        for c in changes:
+            p = c.payload
+            try:
+                live = await read_all(client, p["service"], p["path"], p["interface"], [p["property"]])
+                if p["property"] in live and _same(live[p["property"]], p["value"]):
+                    continue
+                await self._apply_group(ctx, client, [c], UndoLog())
+            except OpDbusError as e:
+                errors.append(f"{c.object}: {e.message}")
+        if errors:
+            raise ApplyFailed("could not restore: " + "; ".join(errors))
+
+    async def _set(self, client: dbus.Client, c: Change, prop: PropertyInfo, undo: UndoLog) -> None:
+        value = _convert(prop.signature, c.payload["value"], c.object)
+        self._record_undo(c, undo)
+        p = c.payload
+        await client.call(p["service"], p["path"], dbus.PROPERTIES, "Set", "ssv",
+                          [p["interface"], p["property"], Variant(prop.signature, value)])
+
+    async def _call_setter(self, client: dbus.Client, group: list[Change], iface: InterfaceInfo,
+                           spec: dict[str, Any], undo: UndoLog) -> None:
+        p = group[0].payload
+        args: list[Any] = spec["args"]
+        values = {c.payload["property"]: c.payload["value"] for c in group}
+        others = [r for r in referenced(args) if r not in values]
+        if others:
+            live = await read_all(client, p["service"], p["path"], p["interface"], others)
+            for name in others:
+                if name not in live:
+                    raise ApplyFailed(f"{group[0].object}: cannot read {name}, which {spec['method']} also sets")
+                values[name] = live[name]
+        method_iface = spec.get("interface") or p["interface"]
+        method = iface.methods.get(spec["method"]) if method_iface == iface.name else None
+        if method is None:
+            raise ApplyFailed(f"{group[0].object}: {method_iface} has no method {spec['method']}")
+        types = SignatureTree(method.in_signature).types
+        body = [_convert(t.signature, v, group[0].object) for t, v in zip(types, substitute(args, values), strict=True)]
+        for c in group:
+            self._record_undo(c, undo)
+        await client.call(p["service"], p["path"], method_iface, spec["method"], method.in_signature, body)
+
+    def _record_undo(self, c: Change, undo: UndoLog) -> None:
+        before = (c.before or {}).get(c.payload["property"])
+        if before is None:
+            return  # the property could not be read before: there is nothing known to go back to
+        undo.record(Change(self.name, c.object, "set", c.after, c.before,
+                           payload={**c.payload, "value": before, "undo": True}))
+
+
+def object_name(service: str, path: str, interface: str, prop: str) -> str:
+    """`org.freedesktop.hostname1.StaticHostname` when object and interface are the service's own, else in full."""
+    if interface == service and path == "/" + service.replace(".", "/"):
+        return f"{interface}.{prop}"
+    return f"{service} {path} {interface}.{prop}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _mismatches(signature: str, value: Any) -> list[tuple[str, str]]:
+    try:
+        from_json(signature, value)
+    except SignatureMismatch as e:
+        return e.errors
+    except ValueError as e:
+        return [("", str(e))]
+    return []
+
+
+def _convert(signature: str, value: Any, what: str) -> Any:
+    try:
+        return from_json(signature, value)
+    except ValueError as e:
+        raise ApplyFailed(f"{what}: value does not fit the D-Bus type {signature}: {e}") from None
+

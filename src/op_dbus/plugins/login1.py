@@ -1,0 +1,353 @@
+"""logind over org.freedesktop.login1: which users linger, which sessions must not exist (the `login1` section).
+
+State section::
+
+    {"users": {"labuser": {"linger": true}, "backup": {"linger": false}},
+     "sessions": {"absent_for_users": ["mallory"], "absent": ["42"], "absent_remote": false}}
+
+Declarable: a user's `linger` (their user manager runs without a login, `SetUserLinger`), and sessions that
+must not exist: every session of the users in `absent_for_users`, the sessions with the ids in `absent`, and
+with `absent_remote: true` every remote session (ssh and the like). Users are named by login name.
+
+Terminating is not reversible: a session's processes are killed and nothing can bring them back, so a
+termination records no undo step, its change says `"reversible": false`, and within this plugin it runs after
+every reversible change. A user in `absent_for_users` whose user manager does not linger is ended whole
+(`TerminateUser`: sessions and every process of the user); one that lingers keeps its user manager and loses
+its sessions (`TerminateSession`).
+
+Read-only facts (seats; sessions with user, seat, class, state, remote host and start time; users with uid,
+state and linger) are reported under `status` by `op-dbus query` only. `status` is output, never input: a
+state file may carry it (so a query's output is a valid state file) and it is ignored. `op-dbus introspect`
+leaves it out and writes each known user's `linger`, which re-applies as a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, PrivateAttr
+
+from op_dbus.backends import dbus
+from op_dbus.errors import ApplyFailed, BackendError, Problem, ServiceUnavailable
+from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.state import format_path
+
+LOGIN1 = "org.freedesktop.login1"
+LOGIN1_PATH = "/org/freedesktop/login1"
+MANAGER = "org.freedesktop.login1.Manager"
+SESSION = "org.freedesktop.login1.Session"
+USER = "org.freedesktop.login1.User"
+SEAT = "org.freedesktop.login1.Seat"
+
+# What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
+FACTS_FLAG = "read_only_facts"
+
+_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}\$?$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _pattern(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"not a {what}: {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+UserName = Annotated[str, _pattern(_USER_NAME, "user name")]
+SessionId = Annotated[str, _pattern(_SESSION_ID, "session id")]
+
+
+class UserState(Section):
+    linger: bool | None = None
+
+
+class SessionsState(Section):
+    absent: list[SessionId] = []
+    absent_for_users: list[UserName] = []
+    absent_remote: bool | None = None
+
+
+class SessionFact(Section):
+    id: str
+    user: str
+    uid: int
+    seat: str = ""
+    class_: str = Field("", alias="class")
+    type: str = ""
+    state: str = ""
+    remote: bool = False
+    remote_host: str = ""
+    remote_user: str = ""
+    service: str = ""
+    tty: str = ""
+    since: str = ""
+
+
+class UserFact(Section):
+    uid: int
+    name: str
+    state: str
+    linger: bool
+    sessions: list[str] = []
+
+
+class SeatFact(Section):
+    id: str
+    active_session: str = ""
+    sessions: list[str] = []
+
+
+class Status(Section):
+    """What logind reports; output of `op-dbus query` only, ignored when a state file carries it."""
+
+    seats: list[SeatFact] = []
+    sessions: list[SessionFact] = []
+    users: list[UserFact] = []
+
+
+class Login1State(Section):
+    users: dict[UserName, UserState] = {}
+    sessions: SessionsState | None = None
+    status: Status | None = Field(None, description="Output only (what `op-dbus query` reports); ignored here.")
+
+    # The live facts a scoped query saw, for diff (which must not do I/O) to name what it terminates.
+    _sessions: list[SessionFact] = PrivateAttr(default_factory=list)
+    _users: dict[str, tuple[int, bool]] = PrivateAttr(default_factory=dict)
+
+
+async def bus_client(ctx: Context) -> dbus.Client:
+    return await ctx.resource(  # type: ignore[no-any-return]
+        "dbus.system",
+        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
+        dbus.close_client,
+    )
+
+
+def _since(usec: int) -> str:
+    if not usec:
+        return ""
+    return datetime.fromtimestamp(usec / 1e6, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def scoped_state(scope: Login1State, users: list[UserFact], sessions: list[SessionFact]) -> Login1State:
+    """The live state of what `scope` names, in the form that re-applies: linger of the declared users, and in
+    the absent lists the declared ids/users that are absent now. The live facts ride along for diff."""
+    by_name = {u.name: u for u in users}
+    declared_users = {}
+    for name, want in scope.users.items():
+        linger = by_name[name].linger if name in by_name else False
+        declared_users[name] = UserState.model_construct(linger=linger if want.linger is not None else None)
+    state = Login1State.model_construct(users=declared_users, sessions=None, status=None)
+    if scope.sessions is not None:
+        live_ids = {s.id for s in sessions}
+        with_sessions = {s.user for s in sessions}
+        remote = any(s.remote for s in sessions)
+        want_s = scope.sessions
+        state.sessions = SessionsState.model_construct(
+            absent=[i for i in want_s.absent if i not in live_ids],
+            absent_for_users=[u for u in want_s.absent_for_users if u not in with_sessions],
+            absent_remote=(not remote) if want_s.absent_remote is not None else None,
+        )
+    state._sessions = list(sessions)
+    state._users = {u.name: (u.uid, u.linger) for u in users}
+    return state
+
+
+class Login1Plugin(Plugin[Login1State]):
+    name = "login1"
+    model = Login1State
+    # Last: terminating sessions cannot be undone, so it happens after every other plugin has succeeded.
+    order = 90
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def _users(self, client: dbus.Client) -> list[UserFact]:
+        (rows,) = await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "ListUsers")
+
+        async def one(uid: int, name: str, path: str) -> UserFact | None:
+            try:
+                props = await client.get_all(LOGIN1, path, USER)
+            except BackendError:
+                return None  # the user logged out between the two calls
+            return UserFact(uid=int(uid), name=name, state=props.get("State", ""), linger=bool(props.get("Linger")),
+                            sessions=[sid for sid, _ in props.get("Sessions", [])])
+
+        found = await asyncio.gather(*(one(*row) for row in rows))
+        return sorted((u for u in found if u is not None), key=lambda u: u.uid)
+
+    async def _sessions(self, client: dbus.Client) -> list[SessionFact]:
+        (rows,) = await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "ListSessions")
+
+        async def one(sid: str, uid: int, user: str, seat: str, path: str) -> SessionFact | None:
+            try:
+                p = await client.get_all(LOGIN1, path, SESSION)
+            except BackendError:
+                return None
+            return SessionFact(id=sid, user=user, uid=int(uid), seat=seat, class_=p.get("Class", ""),
+                               type=p.get("Type", ""), state=p.get("State", ""), remote=bool(p.get("Remote")),
+                               remote_host=p.get("RemoteHost", ""), remote_user=p.get("RemoteUser", ""),
+                               service=p.get("Service", ""), tty=p.get("TTY", ""), since=_since(p.get("Timestamp", 0)))
+
+        found = await asyncio.gather(*(one(*row) for row in rows))
+        return sorted((s for s in found if s is not None), key=lambda s: (len(s.id), s.id))
+
+    async def _seats(self, client: dbus.Client) -> list[SeatFact]:
+        (rows,) = await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "ListSeats")
+        seats = []
+        for sid, path in rows:
+            p = await client.get_all(LOGIN1, path, SEAT)
+            active = p.get("ActiveSession", ("", "/"))[0]
+            seats.append(SeatFact(id=sid, active_session=active, sessions=[s for s, _ in p.get("Sessions", [])]))
+        return seats
+
+    async def query(self, ctx: Context, scope: Login1State | None = None) -> Login1State:
+        client = await bus_client(ctx)
+        try:
+            users, sessions = await asyncio.gather(self._users(client), self._sessions(client))
+        except ServiceUnavailable:
+            if scope is not None:
+                raise
+            # no logind on this machine (a minimal container): nothing to write down, and not a failure
+            return Login1State.model_construct(users={}, sessions=None, status=None)
+        if scope is None:
+            state = Login1State.model_construct(
+                users={u.name: UserState.model_construct(linger=u.linger) for u in users}, sessions=None, status=None)
+            if ctx.settings.extra.get(FACTS_FLAG):
+                state.status = Status.model_construct(seats=await self._seats(client), sessions=sessions, users=users)
+            return state
+        return scoped_state(scope, users, sessions)
+
+    def dump(self, state: Login1State) -> dict[str, Any]:
+        out: dict[str, Any] = {"users": {n: u.model_dump(exclude_none=True) for n, u in state.users.items()}}
+        if state.sessions is not None:
+            s = state.sessions
+            out["sessions"] = {"absent": list(s.absent), "absent_for_users": list(s.absent_for_users)}
+            if s.absent_remote is not None:
+                out["sessions"]["absent_remote"] = s.absent_remote
+        if state.status is not None:
+            out["status"] = state.status.model_dump(mode="json", by_alias=True)
+        return out
+
+    # -- checking ------------------------------------------------------------------------------------
+
+    async def check(self, desired: Login1State, ctx: Context) -> list[Problem]:
+        client = await bus_client(ctx)
+        known = {u.name for u in await self._users(client)}
+        problems = []
+        names = [("users", n) for n in desired.users]
+        if desired.sessions is not None:
+            names += [(f"sessions.absent_for_users[{i}]", n) for i, n in enumerate(desired.sessions.absent_for_users)]
+        for where, name in names:
+            if name in known:
+                continue
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                path = format_path(("plugins", "login1", "users", name)) if where == "users" else f"plugins.login1.{where}"
+                problems.append(Problem(path, f"no such user on this system: {name!r}"))
+        return problems
+
+    # -- planning ------------------------------------------------------------------------------------
+
+    def diff(self, desired: Login1State, current: Login1State) -> list[Change]:
+        changes: list[Change] = []
+        for name, want in desired.users.items():
+            have = current.users.get(name)
+            linger = bool(have.linger) if have is not None else False
+            if want.linger is not None and linger != want.linger:
+                uid = current._users.get(name, (None, False))[0]
+                changes.append(Change(self.name, f"user {name}", "linger" if want.linger else "unlinger",
+                                      {"linger": linger}, {"linger": want.linger},
+                                      payload={"user": name, "uid": uid, "linger": want.linger}))
+        if desired.sessions is None:
+            return changes
+        have_s = current.sessions or SessionsState.model_construct(absent=[], absent_for_users=[], absent_remote=None)
+        doomed: set[str] = set()
+        for name in desired.sessions.absent_for_users:
+            if name in have_s.absent_for_users:
+                continue
+            ids = [s.id for s in current._sessions if s.user == name]
+            if not ids:
+                continue
+            doomed.update(ids)
+            uid, lingers = current._users.get(name, (None, False))
+            stays = lingers or bool(desired.users.get(name, UserState()).linger)
+            changes.append(self._terminate(f"user {name}", ids, {"user": name, "uid": uid, "ids": ids,
+                                                                 "whole_user": not stays}))
+        for sid in desired.sessions.absent:
+            if sid in have_s.absent or sid in doomed:
+                continue
+            if any(s.id == sid for s in current._sessions):
+                doomed.add(sid)
+                changes.append(self._terminate(f"session {sid}", [sid], {"ids": [sid], "whole_user": False}))
+        if desired.sessions.absent_remote and not have_s.absent_remote:
+            for s in current._sessions:
+                if s.remote and s.id not in doomed:
+                    doomed.add(s.id)
+                    changes.append(self._terminate(f"session {s.id}", [s.id], {"ids": [s.id], "whole_user": False}))
+        return changes
+
+    def _terminate(self, obj: str, ids: list[str], payload: dict[str, Any]) -> Change:
+        return Change(self.name, obj, "terminate", {"sessions": ids}, {"sessions": [], "reversible": False},
+                      payload=payload)
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
+        client = await bus_client(ctx)
+        # Reversible first: a failure there is rolled back before anything irreversible has happened.
+        for c in [c for c in changes if c.action != "terminate"]:
+            uid = c.payload["uid"]
+            if uid is None:
+                uid = _uid(c.payload["user"])
+            undo.record(Change(self.name, c.object, "unlinger" if c.payload["linger"] else "linger", c.after, c.before,
+                               payload={**c.payload, "uid": uid, "linger": not c.payload["linger"]}))
+            await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "SetUserLinger", "ubb", [uid, c.payload["linger"], False])
+        terminations = [c for c in changes if c.action == "terminate"]
+        for c in terminations:
+            # No undo is recorded: killed processes cannot be brought back (the change says reversible: false).
+            p = c.payload
+            if p.get("whole_user") and p.get("uid") is not None:
+                await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "TerminateUser", "u", [p["uid"]])
+            else:
+                for sid in p["ids"]:
+                    await _ignore_gone(client.call(LOGIN1, LOGIN1_PATH, MANAGER, "TerminateSession", "s", [sid]))
+        if terminations:
+            await self._wait_gone({sid for c in terminations for sid in c.payload["ids"]}, client,
+                                  ctx.settings.job_timeout)
+
+    async def _wait_gone(self, ids: set[str], client: dbus.Client, timeout: float) -> None:
+        """logind removes a session once its scope's processes are gone; wait for that rather than guess."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            (rows,) = await client.call(LOGIN1, LOGIN1_PATH, MANAGER, "ListSessions")
+            left = sorted(ids & {row[0] for row in rows})
+            if not left:
+                return
+            if loop.time() > deadline:
+                raise ApplyFailed(f"sessions still present {timeout:.0f} s after TerminateSession: {', '.join(left)}",
+                                  hint="look at `loginctl session-status ID` for processes that ignore SIGTERM")
+            await asyncio.sleep(0.05)
+
+
+async def _ignore_gone(call: Any) -> None:
+    try:
+        await call
+    except BackendError as e:
+        # the session ended on its own between the plan and now: the goal is reached
+        if e.code != "org.freedesktop.login1.NoSuchSession":
+            raise
+
+
+def _uid(name: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ApplyFailed(f"no such user: {name!r}") from None

@@ -1,0 +1,415 @@
+"""The pure diff of the `net` section: ordered changes, each carrying the operation and its inverse.
+
+Order (so that every step can succeed): remove routes, remove addresses, create kernel links
+(bridges and bonds before the links enslaved to them, lower devices before vxlan/macvlan/vlan),
+set link properties and membership, then every OVS change (applied as one transaction), then the
+properties of OVS internal devices, DHCP, added addresses, added routes (gateways last), and
+finally deleted kernel links.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from op_dbus.errors import InvalidInput
+from op_dbus.plugin import Change
+
+from .model import KERNEL_KINDS, OVS_TYPES, Interface, IPConfig, NetSection, Route
+
+PLUGIN = "net"
+MAIN_TABLE = 254
+# The metric the kernel gives a route that asks for none.
+DEFAULT_METRIC = {4: 0, 6: 1024}
+# Kinds that other links are enslaved to or stacked on are created first.
+_CREATE_RANK = {"linux-bridge": 0, "bond": 0, "dummy": 1, "veth": 1, "vxlan": 2, "macvlan": 2, "vlan": 2}
+
+
+def family_of(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def is_link_local(ip: str) -> bool:
+    a = ipaddress.ip_address(ip)
+    return a.version == 6 and a.is_link_local
+
+
+def route_key(r: Route) -> tuple[str, int, int]:
+    """The kernel's identity of a route: destination, table, metric."""
+    fam = ipaddress.ip_network(r.destination).version
+    metric = r.metric if r.metric is not None else DEFAULT_METRIC[fam]
+    return r.destination, r.table or MAIN_TABLE, metric
+
+
+def route_op(r: Route, add: bool, target: dict[str, Any]) -> dict[str, Any]:
+    _dst, table, metric = route_key(r)
+    return {"op": "route", "add": add, "dst": r.destination, "gateway": r.next_hop, "oif": r.interface,
+            "metric": metric, "table": table, **target}
+
+
+def route_json(r: Route) -> dict[str, Any]:
+    return r.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _route_name(r: Route) -> str:
+    _dst, table, metric = route_key(r)
+    via = f" via {r.next_hop}" if r.next_hop else ""
+    dev = f" dev {r.interface}" if r.interface else ""
+    extra = f" table {table}" if table != MAIN_TABLE else ""
+    return f"route {r.destination}{via}{dev} metric {metric}{extra}"
+
+
+def _default_route(family: int, gw: str, iface: str) -> Route:
+    return Route(destination="0.0.0.0/0" if family == 4 else "::/0", next_hop=gw, interface=iface)
+
+
+class _Plan:
+    """Changes collected per phase, concatenated in phase order at the end."""
+
+    PHASES = ("route_del", "addr_del", "link_add", "link_set", "ovs", "ovs_link_set", "dhcp", "addr_add", "route_add",
+              "gateway_add", "link_del")
+
+    def __init__(self, target: dict[str, Any]) -> None:
+        self.target = target
+        self.phases: dict[str, list[Change]] = {p: [] for p in self.PHASES}
+        self.deleted_routes: set[tuple[str, int, int]] = set()
+
+    def add(self, phase: str, obj: str, action: str, op: dict[str, Any], undo: dict[str, Any] | None,
+            before: Any = None, after: Any = None) -> None:
+        payload = {**op, **self.target}
+        if undo is not None:
+            payload["undo"] = {**undo, **self.target}
+        self.phases[phase].append(Change(PLUGIN, obj, action, before=before, after=after, payload=payload))
+
+    def remove_route(self, r: Route) -> None:
+        key = route_key(r)
+        if key in self.deleted_routes:
+            return
+        self.deleted_routes.add(key)
+        self.add("route_del", _route_name(r), "remove-route", route_op(r, False, {}), route_op(r, True, {}),
+                 before=route_json(r))
+
+    def changes(self) -> list[Change]:
+        return [c for p in self.PHASES for c in self.phases[p]]
+
+
+def _addresses(ip: IPConfig | None) -> set[tuple[str, int]]:
+    if ip is None or ip.address is None:
+        return set()
+    return {(a.ip, a.prefix) for a in ip.address if not is_link_local(a.ip)}
+
+
+def _current_routes(current: NetSection) -> list[Route]:
+    """Every route of the current state, gateways included, as Route objects."""
+    out = list(current.routes or [])
+    for iface in current.interfaces:
+        for fam, ip in ((4, iface.ipv4), (6, iface.ipv6)):
+            if ip is not None and ip.gateway:
+                out.append(_default_route(fam, ip.gateway, iface.name))
+    return out
+
+
+def _master_of(current: NetSection, name: str) -> str | None:
+    for iface in current.interfaces:
+        if iface.type in ("linux-bridge", "bond") and name in (iface.ports or []):
+            return iface.name
+    return None
+
+
+def _ovs_bridge_of(current: NetSection, name: str) -> str | None:
+    for iface in current.interfaces:
+        if iface.type == "ovs-bridge" and name in (iface.ports or []):
+            return iface.name
+    return None
+
+
+def _port_spec(name: str, c: Interface | None) -> dict[str, Any]:
+    """How to re-create a port as it is now: an internal port keeps its MTU (OVS derives the bridge's from it)."""
+    internal = c is not None and c.type == "ovs-interface"
+    spec: dict[str, Any] = {"name": name, "internal": internal}
+    if internal and c is not None and c.mtu:
+        spec["mtu"] = c.mtu
+    if internal and c is not None and c.state == "up":
+        spec["up"] = True
+    return spec
+
+
+def _link_add_op(iface: Interface, kind_type: str, *, up: bool, master: str | None) -> dict[str, Any]:
+    op: dict[str, Any] = {"op": "link_add", "ifname": iface.name, "type": kind_type, "mtu": iface.mtu,
+                          "mac": iface.mac_address, "up": up, "master": master}
+    for key in ("veth", "vxlan", "macvlan", "vlan", "bond"):
+        sub = getattr(iface, key)
+        if sub is not None:
+            op[key] = sub.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return op
+
+
+def diff(desired: NetSection, current: NetSection) -> list[Change]:
+    target = {"netns": desired.netns, "ovsdb": desired.ovsdb}
+    plan = _Plan(target)
+    # A current entry marked absent (a scoped query's record of a declared interface that does not exist) is no interface.
+    cur = {i.name: i for i in current.interfaces if i.state != "absent"}
+    des = {i.name: i for i in desired.interfaces}
+    cur_routes = _current_routes(current)
+    created_veth_peers: set[str] = set()
+
+    # Ports an OVS bridge of the desired state will carry as internal ports.
+    def is_internal(port: str) -> bool:
+        d = des.get(port)
+        if d is not None and d.type == "ovs-interface":
+            return True
+        c = cur.get(port)
+        return c is not None and c.type == "ovs-interface"
+
+    def type_of(d: Interface) -> str | None:
+        return d.type or (cur[d.name].type if d.name in cur else None)
+
+    desired_ovs_ports = {p for d in desired.interfaces
+                         if type_of(d) == "ovs-bridge" and d.state != "absent" for p in d.ports or []}
+
+    for d in desired.interfaces:
+        c = cur.get(d.name)
+        if d.state == "absent":
+            if c is not None:
+                _remove_interface(plan, c, current, cur_routes, des)
+            continue
+        itype = d.type or (c.type if c else None)
+        if c is not None and d.type is not None and c.type != d.type:
+            raise InvalidInput(f"interface {d.name!r} exists as type {c.type!r}, not {d.type!r}; "
+                               "declare it with state: absent first to replace it")
+        if c is None:
+            if itype is None:
+                raise InvalidInput(f"interface {d.name!r} does not exist and has no `type` to create it with")
+            if itype == "ovs-bridge":
+                ports = [{"name": p, "internal": is_internal(p)} for p in d.ports or []]
+                plan.add("ovs", f"interface {d.name}", "create",
+                         {"op": "ovs_bridge_add", "name": d.name, "datapath_type": d.datapath_type, "ports": ports},
+                         {"op": "ovs_bridge_del", "name": d.name}, after=_iface_json(d))
+            elif itype == "ovs-interface":
+                if d.name not in desired_ovs_ports:
+                    raise InvalidInput(f"ovs-interface {d.name!r} must be listed in the `ports` of an ovs-bridge")
+            elif itype in KERNEL_KINDS:
+                if itype == "veth" and d.name in created_veth_peers:
+                    pass  # made together with its peer
+                else:
+                    if itype == "veth":
+                        if d.veth is None:
+                            raise InvalidInput(f"veth {d.name!r} needs `veth: {{peer: NAME}}`")
+                        created_veth_peers.add(d.veth.peer)
+                    if itype == "vxlan" and d.vxlan is None:
+                        raise InvalidInput(f"vxlan {d.name!r} needs `vxlan: {{id: VNI, ...}}`")
+                    if itype == "macvlan" and d.macvlan is None:
+                        raise InvalidInput(f"macvlan {d.name!r} needs `macvlan: {{base-iface: NAME}}`")
+                    if itype == "vlan" and d.vlan is None:
+                        raise InvalidInput(f"vlan {d.name!r} needs `vlan: {{base-iface: NAME, id: N}}`")
+                    op = _link_add_op(d, itype, up=False, master=None)
+                    plan.add("link_add", f"interface {d.name}", "create", op, {"op": "link_del", "ifname": d.name},
+                             after=_iface_json(d))
+                    plan.phases["link_add"].sort(key=lambda ch: _CREATE_RANK.get(ch.payload.get("type", ""), 9))
+            else:
+                raise InvalidInput(f"interface {d.name!r} does not exist, and type {itype!r} cannot be created "
+                                   "(only virtual interfaces can)")
+        _update_interface(plan, d, c, itype or "unknown", cur, des, is_internal,
+                          made_as_peer=c is None and d.name in created_veth_peers, cur_routes=cur_routes)
+        _update_addresses(plan, d, c, cur_routes)
+
+    _update_routes(plan, desired, cur_routes)
+    return plan.changes()
+
+
+def _iface_json(i: Interface) -> dict[str, Any]:
+    return i.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes: list[Route],
+                      des: dict[str, Interface]) -> None:
+    """Delete `c`, first taking off (with their inverses) what its deletion would silently drop."""
+    _drop_l3(plan, c, cur_routes)
+    before = _iface_json(c)
+    if c.type == "ovs-bridge":
+        by_name = {i.name: i for i in current.interfaces}
+        ports = [_port_spec(p, by_name.get(p)) for p in c.ports or []]
+        # Its internal ports go with it, and so do their addresses and routes.
+        for p in c.ports or []:
+            port = by_name.get(p)
+            if port is not None and port.type == "ovs-interface" and p not in des:
+                _drop_l3(plan, port, cur_routes)
+        plan.add("ovs", f"interface {c.name}", "remove", {"op": "ovs_bridge_del", "name": c.name},
+                 {"op": "ovs_bridge_add", "name": c.name, "datapath_type": c.datapath_type, "ports": ports,
+                  "up": c.state == "up"}, before=before)
+        return
+    bridge = _ovs_bridge_of(current, c.name)
+    desired_bridge = des.get(bridge) if bridge else None
+    # A port the desired bridge no longer lists is removed by the bridge's own diff.
+    if bridge and (desired_bridge is None or desired_bridge.ports is None or c.name in desired_bridge.ports):
+        plan.add("ovs", f"port {c.name} of {bridge}", "remove-port",
+                 {"op": "ovs_port_del", "bridge": bridge, "name": c.name},
+                 {"op": "ovs_port_add", "bridge": bridge, **_port_spec(c.name, c)})
+    if c.type == "ovs-interface":
+        return
+    if c.type not in KERNEL_KINDS:
+        raise InvalidInput(f"interface {c.name!r} of type {c.type!r} cannot be removed (only virtual interfaces can); "
+                           "use state: down")
+    for port in c.ports or []:
+        plan.add("link_set", f"interface {port}", "set", {"op": "link_set", "ifname": port, "master": ""},
+                 {"op": "link_set", "ifname": port, "master": c.name},
+                 before={"controller": c.name}, after={"controller": None})
+    peer = c.veth.peer if c.type == "veth" and c.veth is not None else None
+    if peer is not None and peer in des and des[peer].state == "absent" and c.name > peer:
+        return  # deleting one end deletes the pair; the other entry does it
+    up = c.state == "up"
+    master = _master_of(current, c.name)
+    undo = _link_add_op(c, c.type, up=up, master=master)
+    plan.add("link_del", f"interface {c.name}", "remove", {"op": "link_del", "ifname": c.name}, undo, before=before)
+
+
+def _drop_l3(plan: _Plan, c: Interface, cur_routes: list[Route]) -> None:
+    """Remove the routes via `c` and its addresses, each with its inverse."""
+    for r in cur_routes:
+        if r.interface == c.name:
+            plan.remove_route(r)
+    for fam, ip in ((4, c.ipv4), (6, c.ipv6)):
+        for addr, prefix in sorted(_addresses(ip)):
+            plan.add("addr_del", f"address {addr}/{prefix} on {c.name}", "remove-address",
+                     {"op": "addr", "add": False, "ifname": c.name, "ip": addr, "prefix": prefix},
+                     {"op": "addr", "add": True, "ifname": c.name, "ip": addr, "prefix": prefix},
+                     before={"ip": addr, "prefix": prefix, "family": fam})
+
+
+def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str, cur: dict[str, Interface],
+                      des: dict[str, Interface], is_internal: Any, made_as_peer: bool = False,
+                      cur_routes: list[Route] | None = None) -> None:
+    name = d.name
+    # OVS devices and the second end of a veth pair exist only after their creator ran: set them afterwards.
+    ovs = itype in OVS_TYPES or made_as_peer
+    want_up = (d.state or "up") == "up" if c is None or d.state is not None else None
+    fields: dict[str, Any] = {}
+    old: dict[str, Any] = {}
+    if d.mtu is not None and ((c is None and ovs) or (c is not None and c.mtu != d.mtu)):
+        if itype in OVS_TYPES:
+            plan.add("ovs", f"interface {name}", "set", {"op": "ovs_mtu", "name": name, "mtu": d.mtu},
+                     {"op": "ovs_mtu", "name": name, "mtu": c.mtu if c else None},
+                     before={"mtu": c.mtu if c else None}, after={"mtu": d.mtu})
+        else:
+            fields["mtu"], old["mtu"] = d.mtu, c.mtu if c else None
+    if d.mac_address is not None and ((c is None and ovs) or (c is not None and c.mac_address != d.mac_address)):
+        fields["mac"], old["mac"] = d.mac_address, c.mac_address if c else None
+    if want_up is not None and (c is None or (c.state == "up") != want_up):
+        fields["up"], old["up"] = want_up, (c.state == "up") if c else None
+    if fields:
+        undo = {k: v for k, v in old.items() if v is not None}
+        plan.add("ovs_link_set" if itype in OVS_TYPES else "link_set", f"interface {name}", "set",
+                 {"op": "link_set", "ifname": name, **fields},
+                 {"op": "link_set", "ifname": name, **undo} if undo and c is not None else None,
+                 before=_fields_json(old) if c else None, after=_fields_json(fields))
+
+    if itype == "ovs-bridge" and c is not None and d.datapath_type and d.datapath_type != c.datapath_type:
+        plan.add("ovs", f"interface {name}", "set", {"op": "ovs_bridge_set", "name": name, "datapath_type": d.datapath_type},
+                 {"op": "ovs_bridge_set", "name": name, "datapath_type": c.datapath_type or "system"},
+                 before={"datapath-type": c.datapath_type}, after={"datapath-type": d.datapath_type})
+    if d.ports is None:
+        return
+    have = set(c.ports or []) if c else set()
+    want = set(d.ports)
+    if itype == "ovs-bridge":
+        if c is None:
+            return  # created with its ports
+        for p in sorted(want - have):
+            plan.add("ovs", f"port {p} of {name}", "add-port",
+                     {"op": "ovs_port_add", "bridge": name, "name": p, "internal": is_internal(p)},
+                     {"op": "ovs_port_del", "bridge": name, "name": p})
+        for p in sorted(have - want):
+            gone = cur.get(p)
+            if gone is not None and gone.type == "ovs-interface" and p not in des:
+                _drop_l3(plan, gone, cur_routes or [])  # the internal device goes with its port
+            plan.add("ovs", f"port {p} of {name}", "remove-port", {"op": "ovs_port_del", "bridge": name, "name": p},
+                     {"op": "ovs_port_add", "bridge": name, **_port_spec(p, cur.get(p))})
+    elif itype in ("linux-bridge", "bond"):
+        for p in sorted(want - have):
+            prev = next((i.name for i in cur.values() if i.type in ("linux-bridge", "bond") and p in (i.ports or [])), "")
+            plan.add("link_set", f"interface {p}", "set", {"op": "link_set", "ifname": p, "master": name},
+                     {"op": "link_set", "ifname": p, "master": prev}, before={"controller": prev or None},
+                     after={"controller": name})
+        for p in sorted(have - want):
+            if p in des and des[p].state == "absent":
+                continue
+            plan.add("link_set", f"interface {p}", "set", {"op": "link_set", "ifname": p, "master": ""},
+                     {"op": "link_set", "ifname": p, "master": name},
+                     before={"controller": name}, after={"controller": None})
+    else:
+        raise InvalidInput(f"interface {name!r} of type {itype!r} cannot have ports")
+
+
+def _fields_json(fields: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in fields.items():
+        if k == "up":
+            out["state"] = None if v is None else ("up" if v else "down")
+        elif k == "mac":
+            out["mac-address"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes: list[Route]) -> None:
+    for fam, want_cfg, have_cfg in ((4, d.ipv4, c.ipv4 if c else None), (6, d.ipv6, c.ipv6 if c else None)):
+        if want_cfg is None:
+            continue
+        enabled = want_cfg.enabled if want_cfg.enabled is not None else True
+        if enabled and want_cfg.dhcp:
+            if not (have_cfg is not None and have_cfg.dhcp):
+                plan.add("dhcp", f"dhcp{fam} on {d.name}", "start-dhcp",
+                         {"op": "dhcp", "start": True, "ifname": d.name, "family": fam},
+                         {"op": "dhcp", "start": False, "ifname": d.name, "family": fam}, after={"dhcp": True})
+            continue
+        have = _addresses(have_cfg)
+        if enabled and want_cfg.address is None:
+            want = have  # addresses not managed
+        else:
+            want = _addresses(want_cfg) if enabled else set()
+            wrong = [a for a, _p in want if family_of(a) != fam]
+            if wrong:
+                raise InvalidInput(f"interface {d.name!r}: ipv{fam} lists {', '.join(wrong)} of the other family")
+        for addr, prefix in sorted(have - want):
+            plan.add("addr_del", f"address {addr}/{prefix} on {d.name}", "remove-address",
+                     {"op": "addr", "add": False, "ifname": d.name, "ip": addr, "prefix": prefix},
+                     {"op": "addr", "add": True, "ifname": d.name, "ip": addr, "prefix": prefix},
+                     before={"ip": addr, "prefix": prefix})
+        for addr, prefix in sorted(want - have):
+            plan.add("addr_add", f"address {addr}/{prefix} on {d.name}", "add-address",
+                     {"op": "addr", "add": True, "ifname": d.name, "ip": addr, "prefix": prefix},
+                     {"op": "addr", "add": False, "ifname": d.name, "ip": addr, "prefix": prefix},
+                     after={"ip": addr, "prefix": prefix})
+        gw = want_cfg.gateway
+        if enabled and gw is not None:
+            if family_of(gw) != fam:
+                raise InvalidInput(f"interface {d.name!r}: ipv{fam} gateway {gw} is of the other family")
+            new = _default_route(fam, gw, d.name)
+            key = route_key(new)
+            clash = [r for r in cur_routes if route_key(r) == key]
+            if any(r.next_hop == gw and r.interface == d.name for r in clash):
+                continue
+            for r in clash:
+                plan.remove_route(r)
+            plan.add("gateway_add", _route_name(new), "add-route", route_op(new, True, {}), route_op(new, False, {}),
+                     after=route_json(new))
+
+
+def _update_routes(plan: _Plan, desired: NetSection, cur_routes: list[Route]) -> None:
+    for r in desired.routes or []:
+        key = route_key(r)
+        same_key = [c for c in cur_routes if route_key(c) == key]
+        if r.state == "absent":
+            for c in same_key:
+                if (r.next_hop is None or c.next_hop == r.next_hop) and (r.interface is None or c.interface == r.interface):
+                    plan.remove_route(c)
+            continue
+        if r.next_hop is None and r.interface is None:
+            raise InvalidInput(f"route {r.destination}: give `next-hop` or `interface` (or both)")
+        if any(c.next_hop == r.next_hop and (r.interface is None or c.interface == r.interface) for c in same_key):
+            continue
+        for c in same_key:
+            plan.remove_route(c)
+        plan.add("route_add", _route_name(r), "add-route", route_op(r, True, {}), route_op(r, False, {}),
+                 after=route_json(r))

@@ -1,0 +1,165 @@
+"""Turn what the kernel and OVSDB report into the `net` section: one canonical form, so a dump re-applies as a no-op."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from op_dbus.backends import netlink as nl
+from op_dbus.backends.ovsdb import Ovsdb, set_values
+
+from .diff import DEFAULT_METRIC, MAIN_TABLE
+from .model import (
+    Address,
+    BondConfig,
+    Interface,
+    IPConfig,
+    MacvlanConfig,
+    NetSection,
+    Route,
+    VethConfig,
+    VlanConfig,
+    VxlanConfig,
+)
+
+_KIND_TO_TYPE = {"veth": "veth", "bridge": "linux-bridge", "vxlan": "vxlan", "macvlan": "macvlan", "vlan": "vlan",
+                 "bond": "bond", "dummy": "dummy", "tun": "tun"}
+
+
+@dataclass
+class OvsView:
+    """The OVS configuration that matters here: bridges with their ports, and which interfaces are internal."""
+
+    bridges: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {datapath_type, ports: [names]}
+    internal: set[str] = field(default_factory=set)
+    # name -> uuid, for building transactions
+    bridge_uuid: dict[str, str] = field(default_factory=dict)
+    port_uuid: dict[str, str] = field(default_factory=dict)
+
+
+async def read_ovs(db: Ovsdb) -> OvsView:
+    res = await db.transact([
+        {"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "name", "ports", "datapath_type"]},
+        {"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "interfaces"]},
+        {"op": "select", "table": "Interface", "where": [], "columns": ["_uuid", "name", "type"]},
+    ])
+    bridges, ports, ifaces = (r["rows"] for r in res)
+    view = OvsView()
+    port_name = {p["_uuid"][1]: p["name"] for p in ports}
+    view.port_uuid = {p["name"]: p["_uuid"][1] for p in ports}
+    view.internal = {i["name"] for i in ifaces if i["type"] == "internal"}
+    for b in bridges:
+        names = sorted(port_name[u[1]] for u in set_values(b["ports"]) if u[1] in port_name and port_name[u[1]] != b["name"])
+        view.bridges[b["name"]] = {"datapath_type": b["datapath_type"] or "system", "ports": names}
+        view.bridge_uuid[b["name"]] = b["_uuid"][1]
+    return view
+
+
+def _type_of(link: nl.Link, ovs: OvsView | None) -> str:
+    if ovs is not None:
+        if link.name in ovs.bridges:
+            return "ovs-bridge"
+        if link.name in ovs.internal:
+            return "ovs-interface"
+    if link.arphrd == nl.ARPHRD_LOOPBACK:
+        return "loopback"
+    if link.kind is None:
+        return "ethernet" if link.arphrd == nl.ARPHRD_ETHER else "unknown"
+    return _KIND_TO_TYPE.get(link.kind, "unknown")
+
+
+def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfig:
+    usable = [a for a in addrs if not (family == 6 and ipaddress.ip_address(a.ip).is_link_local)]
+    if not usable and gateway is None:
+        return IPConfig(enabled=False)
+    dhcp = True if family == 4 and any(not a.flags & nl.IFA_F_PERMANENT for a in usable) else None
+    return IPConfig(
+        enabled=True,
+        dhcp=dhcp,
+        address=None if dhcp else sorted((Address(ip=a.ip, prefix=a.prefix) for a in usable),
+                                         key=lambda a: (ipaddress.ip_address(a.ip), a.prefix)),
+        gateway=gateway,
+    )
+
+
+def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Route], ovs: OvsView | None,
+                names: set[str] | None = None, route_keys: set[tuple[str, int]] | None = None) -> NetSection:
+    """The section for everything (`names` None) or only the named interfaces and the routes that concern them."""
+    by_index = {link.index: link for link in links}
+    by_family: dict[tuple[int, int], list[nl.Addr]] = {}
+    for a in addrs:
+        by_family.setdefault((a.index, a.family), []).append(a)
+
+    gateways: dict[tuple[int, int], str] = {}
+    route_list: list[Route] = []
+    for r in routes:
+        if r.table == nl.RT_TABLE_LOCAL or r.protocol == nl.RTPROT_KERNEL or r.type != nl.RTN_UNICAST:
+            continue
+        fam = 4 if r.family == socket.AF_INET else 6
+        zero = "0.0.0.0" if fam == 4 else "::"
+        dst = f"{r.dst or zero}/{r.dst_len}"
+        if fam == 6 and ipaddress.ip_network(dst).is_link_local:
+            continue
+        oif = by_index[r.oif].name if r.oif in by_index else None
+        if (r.dst_len == 0 and r.table == MAIN_TABLE and r.gateway and r.oif and r.priority == DEFAULT_METRIC[fam]
+                and (r.oif, fam) not in gateways):
+            gateways[(r.oif, fam)] = r.gateway
+            if names is None or oif in names:
+                continue
+        route = Route(destination=dst, next_hop=r.gateway, interface=oif, metric=r.priority,
+                      table=None if r.table == MAIN_TABLE else r.table)
+        if names is not None and oif not in names and r.dst_len != 0 and (
+                route_keys is None or (route.destination, r.table) not in route_keys):
+            continue
+        route_list.append(route)
+
+    ifaces: list[Interface] = []
+    seen: set[str] = set()
+    for link in links:
+        if names is not None and link.name not in names:
+            continue
+        seen.add(link.name)
+        itype = _type_of(link, ovs)
+        data: dict[str, Any] = {
+            "name": link.name, "type": itype, "state": "up" if link.up else "down", "mtu": link.mtu,
+            "mac_address": link.mac if link.mac and itype != "loopback" else None,
+        }
+        if itype in ("linux-bridge", "bond"):
+            data["ports"] = sorted(p.name for p in links if p.master == link.index)
+        elif itype == "ovs-bridge" and ovs is not None:
+            data["ports"] = ovs.bridges[link.name]["ports"]
+            data["datapath_type"] = ovs.bridges[link.name]["datapath_type"]
+        if itype == "veth" and link.link_netnsid is None and link.link in by_index:
+            data["veth"] = VethConfig(peer=by_index[link.link].name)
+        elif itype == "vxlan" and "id" in link.info:
+            base = by_index.get(link.info.get("link", 0))
+            data["vxlan"] = VxlanConfig(id=link.info["id"], remote=link.info.get("remote"), local=link.info.get("local"),
+                                        base_iface=base.name if base else None, destination_port=link.info.get("port"))
+        elif itype in ("macvlan", "vlan") and link.link in by_index and link.link_netnsid is None:
+            base_name = by_index[link.link].name
+            if itype == "macvlan":
+                data["macvlan"] = MacvlanConfig(base_iface=base_name, mode=link.info.get("mode", "bridge"))
+            elif "id" in link.info:
+                data["vlan"] = VlanConfig(base_iface=base_name, id=link.info["id"])
+        elif itype == "bond" and "mode" in link.info:
+            data["bond"] = BondConfig(mode=link.info["mode"])
+        data["ipv4"] = _ipconfig(by_family.get((link.index, socket.AF_INET), []), gateways.get((link.index, 4)), 4)
+        data["ipv6"] = _ipconfig(by_family.get((link.index, socket.AF_INET6), []), gateways.get((link.index, 6)), 6)
+        ifaces.append(Interface.model_validate(data))
+
+    # OVS objects whose kernel device is missing (ovs-vswitchd not running, or not created yet).
+    if ovs is not None:
+        for name, b in ovs.bridges.items():
+            if name not in seen and (names is None or name in names):
+                ifaces.append(Interface(name=name, type="ovs-bridge", ports=b["ports"], datapath_type=b["datapath_type"]))
+                seen.add(name)
+        for name in sorted(ovs.internal):
+            if name not in seen and (names is None or name in names):
+                ifaces.append(Interface(name=name, type="ovs-interface"))
+
+    ifaces.sort(key=lambda i: i.name)
+    route_list.sort(key=lambda r: (r.table or MAIN_TABLE, ipaddress.ip_network(r.destination).version, r.destination,
+                                   r.metric or 0, r.next_hop or "", r.interface or ""))
+    return NetSection(interfaces=ifaces, routes=route_list)
