@@ -375,6 +375,7 @@ class ContainersPlugin(Plugin[ContainersState]):
         templates: dict[str, Template] = {}
         for name in sorted(FACTORIES):
             b = await backend(ctx, name)
+            b.passive = True  # a read of everything must not start services (machined is bus-activated)
             try:
                 await b.ping()
                 listed = await b.list()

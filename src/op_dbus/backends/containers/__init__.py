@@ -153,6 +153,8 @@ class ContainerBackend(ABC):
     name: ClassVar[str]
     # Settings a backend can change on an existing container without recreating it.
     mutable: ClassVar[frozenset[str]] = frozenset()
+    # Set for a read of everything (introspect): read without starting services as a side effect.
+    passive: bool = False
 
     @abstractmethod
     async def ping(self) -> None:

@@ -157,6 +157,9 @@ class NspawnBackend(ContainerBackend):
         self._finished_jobs: dict[str, str] = {}
         self._transfers: dict[int, asyncio.Future[str]] = {}
         self._image_names: set[str] | None = None
+        self._running: bool | None = None
+        # passive: read without starting machined (what `introspect` wants); any write turns it off
+        self.passive = False
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -211,7 +214,19 @@ class NspawnBackend(ContainerBackend):
             raise ApplyFailed(f"nspawn: {method} {unit_of(name)}: job {result}",
                               hint=f"see `journalctl -u {unit_of(name)}` on the container host")
 
+    async def _machined_running(self) -> bool:
+        """Whether machined runs now: reading it through the bus would otherwise start it (bus activation)."""
+        if self._running is None:
+            client = await self.client()
+            (owned,) = await client.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                         "NameHasOwner", "s", [MACHINE1])
+            self._running = bool(owned)
+        return self._running
+
     async def _machines(self) -> set[str]:
+        # every running container registers with machined, so when it is not running no container runs
+        if self.passive and not await self._machined_running():
+            return set()
         client = await self.client()
         (rows,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListMachines")
         return {row[0] for row in rows if row[1] == "container"}
@@ -219,9 +234,15 @@ class NspawnBackend(ContainerBackend):
     async def _images(self) -> set[str]:
         # machined measures every image for ListImages: one answer serves all reads until something is written
         if self._image_names is None:
-            client = await self.client()
-            (rows,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListImages")
-            self._image_names = {row[0] for row in rows}
+            if self.passive and not await self._machined_running():
+                # the images op-dbus makes (clones, imports) are machined's writable ones, in /var/lib/machines
+                machines = self.path("/var/lib/machines")
+                self._image_names = {p.name.removesuffix(".raw") for p in machines.iterdir()
+                                     if not p.name.startswith(".")} if machines.is_dir() else set()
+            else:
+                client = await self.client()
+                (rows,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListImages")
+                self._image_names = {row[0] for row in rows}
         return set(self._image_names)
 
     async def _reload(self) -> None:
@@ -231,6 +252,14 @@ class NspawnBackend(ContainerBackend):
 
     async def ping(self) -> None:
         client = await self.client()
+        if self.passive:
+            # machined need not run, but it must be installed: ask the bus which names it can start
+            (names,) = await client.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                         "ListActivatableNames", timeout=10)
+            if MACHINE1 not in names and not await self._machined_running():
+                raise ServiceUnavailable("nspawn: systemd-machined is not installed on this system",
+                                         hint="apt-get install systemd-container")
+            return
         await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "ListMachines", timeout=10)
 
     async def list(self) -> list[ContainerInfo]:
@@ -279,6 +308,7 @@ class NspawnBackend(ContainerBackend):
 
     async def create(self, spec: ContainerSpec) -> None:
         self._image_names = None
+        self.passive = False
         client = await self.client()
         settings = self.settings_file(spec.name)
         settings.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +344,7 @@ class NspawnBackend(ContainerBackend):
 
     async def remove(self, name: str) -> None:
         self._image_names = None
+        self.passive = False
         client = await self.client()
         if name in await self._machines():
             await self._job("StopUnit", name)
