@@ -295,3 +295,38 @@ def read(container: str) -> tuple[str | None, list[str]]:
         return inner.addresses(eth) if eth is not None else []
 
     return bridge, _inside(path, inside)
+
+
+def configure(netns: Path, interface: str, addresses: list[str]) -> None:
+    """Bring `interface` (and loopback) up inside the namespace at `netns` and give it `addresses`."""
+
+    def run(inner: Netlink) -> None:
+        index, lo = inner.index(interface), inner.index("lo")
+        if index is None:
+            raise BackendError(f"no interface {interface} in the container's network namespace")
+        if lo is not None:
+            inner.set_up(lo)
+        present = set(inner.addresses(index))
+        for cidr in addresses:
+            if cidr not in present:
+                inner.add_address(index, cidr)
+        inner.set_up(index)
+
+    try:
+        _inside(netns, run)
+    except OSError as e:
+        raise BackendError(f"configuring {interface} in {netns}: {e.strerror or e}",
+                           code=errno.errorcode.get(e.errno or 0)) from None
+
+
+def addresses_in(netns: Path, interface: str) -> list[str]:
+    """The IPv4 addresses of `interface` inside the namespace at `netns` ([] when it is not there)."""
+
+    def run(inner: Netlink) -> list[str]:
+        index = inner.index(interface)
+        return inner.addresses(index) if index is not None else []
+
+    try:
+        return _inside(netns, run)
+    except OSError:
+        return []

@@ -33,6 +33,7 @@ from op_dbus.backends.containers import (
     Progress,
     TemplateInfo,
     as_tarball,
+    netattach,
 )
 from op_dbus.errors import ApplyFailed, BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
 
@@ -47,6 +48,7 @@ SYSTEMD_PATH = "/org/freedesktop/systemd1"
 SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 
 MARKER = "# op-dbus: "
+HOST0 = "host0"  # the container's end of nspawn's veth
 TEMPLATE_PREFIX = "op-dbus-template-"
 CPU_PERIOD_US = 1_000_000
 
@@ -61,7 +63,7 @@ def template_image(name: str) -> str:
 
 def render_settings(spec: ContainerSpec) -> str:
     """The .nspawn file of a container: nspawn's own settings, with op-dbus's record on the first line."""
-    record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env)}
+    record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env), "addresses": spec.addresses}
     lines = [MARKER + json.dumps(record, sort_keys=True), "[Exec]", f"Boot={'yes' if spec.boot else 'no'}",
              "PrivateUsers=no"]
     if not spec.boot:
@@ -86,7 +88,7 @@ def parse_settings(name: str, text: str) -> ContainerInfo:
         with contextlib.suppress(ValueError):
             record = json.loads(first[len(MARKER):])
     info = ContainerInfo(name=name, managed=bool(record.get("managed")), running=False, image=record.get("image"),
-                         env_keys=list(record.get("env_keys") or []))
+                         env_keys=list(record.get("env_keys") or []), addresses=list(record.get("addresses") or []))
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if not sep or line.startswith("#"):
@@ -292,6 +294,8 @@ class NspawnBackend(ContainerBackend):
                 parse_limits(self.limits_file(name).read_text(), info)
             info.running = name in running
             info.autostart = unit_of(name) in enabled
+            if info.running and info.bridge and info.addresses and (fields is None or "network" in fields):
+                info.addresses = await asyncio.to_thread(netattach.addresses_in, await self._netns(name), HOST0)
             found[name] = info
         return found
 
@@ -299,9 +303,11 @@ class NspawnBackend(ContainerBackend):
 
     def check_spec(self, spec: ContainerSpec) -> list[str]:
         problems = []
-        if spec.addresses:
-            problems.append("nspawn attaches the container to the bridge but does not set addresses inside it: "
-                            "leave network.ipv4 out and configure the container's own network (e.g. systemd-networkd)")
+        if spec.addresses and not spec.bridge:
+            problems.append("network.ipv4 needs network.bridge: the address is set on the container's end of the veth")
+        if spec.addresses and spec.boot:
+            problems.append("a booted nspawn container configures its own network (systemd-networkd on host0): "
+                            "leave network.ipv4 out")
         if not spec.boot and not spec.command:
             problems.append("an nspawn container that does not boot needs a command")
         return problems
@@ -335,9 +341,22 @@ class NspawnBackend(ContainerBackend):
         # the unit is up once nspawn runs; the machine shows in machined a moment later
         for _ in range(200):
             if name in await self._machines():
-                return
+                break
             await asyncio.sleep(0.01)
-        raise ApplyFailed(f"nspawn: {name} started but never registered with machined")
+        else:
+            raise ApplyFailed(f"nspawn: {name} started but never registered with machined")
+        with contextlib.suppress(FileNotFoundError):
+            info = parse_settings(name, self.settings_file(name).read_text())
+            if info.bridge and info.addresses:
+                # nspawn puts host0 into the container; its addresses are set from outside, in its namespace
+                await asyncio.to_thread(netattach.configure, await self._netns(name), HOST0, info.addresses)
+
+    async def _netns(self, name: str) -> Path:
+        """The container's network namespace, through the managed system's /proc (its PID namespace)."""
+        client = await self.client()
+        (path,) = await client.call(MACHINE1, MACHINE1_PATH, MACHINE1_MANAGER, "GetMachine", "s", [name])
+        leader = await client.get_property(MACHINE1, path, "org.freedesktop.machine1.Machine", "Leader")
+        return self.path(f"/proc/{leader}/ns/net")
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         await self._job("StopUnit", name)
