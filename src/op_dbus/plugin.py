@@ -177,6 +177,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "net": "op_dbus.plugins.net:NetPlugin",
     "login1": "op_dbus.plugins.login1:Login1Plugin",
     "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
+    "containers": "op_dbus.plugins.containers:ContainersPlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"

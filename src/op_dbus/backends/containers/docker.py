@@ -1,0 +1,163 @@
+"""A Docker engine through the Docker Engine API (v1.41) on its unix socket; podman's compatible API serves it too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from op_dbus.backends.containers import (
+    TEMPLATE,
+    TEMPLATE_SHA256,
+    TEMPLATE_SOURCE,
+    ContainerBackend,
+    ContainerInfo,
+    ContainerSpec,
+    Mount,
+    Progress,
+    TemplateInfo,
+    as_tarball,
+    file_chunks,
+)
+from op_dbus.backends.containers.http import NotFound, UnixHTTP
+from op_dbus.backends.containers.podman import info_from_labels, socket_from_env, split_env, template_changes
+from op_dbus.errors import BackendError
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+API = "/v1.41"
+TEMPLATE_REPO = "localhost/op-dbus-template/"
+COMMAND = "op-dbus.command"  # the argv given at create, as JSON
+LIST_FIELDS = frozenset({"image", "command"})
+
+
+def template_ref(name: str) -> str:
+    return f"{TEMPLATE_REPO}{name}:latest"
+
+
+class DockerBackend(ContainerBackend):
+    name = "docker"
+
+    def __init__(self, socket: str | None = None, *, timeout: float = 90.0) -> None:
+        self.socket = socket or socket_from_env("DOCKER_HOST", DEFAULT_SOCKET)
+        self.http = UnixHTTP(self.socket, service="docker", timeout=timeout,
+                             hint=f"start the Docker engine (`systemctl start docker`) or a compatible API on "
+                                  f"unix://{self.socket}; DOCKER_HOST=unix://PATH names another socket")
+
+    async def ping(self) -> None:
+        await self.http.request("GET", "/_ping", timeout=10)
+
+    async def list(self) -> list[ContainerInfo]:
+        rows = (await self.http.request("GET", f"{API}/containers/json", params={"all": 1})).json() or []
+        found = []
+        for row in rows:
+            labels = row.get("Labels") or {}
+            info = info_from_labels(row["Names"][0].lstrip("/"), labels, row.get("State") == "running")
+            # the listing joins the command into one string; a container's command never changes after create,
+            # so the argv recorded then is exact
+            with contextlib.suppress(ValueError, TypeError):
+                info.command = json.loads(labels[COMMAND]) if COMMAND in labels else None
+            found.append(info)
+        return found
+
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
+            wanted = set(names)
+            return {info.name: info for info in await self.list() if info.name in wanted}
+        found = await asyncio.gather(*(self._inspect(name) for name in names))
+        return {info.name: info for info in found if info is not None}
+
+    async def _inspect(self, name: str) -> ContainerInfo | None:
+        try:
+            data = (await self.http.request("GET", f"{API}/containers/{name}/json")).json()
+        except NotFound:
+            return None
+        config, host, state = data.get("Config") or {}, data.get("HostConfig") or {}, data.get("State") or {}
+        info = info_from_labels(name, config.get("Labels"), bool(state.get("Running")))
+        info.command = config.get("Cmd")
+        info.env = split_env(config.get("Env"))
+        info.mounts = sorted((Mount(m["Source"], m["Destination"], not m.get("RW", True))
+                              for m in data.get("Mounts") or [] if m.get("Type") == "bind"), key=lambda m: m.target)
+        info.autostart = (host.get("RestartPolicy") or {}).get("Name") == "always"
+        info.memory = host.get("Memory") or None
+        if host.get("NanoCpus"):
+            info.cpus = host["NanoCpus"] / 1e9
+        elif host.get("CpuQuota") and host.get("CpuPeriod"):
+            info.cpus = host["CpuQuota"] / host["CpuPeriod"]
+        info.native = {"id": data.get("Id"), "status": state.get("Status"), "image": config.get("Image")}
+        return info
+
+    def check_spec(self, spec: ContainerSpec) -> list[str]:
+        problems = []
+        if spec.boot:
+            problems.append("docker containers run one command; `boot` is for nspawn and lxc")
+        if spec.bridge or spec.addresses:
+            problems.append("network attachment is not implemented for docker (its containers have no network)")
+        return problems
+
+    async def create(self, spec: ContainerSpec) -> None:
+        host: dict[str, Any] = {
+            "NetworkMode": "none",  # the engine must not wire the container into a bridge of its own
+            "RestartPolicy": {"Name": "always" if spec.autostart else "no"},
+            "Mounts": [{"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+                       for m in spec.mounts],
+        }
+        if spec.memory:
+            host["Memory"] = spec.memory
+        if spec.cpus:
+            host["NanoCpus"] = int(spec.cpus * 1e9)
+        labels = spec.labels() | ({COMMAND: json.dumps(spec.command)} if spec.command else {})
+        body: dict[str, Any] = {"Image": template_ref(spec.image), "Labels": labels,
+                                "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())], "HostConfig": host}
+        if spec.command:
+            body["Cmd"] = spec.command
+        await self.http.request("POST", f"{API}/containers/create", params={"name": spec.name}, json_body=body)
+
+    async def start(self, name: str) -> None:
+        await self.http.request("POST", f"{API}/containers/{name}/start", ok=(304,))
+
+    async def stop(self, name: str, timeout: float = 10.0) -> None:
+        await self.http.request("POST", f"{API}/containers/{name}/stop", params={"t": int(timeout)}, ok=(304,),
+                                timeout=timeout + 30)
+
+    async def remove(self, name: str) -> None:
+        await self.http.request("DELETE", f"{API}/containers/{name}", params={"force": True}, ok=(404,), timeout=60)
+
+    async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        params = {"since": str(int(since)), "until": str(int(until or time.time() + 1)),
+                  "filters": {"type": ["container"]}}
+        rows = (await self.http.request("GET", f"{API}/events", params=params)).json_lines()
+        return [{"time": row.get("time"), "name": (row.get("Actor") or {}).get("Attributes", {}).get("name"),
+                 "action": row.get("Action") or row.get("status")} for row in rows]
+
+    async def templates(self) -> dict[str, TemplateInfo]:
+        rows = (await self.http.request("GET", f"{API}/images/json", params={"filters": {"label": [TEMPLATE]}})).json()
+        found = {}
+        for row in rows or []:
+            labels = row.get("Labels") or {}
+            name = labels.get(TEMPLATE)
+            if name and template_ref(name) in (row.get("RepoTags") or []):
+                found[name] = TemplateInfo(name, labels.get(TEMPLATE_SHA256), labels.get(TEMPLATE_SOURCE),
+                                           template_ref(name))
+        return found
+
+    async def import_template(self, name: str, source: Path, sha256: str | None,
+                              progress: Progress | None = None) -> TemplateInfo:
+        with as_tarball(source) as tarball:
+            params = {"fromSrc": "-", "repo": TEMPLATE_REPO + name, "tag": "latest",
+                      "changes": template_changes(name, sha256, source)}
+            reply = await self.http.request("POST", f"{API}/images/create", params=params,
+                                            body=file_chunks(tarball, progress), content_type="application/x-tar")
+        # the engine reports a failed import inside a 200 progress stream
+        for message in reply.json_lines():
+            if isinstance(message, dict) and message.get("error"):
+                raise BackendError(f"docker: importing template {name}: {message['error']}")
+        return TemplateInfo(name, sha256, str(source), template_ref(name))
+
+    async def remove_template(self, name: str) -> None:
+        await self.http.request("DELETE", f"{API}/images/{template_ref(name)}", ok=(404,))
+
+    async def close(self) -> None:
+        await self.http.close()

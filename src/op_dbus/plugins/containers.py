@@ -1,0 +1,562 @@
+"""Containers on pluggable backends (podman, docker, nspawn, lxc, proxmox), created from managed templates.
+
+State section::
+
+    {"templates": {"base": {"source": "/srv/templates/base.tar", "sha256": "..."}},
+     "containers": {"web-1": {"backend": "podman", "image": "base", "state": "running",
+                              "command": ["/bin/httpd", "-f"], "env": {"TZ": "UTC"},
+                              "mounts": [{"source": "/srv/www", "target": "/var/www", "read_only": true}],
+                              "network": {"bridge": "br0", "ipv4": {"address": [{"ip": "198.18.0.20", "prefix": 24}]}},
+                              "limits": {"memory": "512M", "cpus": 1}, "autostart": true}}}
+
+`state` is running, stopped or absent. Settings other than `state` are fixed when a container is created:
+changing one recreates the container, and the plan says so (`recreate`, with the fields that differ) before
+anything happens. Only containers the file names are read or changed; a container of that name that op-dbus
+did not create (no marker) is refused. A template is imported once into each backend whose containers use it,
+after its tarball's sha256 has been checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from op_dbus.backends.containers import (
+    ContainerBackend,
+    ContainerInfo,
+    ContainerSpec,
+    Mount,
+    Progress,
+    sha256_file,
+    split_image,
+    valid_name,
+)
+from op_dbus.errors import ApplyFailed, BackendError, InvalidInput, Problem
+from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+
+BACKENDS = ("podman", "docker", "nspawn", "lxc", "proxmox")
+BackendName = Literal["podman", "docker", "nspawn", "lxc", "proxmox"]
+
+_SIZE = re.compile(r"^([0-9]+)([KMGT]?)$")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _name(value: str) -> str:
+    if not valid_name(value):
+        raise ValueError(f"not a container or template name: {value!r} (letters, digits, _ . -; at most 63)")
+    return value
+
+
+def _size(value: str) -> str:
+    if not _SIZE.match(value):
+        raise ValueError(f"not a size: {value!r} (a whole number with an optional K, M, G or T suffix, e.g. 512M)")
+    return value
+
+
+def _sha(value: str) -> str:
+    if not _SHA256.match(value):
+        raise ValueError("not a sha256: expected 64 lower-case hex digits")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Size = Annotated[str, AfterValidator(_size)]
+
+
+def parse_size(value: str) -> int:
+    number, unit = _SIZE.match(value).groups()  # type: ignore[union-attr]
+    return int(number) * _UNITS[unit]
+
+
+def format_size(value: int) -> str:
+    """Bytes in the largest unit that divides them exactly: what `query` reports for a memory limit."""
+    for unit in ("T", "G", "M", "K"):
+        if value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit}"
+    return str(value)
+
+
+class Template(Section):
+    source: str
+    sha256: Annotated[str, AfterValidator(_sha)] | None = None
+
+    @model_validator(mode="after")
+    def _absolute(self) -> Template:
+        if not self.source.startswith("/"):
+            raise ValueError("source must be an absolute path (a rootfs tarball or directory)")
+        return self
+
+
+class MountConfig(Section):
+    source: str
+    target: str
+    read_only: bool = False
+
+
+class Address(Section):
+    ip: str
+    prefix: int = Field(ge=0, le=32)
+
+
+class IPv4(Section):
+    address: list[Address] = []
+
+
+class NetworkConfig(Section):
+    bridge: str | None = None
+    ipv4: IPv4 | None = None
+
+
+class Limits(Section):
+    memory: Size | None = None
+    cpus: float | int | None = Field(default=None, gt=0)
+
+
+class ContainerConfig(Section):
+    backend: BackendName
+    image: Name | None = None
+    state: Literal["running", "stopped", "absent"] = "running"
+    autostart: bool | None = None
+    boot: bool | None = None
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    mounts: list[MountConfig] | None = None
+    network: NetworkConfig | None = None
+    limits: Limits | None = None
+
+    @model_validator(mode="after")
+    def _image_needed(self) -> ContainerConfig:
+        if self.state != "absent" and self.image is None:
+            raise ValueError("image is required unless state is absent")
+        return self
+
+
+class ContainersState(Section):
+    templates: dict[Name, Template] = {}
+    containers: dict[Name, ContainerConfig] = {}
+
+
+# Fields fixed at creation; a difference in any of them recreates the container.
+FIXED = ("image", "boot", "command", "env", "mounts", "network", "limits", "autostart")
+ACTION_ORDER = {"import": 0, "remove": 1, "recreate": 2, "create": 3, "stop": 4, "start": 5, "forget": 6}
+
+
+# -- conversion between the state model and the backend contract ----------------------------------------------
+
+def spec_of(name: str, want: ContainerConfig, templates: dict[str, Template] | None = None) -> ContainerSpec:
+    net = want.network or NetworkConfig()
+    template = (templates or {}).get(want.image or "")
+    limits = want.limits or Limits()
+    return ContainerSpec(
+        name=name, image=want.image or "", command=want.command, env=dict(want.env or {}),
+        mounts=sorted((Mount(m.source, m.target, m.read_only) for m in want.mounts or []), key=lambda m: m.target),
+        autostart=bool(want.autostart), boot=bool(want.boot),
+        memory=parse_size(limits.memory) if limits.memory else None,
+        cpus=float(limits.cpus) if limits.cpus else None, bridge=net.bridge,
+        addresses=[f"{a.ip}/{a.prefix}" for a in (net.ipv4.address if net.ipv4 else [])],
+        image_sha256=template.sha256 if template else None,
+    )
+
+
+def config_of(backend: str, info: ContainerInfo, want: ContainerConfig | None,
+              template_sha256: str | None = None) -> ContainerConfig:
+    """The live container as a state entry: only the fields `want` names (all of them when `want` is None).
+
+    When the state pins its template's hash (`template_sha256`), a container made from another content of that
+    template reports its image as NAME@HASH-PREFIX, so the plan recreates it from the new content.
+    """
+
+    def named(field: str) -> bool:
+        return want is None or getattr(want, field) is not None
+
+    values: dict[str, Any] = {"backend": backend, "state": "running" if info.running else "stopped"}
+    if named("image"):
+        image, sha = split_image(info.image)
+        if template_sha256 is not None and sha != template_sha256:
+            image = f"{image}@{(sha or 'unknown')[:12]}"
+        values["image"] = image
+    if named("autostart"):
+        values["autostart"] = info.autostart
+    if named("boot") and (want is not None or info.boot):
+        values["boot"] = info.boot
+    if named("command") and (want is not None or info.command is not None):
+        values["command"] = info.command
+    if named("env"):
+        # the image and the manager add variables of their own: report the keys the state declares, or declared
+        # when the container was created, so a key dropped from the file shows as a difference
+        keys = set(info.env_keys) | set((want.env or {}) if want is not None else ())
+        env = {k: v for k, v in sorted(info.env.items()) if k in keys}
+        if want is not None or env:
+            values["env"] = env
+    if named("mounts") and (want is not None or info.mounts):
+        values["mounts"] = [MountConfig.model_construct(source=m.source, target=m.target, read_only=m.read_only)
+                            for m in sorted(info.mounts, key=lambda m: m.target)]
+    if named("network") and (want is not None or info.bridge or info.addresses):
+        addresses = []
+        for text in info.addresses:
+            ip, _, prefix = text.partition("/")
+            addresses.append(Address.model_construct(ip=ip, prefix=int(prefix or 32)))
+        values["network"] = NetworkConfig.model_construct(
+            bridge=info.bridge, ipv4=IPv4.model_construct(address=addresses) if addresses else None)
+    if named("limits") and (want is not None or info.memory or info.cpus):
+        values["limits"] = Limits.model_construct(memory=format_size(info.memory) if info.memory else None,
+                                                  cpus=_number(info.cpus) if info.cpus else None)
+    for field in FIXED:
+        values.setdefault(field, None)
+    return ContainerConfig.model_construct(**{"boot": None, **values})
+
+
+def _number(value: float) -> float | int:
+    value = round(value, 3)
+    return int(value) if value == int(value) else value
+
+
+def canonical(field: str, value: Any) -> Any:
+    """One comparable form per fixed field (unset network/limits/env/mounts equal their empty forms)."""
+    if field == "env":
+        return dict(sorted((value or {}).items()))
+    if field == "mounts":
+        return sorted(((m.source, m.target, m.read_only) for m in value or []), key=lambda t: t[1])
+    if field == "network":
+        if value is None:
+            return (None, ())
+        addresses = tuple((a.ip, a.prefix) for a in (value.ipv4.address if value.ipv4 else []))
+        return (value.bridge, addresses)
+    if field == "limits":
+        if value is None:
+            return (None, None)
+        return (parse_size(value.memory) if value.memory else None, round(float(value.cpus), 3) if value.cpus else None)
+    if field in ("autostart", "boot"):
+        return bool(value)
+    return value
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return value
+
+
+# -- backends ---------------------------------------------------------------------------------------------------
+
+BackendFactory = Callable[[Context], ContainerBackend]
+
+
+def _podman(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.podman import PodmanBackend
+
+    return PodmanBackend(_option(ctx, "podman_socket"), timeout=ctx.settings.job_timeout)
+
+
+def _docker(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.docker import DockerBackend
+
+    return DockerBackend(_option(ctx, "docker_socket"), timeout=ctx.settings.job_timeout)
+
+
+def _nspawn(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.nspawn import NspawnBackend
+
+    return NspawnBackend(ctx.settings.bus_address, _option(ctx, "nspawn_root"), timeout=ctx.settings.job_timeout)
+
+
+def _lxc(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.lxc import LxcBackend
+
+    return LxcBackend(_option(ctx, "lxc_path"), timeout=ctx.settings.job_timeout)
+
+
+def _proxmox(ctx: Context) -> ContainerBackend:
+    from op_dbus.backends.containers.proxmox import ProxmoxBackend
+
+    return ProxmoxBackend(pct=_option(ctx, "pct"), template_dir=_option(ctx, "proxmox_template_dir"),
+                          timeout=ctx.settings.job_timeout)
+
+
+FACTORIES: dict[str, BackendFactory] = {"podman": _podman, "docker": _docker, "nspawn": _nspawn, "lxc": _lxc,
+                                        "proxmox": _proxmox}
+
+
+def _option(ctx: Context, key: str) -> Any:
+    """A backend endpoint from the settings (`extra["containers"]`); None: the backend's default or environment."""
+    return (ctx.settings.extra.get("containers") or {}).get(key)
+
+
+async def backend(ctx: Context, name: str) -> ContainerBackend:
+    factory = FACTORIES.get(name)
+    if factory is None:
+        raise InvalidInput(f"the {name} container backend is not available in this build")
+
+    async def close(b: ContainerBackend) -> None:
+        await b.close()
+
+    async def open_() -> ContainerBackend:
+        return factory(ctx)
+
+    return await ctx.resource(f"containers.{name}", open_, close)  # type: ignore[no-any-return]
+
+
+def tty_progress(label: str) -> Progress | None:
+    """A progress line on stderr while a template is hashed or imported, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = done * 100 // total if total else 100
+        if percent != last[0]:
+            last[0] = percent
+            sys.stderr.write(f"\r{label}: {percent:3d}% of {total / 1e6:.1f} MB")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return report
+
+
+class ContainersPlugin(Plugin[ContainersState]):
+    name = "containers"
+    model = ContainersState
+    # after the network (a bridge must exist before a container joins it) and before the units that use them
+    order = 40
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    async def query(self, ctx: Context, scope: ContainersState | None = None) -> ContainersState:
+        if scope is None:
+            return await self._query_all(ctx)
+        by_backend: dict[str, list[str]] = {}
+        for name, want in scope.containers.items():
+            by_backend.setdefault(want.backend, []).append(name)
+        needed = self._template_backends(scope)
+        names = sorted(set(by_backend) | {b for bs in needed.values() for b in bs})
+        backends = {n: await backend(ctx, n) for n in names}
+        fields = {b: frozenset(f for name in names_ for f in FIXED if getattr(scope.containers[name], f) is not None)
+                  for b, names_ in by_backend.items()}
+        infos, templates = await asyncio.gather(
+            asyncio.gather(*(backends[n].inspect(by_backend[n], fields[n]) for n in by_backend)),
+            asyncio.gather(*(backends[n].templates() for n in names)),
+        )
+        found = dict(zip(by_backend, infos, strict=True))
+        imported = dict(zip(names, templates, strict=True))
+        containers = {}
+        for name, want in scope.containers.items():
+            info = found[want.backend].get(name)
+            if info is not None and info.managed:
+                template = scope.templates.get(want.image or "")
+                containers[name] = config_of(want.backend, info, want, template.sha256 if template else None)
+        result_templates = {}
+        for tname, want_t in scope.templates.items():
+            copies = [imported[b].get(tname) for b in needed.get(tname, [])]
+            if copies and all(c is not None for c in copies):
+                shas = {c.sha256 for c in copies if c is not None}
+                source = next(c.source for c in copies if c is not None)
+                result_templates[tname] = Template.model_construct(
+                    source=source or want_t.source,
+                    sha256=(shas.pop() if len(shas) == 1 else "differs") if want_t.sha256 is not None else None)
+            elif not needed.get(tname):
+                result_templates[tname] = Template.model_construct(
+                    source=want_t.source, sha256=want_t.sha256)  # imported only where a container needs it
+        return ContainersState.model_construct(templates=result_templates, containers=containers)
+
+    async def _query_all(self, ctx: Context) -> ContainersState:
+        """Every container and template op-dbus manages, in every backend that answers."""
+        containers: dict[str, ContainerConfig] = {}
+        templates: dict[str, Template] = {}
+        for name in sorted(FACTORIES):
+            b = await backend(ctx, name)
+            b.passive = True  # a read of everything must not start services (machined is bus-activated)
+            try:
+                await b.ping()
+                listed = await b.list()
+                infos = await b.inspect([i.name for i in listed if i.managed])
+                imported = await b.templates()
+            except BackendError:
+                continue  # a manager that is not running here has nothing op-dbus manages
+            for cname, info in sorted(infos.items()):
+                containers.setdefault(cname, config_of(name, info, None))
+            for tname, t in sorted(imported.items()):
+                templates.setdefault(tname, Template.model_construct(source=t.source or "", sha256=t.sha256))
+        return ContainersState.model_construct(templates=templates, containers=containers)
+
+    @staticmethod
+    def _template_backends(state: ContainersState) -> dict[str, list[str]]:
+        """Template name -> the backends whose declared containers use it."""
+        needed: dict[str, set[str]] = {}
+        for want in state.containers.values():
+            if want.state != "absent" and want.image in state.templates:
+                needed.setdefault(want.image, set()).add(want.backend)
+        return {k: sorted(v) for k, v in needed.items()}
+
+    # -- checking ------------------------------------------------------------------------------------------------
+
+    async def check(self, desired: ContainersState, ctx: Context) -> list[Problem]:
+        problems: list[Problem] = []
+        for tname, t in desired.templates.items():
+            if not os.path.exists(t.source):
+                problems.append(Problem(f'plugins.containers.templates["{tname}"].source',
+                                        f"no such file or directory: {t.source}"))
+            elif t.sha256 and not os.path.isfile(t.source):
+                problems.append(Problem(f'plugins.containers.templates["{tname}"].sha256',
+                                        "a sha256 can only be checked for a tarball, not a directory"))
+        by_backend: dict[str, list[str]] = {}
+        for name, want in desired.containers.items():
+            by_backend.setdefault(want.backend, []).append(name)
+        for bname, names in by_backend.items():
+            where = f'plugins.containers.containers["{names[0]}"].backend'
+            if bname not in FACTORIES:
+                problems.append(Problem(where, f"the {bname} backend is not available; available: "
+                                               + ", ".join(sorted(FACTORIES))))
+                continue
+            b = await backend(ctx, bname)
+            try:
+                await b.ping()
+                infos = await b.inspect(names)
+                imported = await b.templates()
+            except BackendError as e:
+                problems.append(Problem(where, f"the {bname} backend cannot be used: {e}"))
+                continue
+            for name in names:
+                want = desired.containers[name]
+                path = f'plugins.containers.containers["{name}"]'
+                info = infos.get(name)
+                if info is not None and not info.managed:
+                    problems.append(Problem(path, f"a {bname} container named {name!r} exists and was not created by "
+                                                  "op-dbus; it is left alone: rename one of them"))
+                if want.state == "absent":
+                    continue
+                if want.image not in desired.templates and want.image not in imported:
+                    problems.append(Problem(f"{path}.image", f"unknown image {want.image!r}: declare it under "
+                                                             "templates, or import it first"))
+                problems += [Problem(path, msg) for msg in b.check_spec(spec_of(name, want))]
+        return problems
+
+    # -- planning ------------------------------------------------------------------------------------------------
+
+    def diff(self, desired: ContainersState, current: ContainersState) -> list[Change]:
+        changes: list[Change] = []
+        needed = self._template_backends(desired)
+        for tname, want_t in desired.templates.items():
+            have_t = current.templates.get(tname)
+            if have_t is None or (want_t.sha256 is not None and have_t.sha256 != want_t.sha256):
+                before = None if have_t is None else _dump(have_t)
+                changes.append(Change(self.name, f"template:{tname}", "import", before, _dump(want_t),
+                                      {"template": tname, "source": want_t.source, "sha256": want_t.sha256,
+                                       "backends": needed.get(tname, [])}))
+        for name, want in desired.containers.items():
+            have = current.containers.get(name)
+            spec = spec_of(name, want, desired.templates) if want.state != "absent" else None
+            payload = {"backend": want.backend, "spec": spec}
+            if want.state == "absent":
+                if have is not None:
+                    changes.append(Change(self.name, name, "remove", {"state": have.state}, {"state": "absent"},
+                                          payload))
+                continue
+            if have is None:
+                after = want.model_dump(mode="json", exclude_none=True)
+                changes.append(Change(self.name, name, "create", {"state": "absent"}, after,
+                                      {**payload, "start": want.state == "running"}))
+                continue
+            differ = [f for f in FIXED if getattr(want, f) is not None
+                      and canonical(f, getattr(want, f)) != canonical(f, getattr(have, f))]
+            if differ:
+                before = {f: _dump(getattr(have, f)) for f in differ} | {"state": have.state}
+                after = {f: _dump(getattr(want, f)) for f in differ} | {"state": want.state}
+                changes.append(Change(self.name, name, "recreate", before, after,
+                                      {**payload, "start": want.state == "running"}))
+            elif have.state != want.state:
+                action = "start" if want.state == "running" else "stop"
+                changes.append(Change(self.name, name, action, {"state": have.state}, {"state": want.state}, payload))
+        changes.sort(key=lambda c: ACTION_ORDER[c.action])
+        return changes
+
+    # -- applying ------------------------------------------------------------------------------------------------
+
+    async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
+        for action in sorted({c.action for c in changes}, key=ACTION_ORDER.__getitem__):
+            batch = [c for c in changes if c.action == action]
+            if action in ("import", "forget"):
+                for c in batch:
+                    await self._template(c, ctx, undo)
+                continue
+            # containers are independent of each other: one action runs for all of them at once
+            results = await asyncio.gather(*(self._container(c, ctx, undo) for c in batch), return_exceptions=True)
+            failures = [(c, r) for c, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
+            if failures:
+                for _, r in failures:
+                    if not isinstance(r, (BackendError, ApplyFailed, OSError)):
+                        raise r
+                text = "; ".join(f"{action} {c.object}: {r}" for c, r in failures)
+                raise ApplyFailed(f"containers: {text}")
+
+    async def _template(self, c: Change, ctx: Context, undo: UndoLog) -> None:
+        p = c.payload
+        name = p["template"]
+        if c.action == "forget":
+            for bname in p["backends"]:
+                await (await backend(ctx, bname)).remove_template(name)
+            return
+        source = Path(p["source"])
+        if p.get("sha256"):
+            got = await asyncio.to_thread(sha256_file, source, tty_progress(f"checking {name}"))
+            if got != p["sha256"]:
+                raise ApplyFailed(f"template {name}: {source} has sha256 {got}, the state expects {p['sha256']}; "
+                                  "nothing was imported")
+        for bname in p["backends"]:
+            b = await backend(ctx, bname)
+            existing = (await b.templates()).get(name)
+            if existing is not None and (p.get("sha256") is None or existing.sha256 == p["sha256"]):
+                continue
+            if existing is None:
+                undo.record(Change(self.name, c.object, "forget", c.after, None,
+                                   {"template": name, "backends": [bname]}))
+            elif existing.source:
+                undo.record(Change(self.name, c.object, "import", c.after, c.before,
+                                   {"template": name, "source": existing.source, "sha256": existing.sha256,
+                                    "backends": [bname]}))
+            await b.import_template(name, source, p.get("sha256"), tty_progress(f"importing {name} into {bname}"))
+
+    async def _container(self, c: Change, ctx: Context, undo: UndoLog) -> None:
+        b = await backend(ctx, c.payload["backend"])
+        name = c.object
+        spec: ContainerSpec | None = c.payload.get("spec")
+        if c.action in ("start", "stop"):
+            undo.record(Change(self.name, name, "stop" if c.action == "start" else "start", c.after, c.before,
+                               c.payload))
+            await (b.start(name) if c.action == "start" else b.stop(name))
+            return
+        previous = (await b.inspect([name])).get(name) if c.action in ("remove", "recreate") else None
+        if previous is not None and not previous.managed:
+            raise ApplyFailed(f"{b.name} container {name} was not created by op-dbus; it is left alone")
+        if c.action == "create" or (c.action == "recreate" and previous is None):
+            # a recreation whose container is already gone (a rollback after a failed create) is a creation
+            assert spec is not None
+            undo.record(Change(self.name, name, "remove", c.after, c.before, {"backend": b.name, "spec": None}))
+            await b.create(spec)
+            if c.payload.get("start"):
+                await b.start(name)
+            return
+        if previous is None:
+            return  # removing what is already gone
+        restore = previous.spec()
+        undo_payload = {"backend": b.name, "spec": restore, "start": previous.running}
+        if c.action == "remove":
+            undo.record(Change(self.name, name, "create", c.after, c.before, undo_payload))
+            await b.remove(name)
+            return
+        assert spec is not None
+        undo.record(Change(self.name, name, "recreate", c.after, c.before, undo_payload))
+        await b.remove(name)
+        await b.create(spec)
+        if c.payload.get("start"):
+            await b.start(name)
