@@ -127,9 +127,13 @@ def archive(ledger: Ledger, before: str, path: Path | None = None) -> Outcome:
                           hint="run `op-dbus verify --full`")
     path = Path(path) if path is not None else default_archive_path(ledger, 0, count - 1)
     if path.exists():
-        raise InvalidInput(f"{path} exists already; choose another --file or move it away")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_new(path, text.encode())
+        # An archive run killed after writing its file resumes here: the same blocks, verified, are not rewritten.
+        if not _same_archive(path, view, ledger.verifier_key):
+            raise InvalidInput(f"{path} exists already and is not an archive of these blocks; "
+                               "choose another --file or move it away")
+    else:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_new(path, text.encode())
 
     with ledger._transaction("archive", write=True) as db:
         rows = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx").fetchall()
@@ -142,6 +146,23 @@ def archive(ledger: Ledger, before: str, path: Path | None = None) -> Outcome:
             target.update(h for h in (changes, state) if h)
         dropped, freed = _drop(db, drop, kept)
     return Outcome(blocks=count, dropped=dropped, bytes_freed=freed, path=str(path), first=0, last=count - 1)
+
+
+def _same_archive(path: Path, view: Any, vkey: str) -> bool:
+    from op_dbus import audit_verify
+
+    try:
+        doc = json.loads(path.read_bytes())
+        report = audit_verify.verify_export(doc, vkey)
+        leaves = [b.get("leaf_hash") for b in doc["blocks"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, audit_verify.Unreadable):
+        return False
+    held = sum((b.changes is not None) + (b.state is not None) for b in view.blocks)
+    if not report.ok or report.with_changes + report.with_state < held:
+        return False  # it must hold at least every record the log still has
+    from op_dbus.ledger import merkle
+
+    return leaves == [merkle.leaf_hash(b.leaf).hex() for b in view.blocks]
 
 
 def _write_new(path: Path, data: bytes) -> None:
