@@ -14,7 +14,9 @@ of op-dbus, so an auditor can copy this one file and run it anywhere. It checks:
     changes and state records where the export carries them, and its inclusion proof against the
     checkpoint's tree head;
   * for an export that starts at block 0 and ends at the checkpoint's size, the tree head itself,
-    recomputed from all leaves.
+    recomputed from all leaves;
+  * with `--since OLD` (a checkpoint or an earlier export seen before): that the log still extends it,
+    i.e. the tree head over its first blocks is the one that was signed then (no history rewritten).
 
 Exit status: 0 every check passed; 3 a check failed (the first bad block is named); 2 the export or
 the key cannot be read (not JSON, truncated, wrong format).
@@ -226,8 +228,8 @@ def _check_record(report: Report, index: int, header: dict[str, Any], block: dic
     return True
 
 
-def verify_export(doc: Any, key_text: str) -> Report:
-    """Check an export document (already parsed JSON) against the verifier key text."""
+def verify_export(doc: Any, key_text: str, since: str | None = None) -> Report:
+    """Check an export document (already parsed JSON) against the verifier key text (and an earlier checkpoint)."""
     key = parse_verifier_key(key_text)
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise Unreadable(f"the file is not an op-dbus audit log export (its \"format\" is not {EXPORT_FORMAT!r})")
@@ -326,7 +328,33 @@ def verify_export(doc: Any, key_text: str) -> Report:
         report.notes.append(f"the export ends at block {report.last}; the signed log holds {size} blocks")
     if not blocks:
         report.notes.append("the export holds no blocks")
+    if since is not None:
+        _check_since(report, since, key, leaves, size, root)
     return report
+
+
+def _check_since(report: Report, since: str, key: VerifierKey, leaves: list[bytes], size: int, root: bytes) -> None:
+    """The log must extend a checkpoint seen earlier: same tree head over the blocks that checkpoint covered."""
+    try:
+        old_origin, old_size, old_root = open_checkpoint(since, key)
+    except ValueError as exc:
+        report.fail(None, f"--since: the earlier checkpoint does not verify: {exc}")
+        return
+    if old_origin != report.origin:
+        report.fail(None, f"--since: the earlier checkpoint is for log {old_origin!r}, this export for {report.origin!r}")
+    elif old_size > size:
+        report.fail(None, f"--since: the log shrank: it had {old_size} blocks, the export's checkpoint says {size}")
+    elif old_size == size and old_root != root:
+        report.fail(None, f"--since: two different signed tree heads for the same size {size}: the history was rewritten")
+    elif old_size == size:
+        report.notes.append(f"the log is still the one signed at size {old_size}")
+    elif report.first != 0 or len(leaves) < old_size:
+        report.fail(None, "--since: checking against the earlier checkpoint needs the export to hold blocks "
+                          f"0..{old_size - 1}")
+    elif tree_head(leaves[:old_size]) != old_root:
+        report.fail(None, f"--since: the first {old_size} blocks are not the ones signed earlier: the history was rewritten")
+    else:
+        report.notes.append(f"the log extends the earlier checkpoint of size {old_size}")
 
 
 def _load(path: str) -> Any:
@@ -351,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("export", help="the export file (op-dbus export-blockchain > audit.json), or - for stdin")
     parser.add_argument("--key", required=True, metavar="HOST.pub",
                         help="the host's C2SP verifier key file (host.pub), obtained independently of the export")
+    parser.add_argument("--since", metavar="OLD",
+                        help="an earlier checkpoint note, or an earlier export, that this log must extend")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
@@ -360,7 +390,19 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise Unreadable(f"{args.key}: cannot read the key ({exc})") from None
         doc = json.load(sys.stdin) if args.export == "-" else _load(args.export)
-        report = verify_export(doc, key_text)
+        since = None
+        if args.since is not None:
+            try:
+                with open(args.since, encoding="utf-8") as fh:
+                    since = fh.read(1 << 20)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise Unreadable(f"{args.since}: cannot read it ({exc})") from None
+            if since.lstrip().startswith("{"):
+                old = _load(args.since)
+                since = old.get("checkpoint") if isinstance(old, dict) else None
+                if not isinstance(since, str):
+                    raise Unreadable(f"{args.since}: an export without a checkpoint")
+        report = verify_export(doc, key_text, since)
     except Unreadable as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))

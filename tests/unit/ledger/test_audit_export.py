@@ -300,3 +300,37 @@ def test_tree_head_matches_the_store_for_every_size(ledger: Ledger) -> None:
         fill(ledger, 1)
         leaves = [h.leaf_hash for h in ledger.headers()]
         assert audit_verify.tree_head(leaves) == ledger.root()
+
+
+def test_since_an_earlier_checkpoint_the_log_must_extend_it(filled: Ledger) -> None:
+    old = filled.checkpoint(10)
+    assert "extends the earlier checkpoint of size 10" in audit_verify.verify_export(
+        export_doc(filled), filled.verifier_key, old).notes[-1]
+    same = audit_verify.verify_export(export_doc(filled), filled.verifier_key, filled.checkpoint())
+    assert same.ok and "still the one signed" in same.notes[-1]
+    partial = audit_verify.verify_export(export_doc(filled, 12), filled.verifier_key, old)
+    assert not partial.ok and "needs the export to hold blocks 0..9" in partial.problems[0]
+
+
+def test_since_detects_a_rewritten_history(tmp_path: Path) -> None:
+    # the same key signs two histories that differ at block 3: an auditor holding the first notices the second
+    key = tmp_path / "host.key"
+    with Ledger.open(tmp_path / "a", key_path=key, origin="op-dbus/test/1") as a:
+        fill(a, 8)
+        seen = a.checkpoint(6)
+    with Ledger.open(tmp_path / "b", key_path=key, origin="op-dbus/test/1") as b:
+        fill(b, 3)
+        b.append("apply", [], {"version": 1, "plugins": {}}, actor={}, summary="a different block 3")
+        fill(b, 5)
+        report = audit_verify.verify_export(export_doc(b), b.verifier_key, seen)
+    assert not report.ok and "are not the ones signed earlier" in report.problems[0]
+
+
+def test_since_from_the_command_line(tmp_path: Path, files: tuple[Path, Path], filled: Ledger) -> None:
+    export, key = files
+    old = tmp_path / "seen.txt"
+    old.write_text(filled.checkpoint(5))
+    r = run_isolated(tmp_path, export, key, "--since", str(old))
+    assert r.returncode == 0 and "extends the earlier checkpoint of size 5" in r.stdout, r.stdout + r.stderr
+    r = run_isolated(tmp_path, export, key, "--since", str(export))  # an earlier export works too
+    assert r.returncode == 0 and "still the one signed" in r.stdout
