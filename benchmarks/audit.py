@@ -141,6 +141,13 @@ def main() -> None:
         print(f"  semantic, top 10 + proofs  {median_ms(sem)}")
     index.close()
 
+    head = len(log) - 1
+    cheap = [timed(lambda: log.prove(head))[0] for _ in range(20)]
+    full = [timed(lambda: log.verify_full(update=False))[0] for _ in range(2)]
+    print(f"\nverify --current's log check, prove(head)   {median_ms(cheap)}")
+    print(f"verify --full over {args.blocks} blocks        {median_ms(full)}   "
+          f"(x{statistics.median(full) / statistics.median(cheap):.0f})")
+
     dt, outcome = timed(lambda: compact(log))
     print(f"\ncompact: dropped {outcome.dropped} states ({outcome.bytes_freed / 2**20:.1f} MiB) in "  # type: ignore[attr-defined]
           f"{dt * 1e3:.0f} ms")

@@ -16,8 +16,9 @@ An export is one JSON object (format "op-dbus audit log export", version 1):
         changes, state          the change list / state snapshot exactly as hashed (canonical JSON text),
                                 or null when the export leaves them out or the log no longer holds them
 
-`op_dbus.audit_verify` checks one with nothing but the file and the host's public key. The export is
-written as a stream, block by block, so memory stays flat on long logs.
+`op_dbus.audit_verify` checks one with nothing but the file and the host's public key. The blocks are
+read in one read transaction (a consistent view while other processes append), then the JSON is written
+block by block, never built whole in memory.
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ class SearchIndex:
             "WHERE v.idx IS NULL ORDER BY d.idx", (MODEL_NAME,)).fetchall()
         for lo in range(0, len(todo), BATCH):
             part = todo[lo:lo + BATCH]
-            vecs = model.encode([body for _, body in part], batch_size=64, normalize_embeddings=True,
+            vecs = model.encode([body for _, body in part], batch_size=16, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=False)
             with self._write() as db:
                 db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
