@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -73,7 +74,7 @@ def archive(opts: Options, date: str, path: str | None) -> int:
 
     cutoff = parse_date(date)
     recover(opts)
-    with opts.ledger() as ledger:
+    with opts.ledger() as ledger, _no_apply_running(opts):
         outcome = run_archive(ledger, cutoff, Path(path) if path else None)
     if opts.json:
         _emit_json({"before": cutoff, **outcome.to_dict()})
@@ -91,7 +92,7 @@ def compact(opts: Options, keep: int, vacuum: bool) -> int:
     from op_dbus.ledger.archive import compact as run_compact
 
     recover(opts)
-    with opts.ledger() as ledger:
+    with opts.ledger() as ledger, _no_apply_running(opts):
         outcome = run_compact(ledger, keep=keep)
         if vacuum:
             ledger.vacuum()
@@ -104,6 +105,13 @@ def compact(opts: Options, keep: int, vacuum: bool) -> int:
         click.echo(f"compacted: dropped {outcome.dropped} state snapshot(s) ({_size(outcome.bytes_freed)}) of blocks "
                    f"0..{outcome.last}; their hashes stay, so every proof still verifies; rollback to them is refused")
     return ExitCode.OK
+
+
+def _no_apply_running(opts: Options) -> Any:
+    """The state-dir lock: records are not dropped while an apply or a commit-confirm window may still need them."""
+    from op_dbus.engine.lock import StateLock
+
+    return StateLock(opts.state_dir).acquire(5.0)
 
 
 def _size(n: int) -> str:

@@ -304,7 +304,10 @@ def verify(opts: Options, mode: str) -> int:
 
 @cli.group()
 def blockchain() -> None:
-    """Read the audit log: every apply is a block (index, previous hash, time, state hash, changes)."""
+    """The audit log: every apply is a block (index, previous hash, time, state hash, changes).
+
+    Read it (list, show, search), prove and export blocks for auditors, and archive or compact old records.
+    """
 
 
 @blockchain.command("list")

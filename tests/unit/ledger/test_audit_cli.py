@@ -133,3 +133,15 @@ def test_search_command_json(state: Path) -> None:
     assert body["mode"] == "fts5" and body["hits"][0]["index"] == 7 and body["hits"][0]["verified"] is True
     text = op(state, "blockchain", "search", "--limit", "2", "step 7")
     assert text.returncode == 0 and text.stdout.splitlines()[1].split()[0] == "7"
+
+
+def test_compact_and_archive_wait_for_a_running_apply_and_exit_5(state: Path) -> None:
+    from op_dbus.engine.lock import StateLock
+
+    with StateLock(state).acquire():
+        r = op(state, "blockchain", "compact")
+        assert r.returncode == 5 and "another op-dbus holds" in r.stderr
+        assert op(state, "blockchain", "archive", "--before", "2999-01-01").returncode == 5
+    with Ledger.open(state) as log:
+        assert log.get(0).state is not None  # nothing was dropped
+    assert op(state, "blockchain", "compact").returncode == 0
