@@ -108,7 +108,7 @@ def compact(opts: Options, keep: int, vacuum: bool) -> int:
 
 
 def _no_apply_running(opts: Options) -> Any:
-    """The state-dir lock: records are not dropped while an apply or a commit-confirm window may still need them."""
+    """The state-dir lock: records are not dropped in the middle of an apply (a pending confirm keeps its head block)."""
     from op_dbus.engine.lock import StateLock
 
     return StateLock(opts.state_dir).acquire(5.0)
