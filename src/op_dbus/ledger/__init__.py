@@ -55,8 +55,9 @@ same tree head at that size. `first_bad` names the first bad block. SQLite's `qu
 too; a damaged database file is reported as `LedgerCorrupt`, never repaired. On large logs the
 record hashing and `quick_check` run in a child process (on the other core) beside the main pass.
 
-Left for later, with room kept: search (the `kind`/`time` columns and indexes), export, compaction,
-rollback, witness cosignatures.
+Built on top: exports with inclusion proofs (`export`), checked by the standalone
+`op_dbus.audit_verify`; archive and compaction (`archive`), which drop record contents only; search over
+a derived FTS5 index in its own database (`search`). Left for later: witness cosignatures.
 """
 
 from __future__ import annotations

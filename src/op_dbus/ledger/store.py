@@ -549,6 +549,11 @@ class Ledger:
             )
         return str(row[0])
 
+    def vacuum(self) -> None:
+        """Give the space of dropped records back to the file system (SQLite rewrites the file, crash-safely)."""
+        with self._errors("vacuum"):
+            self._conn.execute("VACUUM")
+
     # -- verification ------------------------------------------------------------------------------
 
     def prove(self, index: int) -> InclusionProof:

@@ -1,0 +1,152 @@
+"""Bodies of the auditing commands: export, prove, archive, compact and search of the audit log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from op_dbus.cli.commands import recover
+from op_dbus.cli.main import Options, _emit_json
+from op_dbus.errors import ExitCode, InvalidInput
+
+
+def export(opts: Options, span: str | None, records: bool, path: str | None) -> int:
+    from op_dbus.ledger.export import iter_export, parse_range, read_view
+
+    recover(opts)
+    with opts.ledger() as ledger:
+        size = len(ledger)
+        if size == 0:
+            raise InvalidInput("the audit log is empty: nothing to export")
+        first, last = parse_range(span, size) if span else (0, size - 1)
+        view = read_view(ledger, first, last, payloads=records)
+    chunks = iter_export(view)
+    if path is None:
+        out = sys.stdout
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+    else:
+        from op_dbus import files
+
+        files.atomic_write(Path(path), "".join(chunks).encode(), 0o644)
+        click.echo(f"exported blocks {first}..{last} (tree size {view.tree_size}) to {path}", err=True)
+    return ExitCode.OK
+
+
+def prove(opts: Options, index: int) -> int:
+    from op_dbus.ledger import note
+
+    recover(opts)
+    with opts.ledger() as ledger:
+        if index >= len(ledger):
+            raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
+        proof = ledger.prove(index)
+        vkey = ledger.verifier_key
+    h = proof.block.header
+    body = {**proof.to_dict(), "block_hash": h.hash, "header": h.leaf.decode(), "verifier_key": vkey,
+            "verified": True}
+    if opts.json:
+        _emit_json(body)
+        return ExitCode.OK
+    cp = note.parse_checkpoint(note.parse(proof.checkpoint).text)
+    click.echo(f"block {index} ({h.kind}, {h.time}) is leaf {index} of the signed tree of {proof.size} blocks")
+    click.echo(f"  block hash  {h.hash}")
+    click.echo(f"  leaf hash   {body['leaf_hash']}   (SHA-256 of 0x00 || header)")
+    click.echo(f"  tree head   {proof.root.hex()}")
+    click.echo(f"  audit path  {len(proof.proof)} hash(es), from the leaf up:")
+    for n, step in enumerate(proof.proof):
+        click.echo(f"    {n:>2}  {step.hex()}")
+    click.echo(f"  checkpoint  {cp.origin}, size {cp.size}, signed by {vkey.split('+')[0]} "
+               f"(key {vkey.split('+')[1]}); its signature verified")
+    click.echo("checkpoint note:")
+    for line in proof.checkpoint.splitlines():
+        click.echo(f"  {line}")
+    return ExitCode.OK
+
+
+def archive(opts: Options, date: str, path: str | None) -> int:
+    from op_dbus.ledger.archive import archive as run_archive
+    from op_dbus.ledger.archive import parse_date
+
+    cutoff = parse_date(date)
+    recover(opts)
+    with opts.ledger() as ledger, _no_apply_running(opts):
+        outcome = run_archive(ledger, cutoff, Path(path) if path else None)
+    if opts.json:
+        _emit_json({"before": cutoff, **outcome.to_dict()})
+    elif outcome.blocks == 0:
+        click.echo(f"no block is older than {cutoff}: nothing archived")
+    else:
+        click.echo(f"archived blocks {outcome.first}..{outcome.last} to {outcome.path}; dropped {outcome.dropped} "
+                   f"record(s) ({_size(outcome.bytes_freed)}) from the log; every hash and proof stays valid")
+        click.echo(f"check the archive with: python -m op_dbus.audit_verify {outcome.path} --key "
+                   f"{opts.state_dir / 'host.pub'}")
+    return ExitCode.OK
+
+
+def compact(opts: Options, keep: int, vacuum: bool) -> int:
+    from op_dbus.ledger.archive import compact as run_compact
+
+    recover(opts)
+    with opts.ledger() as ledger, _no_apply_running(opts):
+        outcome = run_compact(ledger, keep=keep)
+        if vacuum:
+            ledger.vacuum()
+    if opts.json:
+        _emit_json({"keep": keep, "vacuum": vacuum, **outcome.to_dict()})
+    elif outcome.dropped == 0:
+        click.echo("nothing to compact: no block older than the last "
+                   f"{keep} holds a state snapshot of its own")
+    else:
+        click.echo(f"compacted: dropped {outcome.dropped} state snapshot(s) ({_size(outcome.bytes_freed)}) of blocks "
+                   f"0..{outcome.last}; their hashes stay, so every proof still verifies; rollback to them is refused")
+    return ExitCode.OK
+
+
+def _no_apply_running(opts: Options) -> Any:
+    """The state-dir lock: records are not dropped in the middle of an apply (a pending confirm keeps its head block)."""
+    from op_dbus.engine.lock import StateLock
+
+    return StateLock(opts.state_dir).acquire(5.0)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def search(opts: Options, query: str, limit: int, semantic: bool, reindex: bool) -> int:
+    from op_dbus.ledger.search import SearchIndex
+
+    if not query.strip():
+        raise InvalidInput("search: the query is empty")
+    recover(opts)
+    with opts.ledger() as ledger, SearchIndex.open(ledger) as index:
+        if reindex:
+            index.rebuild()
+        hits = index.search(query, limit=limit, semantic=semantic)
+    if opts.json:
+        _emit_json({"query": query, "mode": "semantic" if semantic else "fts5", "hits": [h.to_dict() for h in hits]})
+        return ExitCode.OK
+    if not hits:
+        click.echo(f"no block matches {query!r}")
+        return ExitCode.OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("block", "time", "kind", "score", "summary"):
+        table.add_column(col, no_wrap=col != "summary")
+    for h in hits:
+        table.add_row(str(h.index), h.time, h.kind, f"{h.score:.3f}", h.summary)
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+    click.echo(f"{len(hits)} block(s), each proved against the signed checkpoint; `op-dbus blockchain show N` "
+               "shows one whole")
+    return ExitCode.OK

@@ -1,0 +1,191 @@
+"""Self-describing exports of the audit log: blocks with their exact bytes, inclusion proofs and the signed checkpoint.
+
+An export is one JSON object (format "op-dbus audit log export", version 1):
+
+    format, version, about      what this is and how to check it (`about` is prose for the reader)
+    origin, verifier_key        the log's name and the key its checkpoints are signed with (informational:
+                                an auditor checks against a copy of host.pub obtained independently)
+    exported_at                 when (UTC)
+    tree_size, root, checkpoint the latest signed checkpoint (C2SP note) and its tree size and head (hex)
+    range                       {"first": A, "last": B}, the blocks included
+    blocks                      one object per block, in order:
+        index                   the block index
+        header                  the block header exactly as hashed (RFC 8785 canonical JSON, as a string)
+        leaf_hash               SHA-256(0x00 || header), hex
+        inclusion_proof         RFC 9162 audit path of the block in the tree of `tree_size` leaves, hex
+        changes, state          the change list / state snapshot exactly as hashed (canonical JSON text),
+                                or null when the export leaves them out or the log no longer holds them
+
+`op_dbus.audit_verify` checks one with nothing but the file and the host's public key. The blocks are
+read in one read transaction (a consistent view while other processes append), then the JSON is written
+block by block, never built whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from op_dbus.errors import InvalidInput, LedgerError
+from op_dbus.ledger import merkle, note
+from op_dbus.ledger.store import BlockHeader, Ledger, as_bytes
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+EXPORT_FORMAT = "op-dbus audit log export"
+EXPORT_VERSION = 1
+ABOUT = [
+    "Every block of an op-dbus audit log in the range, with its header exactly as hashed, its inclusion proof",
+    "in the Merkle tree (RFC 6962/9162) and the log's latest checkpoint (a C2SP signed note, Ed25519).",
+    "To check it: python -m op_dbus.audit_verify THIS_FILE --key host.pub  (host.pub from the host, not from",
+    "this file). Leaf hash = SHA-256(0x00 || header bytes); each header's prev = SHA-256 of the previous header;",
+    "changes/state (when present) hash with SHA-256 to the header's changes_hash/state_hash.",
+]
+
+
+@dataclass(frozen=True)
+class ExportedBlock:
+    index: int
+    leaf: bytes
+    changes: bytes | None
+    state: bytes | None
+
+
+@dataclass
+class ExportView:
+    """One consistent read of a block range: the blocks, the latest checkpoint, and a proof maker for its tree."""
+
+    origin: str
+    verifier_key: str
+    tree_size: int
+    root: bytes
+    checkpoint: str
+    blocks: list[ExportedBlock]
+    proof: Callable[[int], list[bytes]]
+
+
+def parse_range(text: str, size: int) -> tuple[int, int]:
+    """`A-B`, `A-`, `-B` or `N` (inclusive) into (first, last) within a log of `size` blocks."""
+    first_s, sep, last_s = text.partition("-")
+    try:
+        first = int(first_s) if first_s.strip() else 0
+        last = (int(last_s) if last_s.strip() else size - 1) if sep else first
+    except ValueError:
+        raise InvalidInput(f"range {text!r}: expected A-B (block indexes, inclusive), A-, -B or N") from None
+    if first < 0 or last < first:
+        raise InvalidInput(f"range {text!r}: the first block must be >= 0 and not after the last")
+    if last >= size:
+        raise InvalidInput(f"range {text!r}: the log has {size} block(s) (0..{size - 1})")
+    return first, last
+
+
+def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloads: bool = True) -> ExportView:
+    """Read blocks first..last (inclusive) and the latest checkpoint in one read transaction."""
+    with ledger._transaction("export", write=False) as db:
+        row = db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if row is None:
+            raise LedgerError("the audit log is empty: nothing to export")
+        size, signed = int(row[0]), str(row[1])
+        try:
+            head = note.parse_checkpoint(note.parse(signed).text)
+        except note.NoteError as exc:
+            raise LedgerError(f"the latest checkpoint (size {size}) is malformed: {exc}") from exc
+        last = size - 1 if last is None else last
+        if not 0 <= first <= last < size:
+            raise InvalidInput(f"blocks {first}..{last} are not all in the log ({size} blocks)")
+        blocks = []
+        rows = db.execute("SELECT idx, leaf FROM blocks WHERE idx >= ? AND idx <= ? ORDER BY idx", (first, last))
+        for idx, leaf in rows.fetchall():
+            raw = as_bytes(leaf)
+            changes = state = None
+            if payloads:
+                changes, state = _records(db, raw)
+            blocks.append(ExportedBlock(int(idx), raw, changes, state))
+        nodes = _NodeCache(ledger, db)
+        proofs = {b.index: merkle.inclusion_proof(b.index, head.size, nodes.get) for b in blocks if b.index < head.size}
+    return ExportView(ledger.origin, ledger.verifier_key, head.size, head.root, signed, blocks,
+                      lambda index: proofs[index])
+
+
+def _records(db: Any, leaf: bytes) -> tuple[bytes | None, bytes | None]:
+    """The stored bytes of a block's changes and state records (None when absent or compacted), exactly as stored."""
+    try:
+        header = json.loads(leaf)
+        hashes = [header.get("changes_hash"), header.get("state_hash")]
+    except (ValueError, AttributeError):
+        return None, None  # an unreadable header is exported as it is; the auditor names it
+    out: list[bytes | None] = []
+    for digest in hashes:
+        data = None
+        if isinstance(digest, str) and HEX64.fullmatch(digest):
+            row = db.execute("SELECT data FROM blobs WHERE hash = ?", (bytes.fromhex(digest),)).fetchone()
+            data = as_bytes(row[0]) if row is not None and row[0] is not None else None
+        out.append(data)
+    return out[0], out[1]
+
+
+class _NodeCache:
+    """Perfect-subtree hashes read once each: the proofs of neighbouring blocks share most of their nodes."""
+
+    def __init__(self, ledger: Ledger, db: Any) -> None:
+        self._ledger = ledger
+        self._db = db
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def get(self, level: int, idx: int) -> bytes:
+        key = (level, idx)
+        h = self._cache.get(key)
+        if h is None:
+            h = self._cache[key] = self._ledger._node(self._db, level, idx)
+        return h
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "surrogatepass")
+
+
+def block_entry(view: ExportView, block: ExportedBlock) -> dict[str, Any]:
+    return {
+        "index": block.index,
+        "header": _text(block.leaf),
+        "leaf_hash": merkle.leaf_hash(block.leaf).hex(),
+        "inclusion_proof": [h.hex() for h in view.proof(block.index)],
+        "changes": _text(block.changes),
+        "state": _text(block.state),
+    }
+
+
+def iter_export(view: ExportView) -> Iterator[str]:
+    """The export document as JSON text chunks, blocks streamed one per line."""
+    head = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "about": ABOUT,
+        "origin": view.origin,
+        "verifier_key": view.verifier_key,
+        "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "tree_size": view.tree_size,
+        "root": view.root.hex(),
+        "checkpoint": view.checkpoint,
+        "range": {"first": view.blocks[0].index, "last": view.blocks[-1].index} if view.blocks else None,
+    }
+    text = json.dumps(head, indent=1)
+    yield text[:-2] + ',\n "blocks": [\n'
+    for n, block in enumerate(view.blocks):
+        yield ("" if n == 0 else ",\n") + json.dumps(block_entry(view, block))
+    yield "\n ]\n}\n"
+
+
+def write_export(ledger: Ledger, out: IO[str], first: int = 0, last: int | None = None, *,
+                 payloads: bool = True) -> ExportView:
+    view = read_view(ledger, first, last, payloads=payloads)
+    for chunk in iter_export(view):
+        out.write(chunk)
+    return view
+
+
+def header_of(block: ExportedBlock) -> BlockHeader:
+    return BlockHeader.from_leaf(block.leaf)
