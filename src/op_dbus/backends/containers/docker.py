@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -13,31 +12,34 @@ from op_dbus.backends.containers import (
     TEMPLATE,
     TEMPLATE_SHA256,
     TEMPLATE_SOURCE,
-    ContainerBackend,
     ContainerInfo,
     ContainerSpec,
-    Mount,
     Progress,
     TemplateInfo,
     as_tarball,
     file_chunks,
 )
 from op_dbus.backends.containers.http import NotFound, UnixHTTP
-from op_dbus.backends.containers.podman import info_from_labels, socket_from_env, split_env, template_changes
+from op_dbus.backends.containers.podman import (
+    EngineAPIBackend,
+    info_from_inspect,
+    info_from_labels,
+    socket_from_env,
+    template_changes,
+)
 from op_dbus.errors import BackendError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API = "/v1.41"
 TEMPLATE_REPO = "localhost/op-dbus-template/"
 COMMAND = "op-dbus.command"  # the argv given at create, as JSON
-LIST_FIELDS = frozenset({"image", "command"})
 
 
 def template_ref(name: str) -> str:
     return f"{TEMPLATE_REPO}{name}:latest"
 
 
-class DockerBackend(ContainerBackend):
+class DockerBackend(EngineAPIBackend):
     name = "docker"
 
     def __init__(self, socket: str | None = None, *, timeout: float = 90.0) -> None:
@@ -62,31 +64,14 @@ class DockerBackend(ContainerBackend):
             found.append(info)
         return found
 
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
-        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
-            wanted = set(names)
-            return {info.name: info for info in await self.list() if info.name in wanted}
-        found = await asyncio.gather(*(self._inspect(name) for name in names))
-        return {info.name: info for info in found if info is not None}
-
     async def _inspect(self, name: str) -> ContainerInfo | None:
         try:
             data = (await self.http.request("GET", f"{API}/containers/{name}/json")).json()
         except NotFound:
             return None
-        config, host, state = data.get("Config") or {}, data.get("HostConfig") or {}, data.get("State") or {}
-        info = info_from_labels(name, config.get("Labels"), bool(state.get("Running")))
-        info.command = config.get("Cmd")
-        info.env = split_env(config.get("Env"))
-        info.mounts = sorted((Mount(m["Source"], m["Destination"], not m.get("RW", True))
-                              for m in data.get("Mounts") or [] if m.get("Type") == "bind"), key=lambda m: m.target)
-        info.autostart = (host.get("RestartPolicy") or {}).get("Name") == "always"
-        info.memory = host.get("Memory") or None
-        if host.get("NanoCpus"):
-            info.cpus = host["NanoCpus"] / 1e9
-        elif host.get("CpuQuota") and host.get("CpuPeriod"):
-            info.cpus = host["CpuQuota"] / host["CpuPeriod"]
-        info.native = {"id": data.get("Id"), "status": state.get("Status"), "image": config.get("Image")}
+        info = info_from_inspect(name, data)
+        info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
+                       "image": (data.get("Config") or {}).get("Image")}
         return info
 
     def check_spec(self, spec: ContainerSpec) -> list[str]:

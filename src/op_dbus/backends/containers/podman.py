@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,40 @@ def split_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
-class PodmanBackend(ContainerBackend):
+def info_from_inspect(name: str, data: dict[str, Any]) -> ContainerInfo:
+    """The settings both podman and the Docker Engine API report in a container's inspect JSON."""
+    config, host = data.get("Config") or {}, data.get("HostConfig") or {}
+    info = info_from_labels(name, config.get("Labels"), bool((data.get("State") or {}).get("Running")))
+    info.command = config.get("Cmd")
+    info.env = split_env(config.get("Env"))
+    info.mounts = sorted((Mount(m["Source"], m["Destination"], not m.get("RW", True))
+                          for m in data.get("Mounts") or [] if m.get("Type") == "bind"), key=lambda m: m.target)
+    info.autostart = (host.get("RestartPolicy") or {}).get("Name") == "always"
+    info.memory = host.get("Memory") or None
+    if host.get("NanoCpus"):
+        info.cpus = host["NanoCpus"] / 1e9
+    elif host.get("CpuQuota") and host.get("CpuPeriod"):
+        info.cpus = host["CpuQuota"] / host["CpuPeriod"]
+    return info
+
+
+class EngineAPIBackend(ContainerBackend):
+    """Reading shared by podman's API and the Docker Engine API: a listing, or one inspect per container."""
+
+    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+        # one listing answers for many containers when only what it carries is wanted; podman serves
+        # an inspect in about 1 ms, so fifty of them cost more than the listing
+        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
+            wanted = set(names)
+            return {info.name: info for info in await self.list() if info.name in wanted}
+        found = await asyncio.gather(*(self._inspect(name) for name in names))
+        return {info.name: info for info in found if info is not None}
+
+    @abstractmethod
+    async def _inspect(self, name: str) -> ContainerInfo | None: ...
+
+
+class PodmanBackend(EngineAPIBackend):
     name = "podman"
 
     def __init__(self, socket: str | None = None, *, timeout: float = 90.0) -> None:
@@ -91,35 +125,16 @@ class PodmanBackend(ContainerBackend):
             found.append(info)
         return found
 
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
-        # one listing answers for many containers when only what it carries is wanted; podman serves
-        # an inspect in about 1 ms, so fifty of them cost more than the listing
-        if fields is not None and fields <= LIST_FIELDS and len(names) > 1:
-            wanted = set(names)
-            return {info.name: info for info in await self.list() if info.name in wanted}
-        found = await asyncio.gather(*(self._inspect(name) for name in names))
-        return {info.name: info for info in found if info is not None}
-
     async def _inspect(self, name: str) -> ContainerInfo | None:
         try:
             data = (await self.http.request("GET", f"{API}/containers/{name}/json")).json()
         except NotFound:
             return None
-        config, host = data.get("Config") or {}, data.get("HostConfig") or {}
-        info = info_from_labels(name, config.get("Labels"), bool((data.get("State") or {}).get("Running")))
-        info.command = config.get("Cmd")
-        info.env = split_env(config.get("Env"))
-        info.mounts = sorted((Mount(m["Source"], m["Destination"], not m.get("RW", True))
-                              for m in data.get("Mounts") or [] if m.get("Type") == "bind"), key=lambda m: m.target)
-        info.autostart = (host.get("RestartPolicy") or {}).get("Name") == "always"
-        info.memory = host.get("Memory") or None
-        if host.get("NanoCpus"):
-            info.cpus = host["NanoCpus"] / 1e9
-        elif host.get("CpuQuota") and host.get("CpuPeriod"):
-            info.cpus = host["CpuQuota"] / host["CpuPeriod"]
+        info = info_from_inspect(name, data)
         info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
                        "image": data.get("ImageName")}
-        if info.managed and host.get("NetworkMode", "").endswith(str(netattach.netns_path(name))):
+        network_mode = (data.get("HostConfig") or {}).get("NetworkMode", "")
+        if info.managed and network_mode.endswith(str(netattach.netns_path(name))):
             info.bridge, info.addresses = await asyncio.to_thread(netattach.read, name)
         return info
 
