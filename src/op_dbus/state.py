@@ -65,14 +65,15 @@ def problems_from_validation(error: ValidationError, prefix: tuple[str | int, ..
             expected = err.get("ctx", {}).get("expected", "")
             message = f"expected one of {expected}, got {json.dumps(err.get('input'), default=str)}"
         elif message is not None and kind not in ("extra_forbidden", "missing"):
-            message += f", got {_json_type(err.get('input'))}"
+            message += f", got {json_type(err.get('input'))}"
         if message is None:
             message = err["msg"].removeprefix("Value error, ")
         problems.append(Problem(format_path(prefix + loc), message))
     return problems
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages (`expected boolean, got string`)."""
     if isinstance(value, bool):
         return "boolean"
     if value is None:
@@ -249,7 +250,7 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
     load = load or load_plugins
     problems: list[Problem] = []
     if not isinstance(value, dict):
-        raise StateFileError(source, [Problem("", f"expected an object at the top level, got {_json_type(value)}")])
+        raise StateFileError(source, [Problem("", f"expected an object at the top level, got {json_type(value)}")])
     for key in value:
         if key not in ("version", "plugins", "probes"):
             problems.append(Problem(format_path((key,)), "unknown key (expected: version, plugins, probes)"))
@@ -257,13 +258,13 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
     if "version" not in value:
         problems.append(Problem("version", "required key is missing"))
     elif isinstance(version, bool) or not isinstance(version, int):
-        problems.append(Problem("version", f"expected integer, got {_json_type(version)}"))
+        problems.append(Problem("version", f"expected integer, got {json_type(version)}"))
     elif version not in SUPPORTED_VERSIONS:
         problems.append(Problem("version", f"unsupported version {version}; this op-dbus reads version 1"))
     sections: dict[str, Section] = {}
     plugins_value = value.get("plugins", {})
     if not isinstance(plugins_value, dict):
-        problems.append(Problem("plugins", f"expected object, got {_json_type(plugins_value)}"))
+        problems.append(Problem("plugins", f"expected object, got {json_type(plugins_value)}"))
         plugins_value = {}
     installed = plugin_specs() if load is load_plugins else None
     for name, section in plugins_value.items():

@@ -26,6 +26,7 @@ from dbus_fast import SignatureTree, SignatureType, Variant
 from dbus_fast.errors import InvalidSignatureError
 
 from op_dbus.errors import BackendError
+from op_dbus.state import json_type
 
 INT_RANGES = {
     "y": (0, 2**8 - 1),
@@ -59,22 +60,6 @@ def parse_signature(signature: str) -> SignatureType:
     return types[0]
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _key(path: str, key: Any) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f'{path}["{key}"]'
 
@@ -93,7 +78,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
     token = t.token
     if token in INT_RANGES:
         if isinstance(value, bool) or not isinstance(value, int):
-            errors.append((path, f"expected an integer (D-Bus {token}), got {_kind(value)}"))
+            errors.append((path, f"expected an integer (D-Bus {token}), got {json_type(value)}"))
             return None
         low, high = INT_RANGES[token]
         if not low <= value <= high:
@@ -101,18 +86,18 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
         return value
     if token == "d":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            errors.append((path, f"expected a number (D-Bus d), got {_kind(value)}"))
+            errors.append((path, f"expected a number (D-Bus d), got {json_type(value)}"))
             return None
         if isinstance(value, float) and not math.isfinite(value):
             errors.append((path, "expected a finite number"))
         return float(value)
     if token == "b":
         if not isinstance(value, bool):
-            errors.append((path, f"expected a boolean (D-Bus b), got {_kind(value)}"))
+            errors.append((path, f"expected a boolean (D-Bus b), got {json_type(value)}"))
         return value
     if token in ("s", "o", "g"):
         if not isinstance(value, str):
-            errors.append((path, f"expected a string (D-Bus {token}), got {_kind(value)}"))
+            errors.append((path, f"expected a string (D-Bus {token}), got {json_type(value)}"))
             return None
         if token == "s" and "\0" in value:
             errors.append((path, "a D-Bus string cannot contain NUL"))
@@ -129,7 +114,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
         return None
     if token == "v":
         if not (isinstance(value, dict) and set(value) == {"type", "data"} and isinstance(value["type"], str)):
-            errors.append((path, 'expected a variant as {"type": SIGNATURE, "data": VALUE}, got ' + _kind(value)))
+            errors.append((path, 'expected a variant as {"type": SIGNATURE, "data": VALUE}, got ' + json_type(value)))
             return None
         try:
             inner = parse_signature(value["type"])
@@ -143,7 +128,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
         fields = t.children
         if not isinstance(value, list) or len(value) != len(fields):
             errors.append((path, f"expected an array of {len(fields)} field(s) for the struct {t.signature}, "
-                                 f"got {_kind(value)}" + (f" of {len(value)}" if isinstance(value, list) else "")))
+                                 f"got {json_type(value)}" + (f" of {len(value)}" if isinstance(value, list) else "")))
             return None
         return [_from(f, v, f"{path}[{i}]", errors) for i, (f, v) in enumerate(zip(fields, value, strict=True))]
     if token == "a":
@@ -151,7 +136,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
         if child.token == "{":
             key_t, val_t = child.children
             if not isinstance(value, dict):
-                errors.append((path, f"expected an object (D-Bus {t.signature}), got {_kind(value)}"))
+                errors.append((path, f"expected an object (D-Bus {t.signature}), got {json_type(value)}"))
                 return None
             result = {}
             for k, v in value.items():
@@ -159,7 +144,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
                 result[key] = _from(val_t, v, _key(path, k), errors)
             return result
         if not isinstance(value, list):
-            errors.append((path, f"expected an array (D-Bus {t.signature}), got {_kind(value)}"))
+            errors.append((path, f"expected an array (D-Bus {t.signature}), got {json_type(value)}"))
             return None
         items = [_from(child, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
         return bytes(items) if child.token == "y" and all(isinstance(b, int) for b in items) else items

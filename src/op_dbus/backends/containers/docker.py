@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from op_dbus.backends.containers import (
-    TEMPLATE,
-    TEMPLATE_SHA256,
-    TEMPLATE_SOURCE,
     ContainerInfo,
     ContainerSpec,
     Progress,
@@ -26,21 +22,18 @@ from op_dbus.backends.containers.podman import (
     info_from_labels,
     socket_from_env,
     template_changes,
+    template_ref,
 )
 from op_dbus.errors import BackendError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API = "/v1.41"
-TEMPLATE_REPO = "localhost/op-dbus-template/"
 COMMAND = "op-dbus.command"  # the argv given at create, as JSON
-
-
-def template_ref(name: str) -> str:
-    return f"{TEMPLATE_REPO}{name}:latest"
 
 
 class DockerBackend(EngineAPIBackend):
     name = "docker"
+    api = API
 
     def __init__(self, socket: str | None = None, *, timeout: float = 90.0) -> None:
         self.socket = socket or socket_from_env("DOCKER_HOST", DEFAULT_SOCKET)
@@ -110,28 +103,10 @@ class DockerBackend(EngineAPIBackend):
     async def remove(self, name: str) -> None:
         await self.http.request("DELETE", f"{API}/containers/{name}", params={"force": True}, ok=(404,), timeout=60)
 
-    async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
-        params = {"since": str(int(since)), "until": str(int(until or time.time() + 1)),
-                  "filters": {"type": ["container"]}}
-        rows = (await self.http.request("GET", f"{API}/events", params=params)).json_lines()
-        return [{"time": row.get("time"), "name": (row.get("Actor") or {}).get("Attributes", {}).get("name"),
-                 "action": row.get("Action") or row.get("status")} for row in rows]
-
-    async def templates(self) -> dict[str, TemplateInfo]:
-        rows = (await self.http.request("GET", f"{API}/images/json", params={"filters": {"label": [TEMPLATE]}})).json()
-        found = {}
-        for row in rows or []:
-            labels = row.get("Labels") or {}
-            name = labels.get(TEMPLATE)
-            if name and template_ref(name) in (row.get("RepoTags") or []):
-                found[name] = TemplateInfo(name, labels.get(TEMPLATE_SHA256), labels.get(TEMPLATE_SOURCE),
-                                           template_ref(name))
-        return found
-
     async def import_template(self, name: str, source: Path, sha256: str | None,
                               progress: Progress | None = None) -> TemplateInfo:
         with as_tarball(source) as tarball:
-            params = {"fromSrc": "-", "repo": TEMPLATE_REPO + name, "tag": "latest",
+            params = {"fromSrc": "-", "repo": template_ref(name).rsplit(":", 1)[0], "tag": "latest",
                       "changes": template_changes(name, sha256, source)}
             reply = await self.http.request("POST", f"{API}/images/create", params=params,
                                             body=file_chunks(tarball, progress), content_type="application/x-tar")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,30 @@ def info_from_inspect(name: str, data: dict[str, Any]) -> ContainerInfo:
 
 
 class EngineAPIBackend(ContainerBackend):
-    """Reading shared by podman's API and the Docker Engine API: a listing, or one inspect per container."""
+    """What podman's API and the Docker Engine API share: listings, inspect, events and template images."""
+
+    api: str  # the URL prefix of the API version spoken
+    http: UnixHTTP
+
+    async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        params = {"stream": False, "since": str(int(since)), "until": str(int(until or time.time() + 1)),
+                  "filters": {"type": ["container"]}}
+        rows = (await self.http.request("GET", f"{self.api}/events", params=params)).json_lines()
+        return [{"time": row.get("time"), "name": (row.get("Actor") or {}).get("Attributes", {}).get("name"),
+                 "action": row.get("Action") or row.get("status")} for row in rows]
+
+    async def templates(self) -> dict[str, TemplateInfo]:
+        params = {"filters": {"label": [TEMPLATE]}}
+        rows = (await self.http.request("GET", f"{self.api}/images/json", params=params)).json()
+        found = {}
+        for row in rows or []:
+            labels = row.get("Labels") or {}
+            name = labels.get(TEMPLATE)
+            # podman names an image under Names, the Docker API under RepoTags
+            if name and template_ref(name) in (row.get("Names") or row.get("RepoTags") or []):
+                found[name] = TemplateInfo(name, labels.get(TEMPLATE_SHA256), labels.get(TEMPLATE_SOURCE),
+                                           template_ref(name))
+        return found
 
     async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         # one listing answers for many containers when only what it carries is wanted; podman serves
@@ -104,6 +128,7 @@ class EngineAPIBackend(ContainerBackend):
 
 class PodmanBackend(EngineAPIBackend):
     name = "podman"
+    api = API
 
     def __init__(self, socket: str | None = None, *, timeout: float = 90.0) -> None:
         self.socket = socket or socket_from_env("CONTAINER_HOST", DEFAULT_SOCKET)
@@ -192,28 +217,6 @@ class PodmanBackend(EngineAPIBackend):
                                 ok=(404,), timeout=60)
         if netattach.netns_path(name).exists():
             await asyncio.to_thread(netattach.detach, name)
-
-    async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
-        import time
-
-        params = {"stream": False, "since": str(int(since)), "until": str(int(until or time.time() + 1)),
-                  "filters": {"type": ["container"]}}
-        rows = (await self.http.request("GET", f"{API}/events", params=params)).json_lines()
-        return [{"time": row.get("time"), "name": (row.get("Actor") or {}).get("Attributes", {}).get("name"),
-                 "action": row.get("Action") or row.get("status")} for row in rows]
-
-    # -- templates ---------------------------------------------------------------------------------------------
-
-    async def templates(self) -> dict[str, TemplateInfo]:
-        rows = (await self.http.request("GET", f"{API}/images/json", params={"filters": {"label": [TEMPLATE]}})).json()
-        found = {}
-        for row in rows or []:
-            labels = row.get("Labels") or {}
-            name = labels.get(TEMPLATE)
-            if name and template_ref(name) in (row.get("Names") or row.get("RepoTags") or []):
-                found[name] = TemplateInfo(name, labels.get(TEMPLATE_SHA256), labels.get(TEMPLATE_SOURCE),
-                                           template_ref(name))
-        return found
 
     async def import_template(self, name: str, source: Path, sha256: str | None,
                               progress: Progress | None = None) -> TemplateInfo:
