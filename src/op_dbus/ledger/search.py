@@ -303,13 +303,14 @@ class SearchIndex:
         return len(todo)
 
     def _semantic(self, query: str, limit: int) -> list[tuple[int, float]]:
+        model = self._model()  # first: without the extra this says how to get it (numpy comes with the extra)
         import numpy as np
 
         self.embed_missing()
         rows = self._conn.execute("SELECT idx, vec FROM vectors WHERE model = ? ORDER BY idx", (MODEL_NAME,)).fetchall()
         if not rows:
             return []
-        q = self._model().encode([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        q = model.encode([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
         matrix = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rows), -1)
         scores = matrix @ q.astype(np.float32)
         order = np.argsort(-scores, kind="stable")[:limit]
