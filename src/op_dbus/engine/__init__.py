@@ -138,8 +138,11 @@ class Engine:
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, doc: StateDocument, *, dry_run: bool = False, confirm_timeout: float | None = None,
-                    lock_wait: float = 0.0) -> ApplyResult:
-        """Converge to `doc` as one transaction; see the module docstring for what happens on failure."""
+                    lock_wait: float = 0.0, meta: dict[str, Any] | None = None) -> ApplyResult:
+        """Converge to `doc` as one transaction; see the module docstring for what happens on failure.
+
+        `meta` is added to the block's meta (e.g. the agent's note of the drift it repairs).
+        """
         if dry_run:
             return ApplyResult(await self.plan(doc), dry_run=True)
         state_dir = self._state_dir()
@@ -153,12 +156,13 @@ class Engine:
                                    "nothing else is applied meanwhile",
                                    hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
                 plan = await self.plan(doc)
-                return await self._transaction(plan, ledger, confirm_timeout)
+                return await self._transaction(plan, ledger, confirm_timeout, meta)
             finally:
                 if ledger is not None:
                     ledger.close()
 
-    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None) -> ApplyResult:
+    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None,
+                           extra_meta: dict[str, Any] | None = None) -> ApplyResult:
         if ledger is not None and len(ledger) == 0:
             ledger.append("genesis", [], plan.snapshot(), actor=actor(), summary="initial state")
         required = await probes.passing(plan.document.probes, self.ctx)
@@ -184,7 +188,7 @@ class Engine:
         except (OpDbusError, OSError, asyncio.CancelledError) as error:
             await self._fail(plan, undo, error, ledger, intent)
         faults.point("before-append")
-        meta: dict[str, Any] = {"txid": intent.id}
+        meta: dict[str, Any] = {**(extra_meta or {}), "txid": intent.id}
         if confirm_timeout is not None:
             intent.deadline = time.time() + confirm_timeout
             meta["confirm_by"] = _when(intent.deadline)
