@@ -19,7 +19,9 @@ One optional verb serves the agent (`op-dbus run`):
 
     watch(scope)          an async iterator of `WatchEvent`s: the system's own change notifications for
                           what `scope` names (signals, netlink multicast, OVSDB monitor), as soon as they
-                          arrive. It ends when the plugin has nothing to watch (the default), and raises
+                          arrive. Its first event is `WatchEvent(name, source=SUBSCRIBED)` once its
+                          subscriptions are in place (the agent reconciles only then, so nothing falls
+                          between). It ends when the plugin has nothing to watch (the default), and raises
                           ServiceUnavailable when its source goes away. It only says *that* something may
                           have changed; the agent then recomputes `diff(desired, query(scope))`, so a
                           spurious event costs one query and a plugin without `watch` is covered by the
@@ -76,6 +78,9 @@ class Change:
             "before": self.before,
             "after": self.after,
         }
+
+
+SUBSCRIBED = "subscribed"  # the source of a watch's first event: from here on, no change goes unseen
 
 
 @dataclass

@@ -43,10 +43,11 @@ from op_dbus.engine import Engine, actor, summarise
 from op_dbus.engine.journal import Journal
 from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, BackendError, LockHeld, OpDbusError, ServiceUnavailable
-from op_dbus.plugin import Change, Context, Plugin, Settings, WatchEvent, load_plugins
+from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Settings, WatchEvent, load_plugins
 from op_dbus.state import StateDocument, load_document, validate_document
 
 MODES = ("shadow", "enforce")
+SUBSCRIBE_TIMEOUT = 10.0
 ADOPTED_KINDS = ("apply", "rollback")
 
 
@@ -146,6 +147,8 @@ class Agent:
         self._file_id: tuple[int, ...] | None = None
         self._engine: Engine | None = None
         self._failed: set[str] = set()  # the drift a repair last failed on
+        self._subscribed: dict[str, asyncio.Event] = {}
+        self._reloading = False
 
     @property
     def mode(self) -> str:
@@ -293,13 +296,28 @@ class Agent:
             outcome = await engine.recover()
             if outcome:
                 self._emit(logging.WARNING, "recovered", f"recovered an interrupted transaction: {outcome}")
-            await self._reconcile(reason, set(self.doc.sections))
+            # Subscribe first, then compare: a change made in between is seen either way.
+            self._subscribed = {name: asyncio.Event() for name in self.doc.sections}
+            watchers = [asyncio.create_task(self._pump(name, ctx), name=f"watch-{name}") for name in self.doc.sections]
+            try:
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                    for event in self._subscribed.values():
+                        await event.wait()
+            except TimeoutError:
+                late = [n for n, e in self._subscribed.items() if not e.is_set()]
+                self._emit(logging.WARNING, "subscribe-slow", f"no subscription yet for {', '.join(late)}; going on")
+            try:
+                await self._reconcile(reason, set(self.doc.sections))
+            except BaseException:
+                for t in watchers:
+                    t.cancel()
+                raise
             if self.gaps and "until" not in self.gaps[-1]:
                 self.gaps[-1]["until"] = _iso(time.time())
                 self._emit(logging.INFO, "reconnected", "sources are back; reconciled", gap=self.gaps[-1])
-            watchers = [asyncio.create_task(self._pump(name, ctx), name=f"watch-{name}") for name in self.doc.sections]
-            if not self.ready:
-                self.ready = True
+            if not self.ready or self._reloading:
+                # READY=1 again also ends a reload (RELOADING=1), for `systemctl reload` to return
+                self.ready, self._reloading = True, False
                 self.notify.ready(self._sd_status())
             else:
                 self.notify.status(self._sd_status())
@@ -318,11 +336,15 @@ class Agent:
         """Move one plugin's watch events into the inbox; report its end or its loss."""
         assert self.doc is not None
         plugin = self._load([name])[name]
-        self.watching[name] = "watching"
+        self.watching[name] = "subscribing"
         count = 0
         try:
             async for event in plugin.watch(self.doc.sections[name], ctx):
                 count += 1
+                if event.source == SUBSCRIBED:
+                    self.watching[name] = "watching"
+                    self._subscribed[name].set()
+                    continue
                 self.inbox.put_nowait(event)
         except asyncio.CancelledError:
             raise
@@ -332,6 +354,8 @@ class Agent:
         except Exception as e:  # a bug in a watcher must not stop the agent: reconnect and reconcile
             self.inbox.put_nowait(("lost", name, ServiceUnavailable(f"{name} watcher failed: {e!r}")))
             return
+        finally:
+            self._subscribed[name].set()
         self.watching[name] = "periodic only" if count == 0 else "ended"
 
     async def _listen(self) -> None:
@@ -379,12 +403,14 @@ class Agent:
     def _reload(self, reason: str) -> bool:
         """Re-read the state file; keep the old one (and say so) if the new one is not valid."""
         self.notify.reloading()
+        self._reloading = True
         try:
             doc = self.load_file()
         except OpDbusError as e:
+            self._reloading = False
+            self.notify.ready(f"{self.mode}: reload refused, see the journal")
             self.last_error = f"reload ({reason}) refused: {e}"
             self._emit(logging.ERROR, "reload-refused", f"the state file is not valid; keeping the previous one: {e}")
-            self.notify.status(f"{self.mode}: reload refused, see the journal")
             self._write_status()
             return False
         self.metrics.inc("reloads")
@@ -495,6 +521,8 @@ class Agent:
                        f"adopted block {header.index} ({header.kind} by {header.actor.get('user', '?')}, "
                        f"pid {header.actor.get('pid', '?')}): its state is kept until the state file changes or "
                        "the agent reloads", block=header.index, summary=header.summary)
+        if adopted:
+            self._write_status()
         return adopted
 
     def _record_drift(self, burst: Pending, changes: list[Change], new: list[Change], resolved: list[str],

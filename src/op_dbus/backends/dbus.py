@@ -113,10 +113,12 @@ class Client:
         return lambda: self.bus.remove_message_handler(_filter)
 
 
-    async def signals(self, rules: list[str], accept: Callable[[Message], bool]) -> AsyncIterator[Message]:
+    async def signals(self, rules: list[str], accept: Callable[[Message], bool],
+                      ready: bool = False) -> AsyncIterator[Message | None]:
         """Signals matching `rules` (bus match rules) that `accept` keeps, as they arrive.
 
-        Raises ServiceUnavailable when the connection drops, so a watcher can reconnect and catch up.
+        With `ready`, None comes first, once the match rules are in place. Raises ServiceUnavailable when
+        the connection drops, so a watcher can reconnect and catch up.
         """
         queue: asyncio.Queue[Message] = asyncio.Queue()
 
@@ -129,6 +131,8 @@ class Client:
         try:
             for rule in rules:
                 await self.add_match(rule)
+            if ready:
+                yield None
             while True:
                 get = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)

@@ -29,7 +29,7 @@ from pydantic import AfterValidator, model_validator
 
 from op_dbus.backends import dbus
 from op_dbus.errors import ApplyFailed, OpDbusError, Problem
-from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog, WatchEvent
+from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Section, UndoLog, WatchEvent
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -239,7 +239,10 @@ class SystemdPlugin(Plugin[SystemdState]):
             return msg.member == "PropertiesChanged" and msg.path in by_path and msg.body[0] == UNIT
 
         try:
-            async for msg in client.signals(rules, accept):
+            async for msg in client.signals(rules, accept, ready=True):
+                if msg is None:
+                    yield WatchEvent(self.name, source=SUBSCRIBED)
+                    continue
                 if msg.member == "PropertiesChanged":
                     objects = tuple(by_path.get(msg.path, ()))
                 elif msg.member == "JobRemoved":
