@@ -254,6 +254,30 @@ def test_sigterm_stops_cleanly(box: Box) -> None:
     box.run("systemctl", "start", "op-dbus.service")
 
 
+def test_ovsdb_loss_is_reported_and_reconciled_on_return(box: Box) -> None:
+    gaps = len(box.status()["gaps"])
+    box.run("systemctl", "stop", "ovsdb-server.service")
+    wait_for("the gap reported", lambda: len(box.status()["gaps"]) > gaps)
+    box.run("systemctl", "stop", "nginx.service")  # made while the agent is blind
+    box.run("systemctl", "start", "openvswitch-switch.service")
+    wait_for("nginx repaired after the return", lambda: systemctl(box.lab, "is-active", "nginx.service") == ["active"],
+             timeout=30)
+    gap = wait_for("the gap closed", lambda: "until" in box.status()["gaps"][-1] and box.status()["gaps"][-1])
+    assert "OVSDB" in gap["error"] or "ovsdb" in gap["error"], gap
+    wait_for("the port back", lambda: box.ovs_ports("agovs0") == ["agv2"])
+
+
+def test_bus_restart_is_survived(box: Box) -> None:
+    gaps = len(box.status()["gaps"])
+    pid = box.main_pid()
+    box.run("systemctl", "restart", "dbus.service")
+    wait_for("the gap closed", lambda: len(box.status()["gaps"]) > gaps and "until" in box.status()["gaps"][-1],
+             timeout=30)
+    assert box.main_pid() == pid  # the same process reconnected
+    box.run("systemctl", "stop", "nginx.service")
+    wait_for("nginx repaired", lambda: systemctl(box.lab, "is-active", "nginx.service") == ["active"])
+
+
 def test_read_only_records_but_never_repairs(box: Box) -> None:
     box.install("--no-proxmox", "--read-only", "--mode", "enforce")
     st = box.status()
