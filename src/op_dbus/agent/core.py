@@ -44,7 +44,7 @@ from op_dbus.engine.journal import Journal
 from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, BackendError, LockHeld, OpDbusError, ServiceUnavailable
 from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Settings, WatchEvent, load_plugins
-from op_dbus.state import StateDocument, load_document, validate_document
+from op_dbus.state import StateDocument, check_file_trust, load_document, parse_text, validate_document
 
 MODES = ("shadow", "enforce")
 SUBSCRIBE_TIMEOUT = 10.0
@@ -192,7 +192,12 @@ class Agent:
 
     def load_file(self) -> StateDocument:
         self._file_id = self._stat_file()
-        doc = load_document(self.config.state_file)
+        path = self.config.state_file
+        if self._load is load_plugins:
+            doc = load_document(path)
+        else:  # plugins given by the caller (tests, embedding): validate against those
+            check_file_trust(path)
+            doc = validate_document(parse_text(path.read_bytes(), str(path)), str(path), self._load)
         self.file_doc, self.doc, self.adopted = doc, doc, []
         self.known.clear()
         return doc
