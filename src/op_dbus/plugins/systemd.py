@@ -86,6 +86,8 @@ INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "en
 # Order of actions in a plan: unit files first (unmask before enable), stops before starts so a
 # replacement can take over a port, masking after the stop it needs.
 ACTION_ORDER = {"unmask": 0, "enable": 1, "disable": 2, "stop": 3, "mask": 4, "start": 5}
+# ActiveState values with no job under way; the others are transitions whose end is signalled again.
+SETTLED_STATES = ("active", "inactive", "failed")
 # Manager methods whose first argument names the units a caller changes (start, stop, enable, ...).
 CHANGING_METHODS = frozenset({
     "StartUnit", "StopUnit", "RestartUnit", "ReloadUnit", "TryRestartUnit", "ReloadOrRestartUnit",
@@ -236,7 +238,16 @@ class SystemdPlugin(Plugin[SystemdState]):
         def accept(msg: Any) -> bool:
             if msg.interface == MANAGER:
                 return msg.member in ("JobRemoved", "UnitFilesChanged", "Reloading")
-            return msg.member == "PropertiesChanged" and msg.path in by_path and msg.body[0] == UNIT
+            if msg.member != "PropertiesChanged" or msg.path not in by_path or msg.body[0] != UNIT:
+                return False
+            # Only a settled ActiveState with no job counts. A unit with a job under way (even while still "active")
+            # is changing: acting now would cancel that job; its end is signalled (JobRemoved, the settled state
+            # with no job) and judged then.
+            # Enablement changes come as UnitFilesChanged.
+            changed = msg.body[1]
+            state, job = changed.get("ActiveState"), changed.get("Job")
+            busy = job is not None and job.value[0] != 0
+            return state is not None and state.value in SETTLED_STATES and not busy
 
         try:
             async for msg in client.signals(rules, accept, ready=True):
