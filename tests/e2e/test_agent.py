@@ -4,6 +4,7 @@ the system's own tools (systemctl, busctl, ip, ovs-vsctl)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -130,6 +131,22 @@ def box(lab: Any) -> Box:
     return b
 
 
+async def test_property_changes_of_any_service_are_seen(lab: Any) -> None:
+    # the backend piece for declared properties of any D-Bus service (login1 here), seen from the host
+    from op_dbus.backends import dbus
+
+    client = dbus.Client(await dbus.connect(lab.bus_address))
+    try:
+        changes = client.property_changes("org.freedesktop.login1", {"/org/freedesktop/login1": {"BlockInhibited"}})
+        assert await anext(changes) is None  # subscribed
+        lab.run(["systemd-inhibit", "--what=shutdown", "--mode=block", "sleep", "0.1"])
+        got = await asyncio.wait_for(anext(changes), 5)
+        assert got == ("/org/freedesktop/login1", "org.freedesktop.login1.Manager", {"BlockInhibited"})
+        await changes.aclose()
+    finally:
+        client.bus.disconnect()
+
+
 def test_shadow_records_a_stopped_unit_and_changes_nothing(box: Box) -> None:
     box.install("--no-proxmox")
     assert systemctl(box.lab, "is-active", "op-dbus.service") == ["active"]
@@ -165,7 +182,8 @@ def test_shadow_names_who_changed_a_unit_over_the_bus(box: Box) -> None:
 def test_shadow_detects_a_removed_address_and_bridge_port(box: Box) -> None:
     since = len(box.blocks())
     box.run("ip", "addr", "del", "198.18.9.1/24", "dev", "agbr0")
-    wait_for("a drift block naming agbr0", lambda: box.new_blocks(since, "drift", "agbr0"))
+    (block,) = wait_for("a drift block naming agbr0", lambda: box.new_blocks(since, "drift", "agbr0"))
+    assert block["actor"]["netlink_portid"] > 0  # the requesting socket: `ip`'s pid (named if still running)
     since = len(box.blocks())
     box.run("ovs-vsctl", "del-port", "agovs0", "agv2")
     wait_for("a drift block naming agovs0", lambda: box.new_blocks(since, "drift", "agovs0"))
@@ -175,7 +193,7 @@ def test_shadow_detects_a_removed_address_and_bridge_port(box: Box) -> None:
 
 def test_enforce_repairs_what_shadow_recorded_and_then_a_stopped_unit(box: Box) -> None:
     since = len(box.blocks())
-    box.install("--no-proxmox", "--mode", "enforce")  # again: idempotent, now enforcing
+    box.install("--no-proxmox", "--mode", "enforce", "--metrics", "127.0.0.1:9469")  # again: idempotent, enforcing
     assert box.status()["mode"] == "enforce"
     # the address and the port removed under shadow mode are restored at start
     wait_for("the address back", lambda: "198.18.9.1/24" in box.addresses("agbr0"))
@@ -189,6 +207,11 @@ def test_enforce_repairs_what_shadow_recorded_and_then_a_stopped_unit(box: Box) 
     assert repair["meta"]["repairs"] == drift["index"] and repair["meta"]["agent"] == "enforce"
     assert [c["action"] for c in repair["changes"]] == ["start"]
     assert box.op("verify", "--full").returncode == 0
+    metrics = box.run("/opt/op-dbus/bin/python", "-c",
+                      "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9469/metrics').read().decode())")
+    assert 'opdbus_agent_drift_total{plugin="systemd"} 1' in metrics.stdout
+    assert "opdbus_agent_applies_total 2" in metrics.stdout  # the net repair at start, then nginx
+    assert "opdbus_agent_repair_latency_seconds_count 1" in metrics.stdout
 
 
 def test_enforce_restores_a_deleted_address_and_bridge_port(box: Box) -> None:

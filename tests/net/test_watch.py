@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,9 +60,11 @@ async def test_kernel_changes_to_declared_interfaces_are_reported(netns: str) ->
     async with Context(Settings(netns=netns)) as ctx:
         events = Events(NetPlugin().watch(scope, ctx))
         assert (await events.next()).source == SUBSCRIBED
-        sh("ip", "-n", netns, "addr", "del", "198.18.4.1/24", "dev", "w0")
+        ip = subprocess.Popen(["ip", "-n", netns, "addr", "del", "198.18.4.1/24", "dev", "w0"])
+        assert ip.wait() == 0
         event = await events.next()
         assert event.objects == ("interface w0",) and event.source == "rtnetlink RTM_DELADDR 198.18.4.1/24"
+        assert event.origin["netlink_portid"] == ip.pid  # who asked: `ip`'s socket is bound to its pid
         sh("ip", "-n", netns, "link", "add", "other0", "type", "veth", "peer", "name", "other1")
         await events.none()  # not declared: not reported
         sh("ip", "-n", netns, "link", "set", "w0", "mtu", "1400")

@@ -481,7 +481,7 @@ class Agent:
             failed_before = self._failed == set().union(*keys.values())
             if failed_before and not full:
                 return  # the same difference could not be repaired: the next full reconciliation tries again
-            await self._repair(burst, changes, block, set().union(*keys.values()))
+            await self._repair(burst, changes, block, set().union(*keys.values()), full)
 
     def _may_write(self) -> bool:
         """False while a change made with `apply --confirm-timeout` awaits confirmation: it is not ours to judge."""
@@ -565,7 +565,8 @@ class Agent:
         self.notify.status(self._sd_status())
         return block
 
-    async def _repair(self, burst: Pending, changes: list[Change], drift_block: Any, keys: set[str]) -> None:
+    async def _repair(self, burst: Pending, changes: list[Change], drift_block: Any, keys: set[str],
+                      full: bool = False) -> None:
         assert self.doc is not None and self._engine is not None
         meta: dict[str, Any] = {"agent": "enforce", "repairs": drift_block.index if drift_block is not None else None}
         try:
@@ -587,10 +588,13 @@ class Agent:
         if block is not None:
             self.seen_index = block.index
         self.known = {n: set() for n in self.known}
-        latency = (time.monotonic() - burst.first) * 1000
-        self.metrics.observe_repair(latency / 1000)
+        # latency from an event; a full reconciliation (start, reload, periodic) has none to measure from
+        latency = None if full else (time.monotonic() - burst.first) * 1000
+        if latency is not None:
+            self.metrics.observe_repair(latency / 1000)
         self._emit(logging.WARNING, "repaired", f"repaired: {summarise(result.applied)}",
-                   block=block.index if block is not None else None, latency_ms=round(latency, 1),
+                   block=block.index if block is not None else None,
+                   latency_ms=round(latency, 1) if latency is not None else None,
                    changes=[c.to_record() for c in result.applied])
         self._write_status()
 

@@ -147,6 +147,30 @@ class Client:
             with contextlib.suppress(BaseException):
                 await lost
 
+    async def property_changes(self, destination: str, watched: dict[str, set[str] | None],
+                               interface: str | None = None) -> AsyncIterator[tuple[str, str, set[str]] | None]:
+        """PropertiesChanged of `destination`'s objects: (path, interface, names of the watched properties that
+        changed or were invalidated), for `watched` = {object path: property names, or None for any}.
+
+        None comes first, once subscribed. For any D-Bus service's declared properties (login1, hostname1, ...).
+        """
+        rules = [f"type='signal',sender='{destination}',interface='{PROPERTIES}',member='PropertiesChanged',"
+                 f"path='{path}'" for path in watched]
+
+        def accept(msg: Message) -> bool:
+            return msg.member == "PropertiesChanged" and msg.path in watched and (
+                interface is None or msg.body[0] == interface)
+
+        async for msg in self.signals(rules, accept, ready=True):
+            if msg is None:
+                yield None
+                continue
+            names = set(msg.body[1]) | set(msg.body[2])
+            wanted = watched[msg.path]
+            hit = names if wanted is None else names & wanted
+            if hit:
+                yield msg.path, msg.body[0], hit
+
     async def credentials(self, sender: str) -> dict[str, Any]:
         """Who a bus peer is: pid, uid and command line (as far as the bus and /proc still tell)."""
         try:

@@ -665,8 +665,10 @@ WATCH_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV
 class Monitor:
     """A non-blocking rtnetlink socket subscribed to link, address and route notifications (IPv4 and IPv6).
 
-    `read()` drains what is queued: (message type, payload) pairs, or None when the kernel dropped
-    notifications because the socket's buffer overflowed (ENOBUFS): the caller must then re-read everything.
+    `read()` drains what is queued: (message type, payload, sender port id) triples, or None when the kernel
+    dropped notifications because the socket's buffer overflowed (ENOBUFS): the caller must then re-read
+    everything. The port id of a notification is that of the socket whose request caused it (0 for the
+    kernel's own changes); for most tools (`ip`, ...) it is their pid.
     """
 
     def __init__(self, netns: str | None = None, groups: int = WATCH_GROUPS) -> None:
@@ -685,8 +687,8 @@ class Monitor:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self) -> list[tuple[int, bytes]] | None:
-        out: list[tuple[int, bytes]] = []
+    def read(self) -> list[tuple[int, bytes, int]] | None:
+        out: list[tuple[int, bytes, int]] = []
         overflow = False
         while True:
             try:
@@ -701,10 +703,10 @@ class Monitor:
             mv = memoryview(self._buf)[:n]
             off = 0
             while off + 16 <= n:
-                length, mtype, _flags, _seq, _pid = _HDR.unpack_from(mv, off)
+                length, mtype, _flags, _seq, portid = _HDR.unpack_from(mv, off)
                 if length < 16:
                     break
-                out.append((mtype, bytes(mv[off + 16:off + length])))
+                out.append((mtype, bytes(mv[off + 16:off + length]), portid))
                 off += (length + 3) & ~3
         return None if overflow else out
 

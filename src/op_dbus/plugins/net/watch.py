@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,6 +46,23 @@ def routes_matter(scope: NetSection) -> bool:
     return any(ip is not None and ip.gateway for i in scope.interfaces for ip in (i.ipv4, i.ipv6))
 
 
+def origin_of(portid: int) -> dict[str, Any]:
+    """Who asked the kernel for a change: a notification carries the requesting socket's port id, which for
+    most tools is their pid. Read at once, while a short-lived `ip` may still be there to name."""
+    if portid == 0:
+        return {}
+    who: dict[str, Any] = {"netlink_portid": portid}
+    try:
+        with open(f"/proc/{portid}/cmdline", "rb") as f:
+            command = f.read(1000).replace(b"\0", b" ").decode(errors="replace").strip()
+        uid = os.stat(f"/proc/{portid}").st_uid
+    except OSError:
+        return who
+    if command:
+        who.update(pid=portid, uid=uid, command=command)
+    return who
+
+
 async def watch(scope: NetSection, netns: str | None, ovsdb_path: str, timeout: float,
                 plugin: str = "net") -> AsyncIterator[WatchEvent]:
     names = declared_names(scope)
@@ -66,9 +84,10 @@ async def watch(scope: NetSection, netns: str | None, ovsdb_path: str, timeout: 
         if messages is None:
             queue.put_nowait(WatchEvent(plugin, (), "rtnetlink overflow (ENOBUFS)"))
             return
-        for mtype, payload in messages:
+        for mtype, payload, portid in messages:
             event = _event(mtype, payload)
             if event is not None:
+                event.origin = origin_of(portid)
                 queue.put_nowait(event)
 
     def _event(mtype: int, payload: bytes) -> WatchEvent | None:
