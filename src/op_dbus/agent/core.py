@@ -48,6 +48,7 @@ from op_dbus.state import StateDocument, check_file_trust, load_document, parse_
 
 MODES = ("shadow", "enforce")
 SUBSCRIBE_TIMEOUT = 10.0
+DEFER_DELAY = 0.25  # seconds between looks at a state directory another op-dbus is using
 ADOPTED_KINDS = ("apply", "rollback")
 
 
@@ -149,6 +150,9 @@ class Agent:
         self._failed: set[str] = set()  # the drift a repair last failed on
         self._subscribed: dict[str, asyncio.Event] = {}
         self._reloading = False
+        self._deferring = False
+        self._deferred: set[str] = set()
+        self._recheck: asyncio.TimerHandle | None = None
 
     @property
     def mode(self) -> str:
@@ -461,6 +465,7 @@ class Agent:
         if not lock.try_acquire():
             self._defer(names)
             return
+        self._deferring = False
         try:
             if self._adopt():
                 # the state to keep changed under us: compare again against it
@@ -488,9 +493,23 @@ class Agent:
         return not Journal(self.settings.state_dir).pending()
 
     def _defer(self, names: set[str]) -> None:
+        """Check `names` again shortly: one timer at a time, and one log line per episode (a confirm-pending
+        change can keep the directory busy for minutes)."""
+        self._deferred |= names
+        if self._recheck is not None:
+            return
         self.metrics.inc("deferred")
-        self._emit(logging.INFO, "deferred", "another op-dbus is applying (or awaits confirmation); checking again shortly")
-        asyncio.get_running_loop().call_later(0.5, self.inbox.put_nowait, ("recheck", sorted(names)))
+        if not self._deferring:
+            self._deferring = True
+            self._emit(logging.INFO, "deferred", "another op-dbus is applying (or a change awaits confirmation); "
+                       "checking again when it is done")
+
+        def fire() -> None:
+            self._recheck = None
+            names, self._deferred = sorted(self._deferred), set()
+            self.inbox.put_nowait(("recheck", names))
+
+        self._recheck = asyncio.get_running_loop().call_later(DEFER_DELAY, fire)
 
     def _adopt(self) -> bool:
         """Lay blocks another op-dbus appended since we last looked over our state; True if any was adopted."""
