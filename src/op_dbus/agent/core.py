@@ -150,6 +150,7 @@ class Agent:
         self._failed: set[str] = set()  # the drift a repair last failed on
         self._subscribed: dict[str, asyncio.Event] = {}
         self._reloading = False
+        self._listened = False  # a session got as far as listening since the last failure
         self._deferring = False
         self._deferred: set[str] = set()
         self._recheck: asyncio.TimerHandle | None = None
@@ -246,14 +247,26 @@ class Agent:
                     reason = r.reason
                     delay = 0.5
                 except (ServiceUnavailable, BackendError, OSError) as e:
-                    gap = {"since": _iso(time.time()), "error": str(e).splitlines()[0]}
-                    self.gaps.append(gap)
-                    self.metrics.inc("reconnects")
-                    self.last_error = gap["error"]
+                    if self._listened:
+                        delay, self._listened = 0.5, False
+                    error = str(e).splitlines()[0]
+                    if self.gaps and "until" not in self.gaps[-1]:
+                        gap = self.gaps[-1]  # still the same gap: another failed attempt
+                        gap["error"], gap["attempts"] = error, gap.get("attempts", 1) + 1
+                    else:
+                        gap = {"since": _iso(time.time()), "error": error, "attempts": 1}
+                        self.gaps = [*self.gaps[-19:], gap]
+                        self.metrics.inc("reconnects")
+                    self.last_error = error
                     self.watching = {n: "lost" for n in self.watching}
-                    self._emit(logging.ERROR, "lost", f"lost a source, reconnecting in {delay:.1f} s: {gap['error']}",
-                               retry_in=delay)
-                    self.notify.status(f"{self.mode}: reconnecting: {gap['error']}")
+                    self._emit(logging.ERROR, "lost", f"lost a source, reconnecting in {delay:.1f} s: {error}",
+                               retry_in=delay, attempts=gap["attempts"])
+                    if not self.ready:
+                        # up, though blind for now: systemd should not kill a keeper waiting for its sources
+                        self.ready = True
+                        self.notify.ready(f"{self.mode}: waiting for a source: {error}")
+                    else:
+                        self.notify.status(f"{self.mode}: reconnecting: {error}")
                     self._write_status()
                     if await self._sleep_or_stop(delay):
                         break
@@ -324,6 +337,7 @@ class Agent:
             if self.gaps and "until" not in self.gaps[-1]:
                 self.gaps[-1]["until"] = _iso(time.time())
                 self._emit(logging.INFO, "reconnected", "sources are back; reconciled", gap=self.gaps[-1])
+            self._listened = True
             if not self.ready or self._reloading:
                 # READY=1 again also ends a reload (RELOADING=1), for `systemctl reload` to return
                 self.ready, self._reloading = True, False

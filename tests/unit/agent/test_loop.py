@@ -217,10 +217,32 @@ async def test_a_lost_source_is_a_gap_then_reconnect_and_reconcile(tmp_path: Pat
         store.events.put_nowait(ServiceUnavailable("the bus went away"))
         store.change("x", 6, event=False)  # made during the gap: no event will ever say so
         await until(lambda: store.values["x"] == 1)
+        await until(lambda: "until" in h.agent.status()["gaps"][-1])  # closed once the reconciliation is done
         gap = h.agent.status()["gaps"][-1]
-        assert gap["error"] == "the bus went away" and "until" in gap
+        assert gap["error"] == "the bus went away" and gap["attempts"] == 1
         assert h.agent.status()["counts"]["reconnects"] == 1
         assert store.subscriptions == 2
+
+
+async def test_sources_missing_at_start_still_make_the_agent_ready_and_it_catches_up(tmp_path: Path) -> None:
+    class Late(Store):
+        """A source that is not there for the first two attempts (a bus that comes up after the agent)."""
+
+        attempts = 0
+
+        async def query(self, ctx: Context, scope: KV | None = None) -> KV:
+            Late.attempts += 1
+            if Late.attempts <= 2:
+                raise ServiceUnavailable("no bus yet")
+            return await super().query(ctx, scope)
+
+    store = Late({"x": 5, "y": 2})
+    async with Harness(tmp_path, store, mode="enforce") as h:  # ready although blind
+        assert h.agent.status()["gaps"][0]["error"] == "no bus yet"
+        await until(lambda: store.values["x"] == 1, timeout=10)
+        await until(lambda: "until" in h.agent.status()["gaps"][-1])
+        gap = h.agent.status()["gaps"][-1]
+        assert gap["attempts"] == 2 and len(h.agent.status()["gaps"]) == 1
 
 
 async def test_a_held_state_lock_defers_until_released(tmp_path: Path, store: Store) -> None:
