@@ -94,7 +94,7 @@ def main() -> int:
         idle = results[mode]["idle"]
         verdicts = ", ".join(f"{k} {idle[k]:.2f} ({'ok' if idle[k] < bar else 'MISSED'} < {bar:g})"
                              for k, bar in IDLE_BARS.items())
-        print(f"idle agent ({mode}, 10 s): {verdicts}")
+        print(f"idle agent ({mode}, 30 s): {verdicts}")
     print("\nagainst polling (expected detection = half the interval; a change reverted within the interval is never seen):")
     detect = worst["shadow"]
     for name, interval in INCUMBENTS.items():

@@ -71,7 +71,7 @@ def agent_pid() -> int:
                               text=True, check=True).stdout)
 
 
-def idle(seconds: float = 10.0) -> dict[str, float]:
+def idle(seconds: float = 30.0) -> dict[str, float]:
     pid = agent_pid()
     tick = 100.0  # USER_HZ
 
