@@ -7,9 +7,11 @@
         enforce: a `drift` block, then `Engine.apply` of the state file: one transaction, its own `apply` block
                  (meta `repairs` names the drift block)
 
-A watcher that loses its source (the bus or ovsdb-server restarts) ends the session: the agent reports the
-gap, reconnects with backoff, and reconciles fully before it listens again, so a change made during the
-gap is found. A periodic full reconciliation covers events a plugin cannot watch or that were missed.
+A plugin whose source goes away (the bus or ovsdb-server restarts; its watch raises or its query fails)
+goes blind alone: its gap is reported, the other plugins are still watched and repaired, and new sessions
+(fresh connections) are tried with backoff; the one that reads it again reconciles it fully, so a change made
+during the gap is found. A periodic full reconciliation covers events a plugin cannot watch or that were
+missed.
 
 Sharing the state directory with `op-dbus apply`: the agent never holds the state lock while idle. It takes
 it only to record a drift block (and the engine takes it for a repair), and defers while another op-dbus
@@ -151,6 +153,9 @@ class Agent:
         self._subscribed: dict[str, asyncio.Event] = {}
         self._reloading = False
         self._listened = False  # a session got as far as listening since the last failure
+        self.lost: dict[str, dict[str, Any]] = {}  # plugin -> its open gap (its source is unreachable)
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = 0.5
         self._deferring = False
         self._deferred: set[str] = set()
         self._recheck: asyncio.TimerHandle | None = None
@@ -334,9 +339,10 @@ class Agent:
                 for t in watchers:
                     t.cancel()
                 raise
-            if self.gaps and "until" not in self.gaps[-1]:
-                self.gaps[-1]["until"] = _iso(time.time())
-                self._emit(logging.INFO, "reconnected", "sources are back; reconciled", gap=self.gaps[-1])
+            for gap in self.gaps:
+                if "plugin" not in gap and "until" not in gap:
+                    gap["until"] = _iso(time.time())
+                    self._emit(logging.INFO, "reconnected", "sources are back; reconciled", gap=gap)
             self._listened = True
             if not self.ready or self._reloading:
                 # READY=1 again also ends a reload (RELOADING=1), for `systemctl reload` to return
@@ -408,7 +414,12 @@ class Agent:
                         raise _Restart("reload")
                     continue
                 if kind == "lost":
-                    raise item[2] if isinstance(item[2], OpDbusError) else ServiceUnavailable(str(item[2]))
+                    self._mark_lost(item[1], item[2])
+                    continue
+                if kind == "retry":
+                    if self.lost:
+                        raise _Restart("reconnect")
+                    continue
                 if kind == "recheck":
                     pending.plugins |= set(item[1])
                     pending.sources.append("deferred")
@@ -422,6 +433,74 @@ class Agent:
                 assert self.doc is not None
                 await self._reconcile("periodic", set(self.doc.sections))
                 next_full = time.monotonic() + self.config.interval
+
+    # -- sources lost and back -------------------------------------------------------------------------
+
+    def _mark_lost(self, name: str, error: BaseException) -> None:
+        """`name`'s source is unreachable: only that plugin goes blind; retried with backoff in a new session."""
+        text = (str(error).splitlines() or [type(error).__name__])[0]
+        gap = self.lost.get(name)
+        if gap is None:
+            gap = {"plugin": name, "since": _iso(time.time()), "error": text, "attempts": 1}
+            self.lost[name] = gap
+            self.gaps = [*self.gaps[-19:], gap]
+            self.metrics.inc("reconnects", name)
+            self._emit(logging.ERROR, "lost", f"lost the source of {name}: {text}; the other plugins are still "
+                       f"watched, retrying in {self._retry_delay:.1f} s", plugin=name)
+        else:
+            gap["error"], gap["attempts"] = text, gap["attempts"] + 1
+        self.last_error = f"{name}: {text}"
+        self.watching[name] = "lost"
+        if self._retry is None:
+            def fire() -> None:
+                self._retry = None
+                self.inbox.put_nowait(("retry",))
+
+            self._retry = asyncio.get_running_loop().call_later(self._retry_delay, fire)
+            self._retry_delay = min(self._retry_delay * 2, self.config.retry_max)
+        self.notify.status(f"{self.mode}: {name} unreachable: {text}")
+        self._write_status()
+
+    def _mark_back(self, name: str) -> None:
+        gap = self.lost.pop(name, None)
+        if gap is None:
+            return
+        gap["until"] = _iso(time.time())
+        self._emit(logging.INFO, "reconnected", f"the source of {name} is back; reconciled", gap=gap)
+        if not self.lost:
+            self._retry_delay = 0.5
+
+    def _healthy(self) -> StateDocument:
+        """The state file without the plugins whose sources are unreachable (what a repair can apply)."""
+        assert self.doc is not None
+        if not self.lost:
+            return self.doc
+        return StateDocument(self.doc.version, {n: sec for n, sec in self.doc.sections.items() if n not in self.lost},
+                             self.doc.source, self.doc.probes)
+
+    async def _drift(self, names: set[str], full: bool) -> tuple[list[Change], dict[str, Any], set[str]]:
+        """Per plugin, so one unreachable source blinds only its plugin: (changes, live states, plugins read)."""
+        assert self._engine is not None
+        if not full:
+            names = names - set(self.lost)  # a lost plugin is tried again only by the next session's reconciliation
+        order = sorted(names)
+        results = await asyncio.gather(*(self._engine.drift(self._subdocument({n})) for n in order),
+                                       return_exceptions=True)
+        changes: list[Change] = []
+        current: dict[str, Any] = {}
+        read: set[str] = set()
+        for name, result in zip(order, results, strict=True):
+            if isinstance(result, (ServiceUnavailable, BackendError, OSError)):
+                self._mark_lost(name, result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            changes += result[0]
+            current.update(result[1])
+            read.add(name)
+            if full:
+                self._mark_back(name)
+        return changes, current, read
 
     def _reload(self, reason: str) -> bool:
         """Re-read the state file; keep the old one (and say so) if the new one is not valid."""
@@ -459,9 +538,9 @@ class Agent:
 
     async def _check(self, burst: Pending, full: bool = False) -> None:
         assert self.doc is not None and self._engine is not None
-        engine = self._engine
-        names = burst.plugins & set(self.doc.sections)
-        changes, current = await engine.drift(self._subdocument(names))
+        changes, current, names = await self._drift(burst.plugins & set(self.doc.sections), full)
+        if not names:
+            return
         plugins = self._load(list(names))
         for n in names:
             self.live[n] = plugins[n].dump(current[n])
@@ -483,7 +562,7 @@ class Agent:
         try:
             if self._adopt():
                 # the state to keep changed under us: compare again against it
-                changes, current = await engine.drift(self._subdocument(names))
+                changes, current, names = await self._drift(names, full)
                 for n in names:
                     self.live[n] = plugins[n].dump(current[n])
                 keys = {n: {drift_key(c) for c in changes if c.plugin == n} for n in names}
@@ -603,7 +682,7 @@ class Agent:
         assert self.doc is not None and self._engine is not None
         meta: dict[str, Any] = {"agent": "enforce", "repairs": drift_block.index if drift_block is not None else None}
         try:
-            result = await self._engine.apply(self.doc, meta=meta)
+            result = await self._engine.apply(self._healthy(), meta=meta)
         except LockHeld:
             self._defer(set(self.doc.sections))
             return

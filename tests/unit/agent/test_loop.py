@@ -245,6 +245,38 @@ async def test_sources_missing_at_start_still_make_the_agent_ready_and_it_catche
         assert gap["attempts"] == 2 and len(h.agent.status()["gaps"]) == 1
 
 
+async def test_a_lost_source_blinds_only_its_plugin(tmp_path: Path, store: Store) -> None:
+    class Flaky(Store):
+        """A second plugin whose source goes away (ovsdb-server stopped) until `back` is set."""
+
+        name = "flaky"
+        back = False
+
+        async def query(self, ctx: Context, scope: KV | None = None) -> KV:
+            if not self.back:
+                raise ServiceUnavailable("ovsdb-server is gone")
+            return await super().query(ctx, scope)
+
+    flaky = Flaky({"z": 1})
+    flaky.back = True
+    h = Harness(tmp_path, store, mode="enforce")
+    h.agent._load = lambda names: {n: p for n, p in (("mem", store), ("flaky", flaky)) if names is None or n in names}
+    h.file.write_text(json.dumps({"version": 1, "plugins": {"mem": {"values": {"x": 1, "y": 2}},
+                                                            "flaky": {"values": {"z": 1}}}}))
+    async with h:
+        flaky.back = False
+        flaky.events.put_nowait(ServiceUnavailable("ovsdb-server is gone"))
+        await until(lambda: "flaky" in h.agent.lost)
+        store.change("x", 3)  # still watched and repaired while the other source is away
+        await until(lambda: store.values["x"] == 1)
+        assert h.agent.status()["watching"]["flaky"] == "lost"
+        flaky.values["z"] = 9  # changed while unwatched: found when the source is back
+        flaky.back = True
+        await until(lambda: flaky.values["z"] == 1, timeout=10)
+        gap = h.agent.status()["gaps"][-1]
+        assert gap["plugin"] == "flaky" and "until" in gap and not h.agent.lost
+
+
 async def test_a_held_state_lock_defers_until_released(tmp_path: Path, store: Store) -> None:
     async with Harness(tmp_path, store) as h:
         lock = StateLock(h.state_dir)
