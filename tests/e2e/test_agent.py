@@ -162,6 +162,8 @@ def test_shadow_records_a_stopped_unit_and_changes_nothing(box: Box) -> None:
     time.sleep(1.0)
     assert systemctl(box.lab, "is-active", "nginx.service") == ["inactive"]  # shadow: nothing repaired
     assert box.status()["open_drift"] == 1
+    text = box.op("status").stdout
+    assert "op-dbus agent: running" in text and "shadow" in text and "drift: start nginx.service" in text, text
     box.run("systemctl", "start", "nginx.service")  # put back by hand: recorded as resolved
     wait_for("the drift to be resolved", lambda: box.status()["open_drift"] == 0)
 

@@ -169,7 +169,9 @@ def status(opts: Options) -> int:
     if st.get("adopted_blocks"):
         rows.append(("adopted", ", ".join(map(str, st["adopted_blocks"]))))
     for gap in st.get("gaps") or []:
-        rows.append(("gap", f"{gap['since']} .. {gap.get('until', 'now')}: {gap['error']}"))
+        who = f"{gap['plugin']}: " if gap.get("plugin") else ""
+        tries = f" ({gap['attempts']} attempts)" if gap.get("attempts", 1) > 1 else ""
+        rows.append(("gap", f"{gap['since']} .. {gap.get('until', 'now')}: {who}{gap['error']}{tries}"))
     if st.get("last_error"):
         rows.append(("last error", st["last_error"]))
     for key, value in rows:
