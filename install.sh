@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
         --no-start) start=false ;;
         --uninstall) action=uninstall ;;
         --purge) purge=true ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
