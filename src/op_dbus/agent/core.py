@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from op_dbus.state import StateDocument, check_file_trust, load_document, parse_
 
 MODES = ("shadow", "enforce")
 SUBSCRIBE_TIMEOUT = 10.0
+AGENT_LOCK = "agent.lock"
 DEFER_DELAY = 0.25  # seconds between looks at a state directory another op-dbus is using
 ADOPTED_KINDS = ("apply", "rollback")
 
@@ -156,6 +158,7 @@ class Agent:
         self.lost: dict[str, dict[str, Any]] = {}  # plugin -> its open gap (its source is unreachable)
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = 0.5
+        self._agent_lock: int | None = None
         self._deferring = False
         self._deferred: set[str] = set()
         self._recheck: asyncio.TimerHandle | None = None
@@ -223,12 +226,19 @@ class Agent:
     # -- running -------------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._hold_agent_lock()
         loop = asyncio.get_running_loop()
         for sig, item in ((signal.SIGTERM, ("stop", "SIGTERM")), (signal.SIGINT, ("stop", "SIGINT")),
                           (signal.SIGHUP, ("reload", "SIGHUP"))):
             loop.add_signal_handler(sig, self.inbox.put_nowait, item)
-        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.load_file()
+        try:
+            self.load_file()
+        except BaseException:
+            if self._agent_lock is not None:
+                os.close(self._agent_lock)
+                self._agent_lock = None
+            raise
         if self._open_ledger is not None:
             self._ledger = self._open_ledger()
             self.seen_index = len(self._ledger) - 1
@@ -288,10 +298,29 @@ class Agent:
                 server.close()
             if self._ledger is not None:
                 self._ledger.close()
+            if self._agent_lock is not None:
+                os.close(self._agent_lock)
+                self._agent_lock = None
             self.ready = False
             self._write_status()
             self._emit(logging.INFO, "stop", "op-dbus agent stopped")
         return 0
+
+    def _hold_agent_lock(self) -> None:
+        """One agent per state directory (two would record every drift twice and race to repair it). A separate
+        lock from the apply lock, held for the agent's life and dropped by the kernel when it dies."""
+        path = self.settings.state_dir / AGENT_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LockHeld(f"another op-dbus agent (pid {holder}) already keeps the state in {self.settings.state_dir}",
+                           hint="stop it first (systemctl stop op-dbus), or give this one its own --state-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._agent_lock = fd
 
     async def _sleep_or_stop(self, delay: float) -> bool:
         """Wait `delay` seconds for a reconnection; True if a stop came meanwhile (a reload is taken)."""

@@ -343,6 +343,15 @@ async def test_a_failing_repair_is_not_retried_on_every_event(tmp_path: Path) ->
         assert h.kinds().count("failed") == 1
 
 
+async def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path, store: Store) -> None:
+    from op_dbus.errors import LockHeld
+
+    async with Harness(tmp_path, store):
+        second = Harness(tmp_path, Store({"x": 1, "y": 2}))
+        with pytest.raises(LockHeld, match="another op-dbus agent"):
+            await second.agent.run()
+
+
 async def test_status_file_is_written_and_says_not_running_after_stop(tmp_path: Path, store: Store) -> None:
     from op_dbus.agent.status import read_status
 
