@@ -181,6 +181,17 @@ def test_shadow_names_who_changed_a_unit_over_the_bus(box: Box) -> None:
     wait_for("the drift to be resolved", lambda: box.status()["open_drift"] == 0)
 
 
+def test_shadow_detects_a_disabled_unit(box: Box) -> None:
+    since = len(box.blocks())
+    box.run("systemctl", "disable", "nginx.service")  # UnitFilesChanged, no unit state change
+    (block,) = wait_for("a drift block naming nginx", lambda: box.new_blocks(since, "drift", "nginx.service"))
+    change = next(c for c in block["changes"] if c["object"] == "nginx.service")
+    assert change["before"] == {"enabled": True} and change["after"] == {"enabled": False}
+    assert "systemd1 UnitFilesChanged" in block["meta"]["sources"] or "systemd1 Reloading" in block["meta"]["sources"]
+    box.run("systemctl", "enable", "nginx.service")
+    wait_for("the drift to be resolved", lambda: box.status()["open_drift"] == 0)
+
+
 def test_shadow_detects_a_removed_address_and_bridge_port(box: Box) -> None:
     since = len(box.blocks())
     box.run("ip", "addr", "del", "198.18.9.1/24", "dev", "agbr0")
