@@ -14,13 +14,25 @@ A plugin owns one key under `plugins` in the state document. The engine calls it
 
 Verification is `diff(desired, query(scope=desired))`: an empty diff means converged. Because
 canonicalisation lives in `query`, there is one comparison and no separate verify code to drift from it.
+
+One optional verb serves the agent (`op-dbus run`):
+
+    watch(scope)          an async iterator of `WatchEvent`s: the system's own change notifications for
+                          what `scope` names (signals, netlink multicast, OVSDB monitor), as soon as they
+                          arrive. Its first event is `WatchEvent(name, source=SUBSCRIBED)` once its
+                          subscriptions are in place (the agent reconciles only then, so nothing falls
+                          between). It ends when the plugin has nothing to watch (the default), and raises
+                          ServiceUnavailable when its source goes away. It only says *that* something may
+                          have changed; the agent then recomputes `diff(desired, query(scope))`, so a
+                          spurious event costs one query and a plugin without `watch` is covered by the
+                          agent's periodic full reconciliation.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -66,6 +78,23 @@ class Change:
             "before": self.before,
             "after": self.after,
         }
+
+
+SUBSCRIBED = "subscribed"  # the source of a watch's first event: from here on, no change goes unseen
+
+
+@dataclass
+class WatchEvent:
+    """A change notification from a plugin's `watch`: which objects may have changed, and what said so.
+
+    `objects` are names as the state file spells them (empty: anything in the section); `origin` is who
+    made the change, where the source tells (e.g. the D-Bus sender's pid, uid and command line).
+    """
+
+    plugin: str
+    objects: tuple[str, ...] = ()
+    source: str = ""
+    origin: dict[str, Any] = field(default_factory=dict)
 
 
 class UndoLog:
@@ -164,6 +193,11 @@ class Plugin(ABC, Generic[S]):
         delay catches it.
         """
         return 0.0
+
+    async def watch(self, scope: S, ctx: Context) -> AsyncIterator[WatchEvent]:
+        """Change notifications for what `scope` names (see the module docstring); by default none."""
+        return
+        yield  # an async generator that ends at once
 
     def dump(self, state: S) -> dict[str, Any]:
         """The section as it appears in a state file (and in the log): JSON, no unset fields."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType
@@ -110,6 +111,105 @@ class Client:
 
         self.bus.add_message_handler(_filter)
         return lambda: self.bus.remove_message_handler(_filter)
+
+
+    async def signals(self, rules: list[str], accept: Callable[[Message], bool],
+                      ready: bool = False) -> AsyncIterator[Message | None]:
+        """Signals matching `rules` (bus match rules) that `accept` keeps, as they arrive.
+
+        With `ready`, None comes first, once the match rules are in place. Raises ServiceUnavailable when
+        the connection drops, so a watcher can reconnect and catch up.
+        """
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+
+        def handler(msg: Message) -> None:
+            if msg.message_type == MessageType.SIGNAL and accept(msg):
+                queue.put_nowait(msg)
+
+        self.bus.add_message_handler(handler)
+        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())
+        try:
+            for rule in rules:
+                await self.add_match(rule)
+            if ready:
+                yield None
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    yield get.result()
+                    continue
+                get.cancel()
+                raise ServiceUnavailable("the D-Bus connection was lost (the bus stopped or restarted)")
+        finally:
+            self.bus.remove_message_handler(handler)
+            lost.cancel()
+            with contextlib.suppress(BaseException):
+                await lost
+
+    async def property_changes(self, destination: str, watched: dict[str, set[str] | None],
+                               interface: str | None = None) -> AsyncIterator[tuple[str, str, set[str]] | None]:
+        """PropertiesChanged of `destination`'s objects: (path, interface, names of the watched properties that
+        changed or were invalidated), for `watched` = {object path: property names, or None for any}.
+
+        None comes first, once subscribed. For any D-Bus service's declared properties (login1, hostname1, ...).
+        """
+        rules = [f"type='signal',sender='{destination}',interface='{PROPERTIES}',member='PropertiesChanged',"
+                 f"path='{path}'" for path in watched]
+
+        def accept(msg: Message) -> bool:
+            return msg.member == "PropertiesChanged" and msg.path in watched and (
+                interface is None or msg.body[0] == interface)
+
+        async for msg in self.signals(rules, accept, ready=True):
+            if msg is None:
+                yield None
+                continue
+            names = set(msg.body[1]) | set(msg.body[2])
+            wanted = watched[msg.path]
+            hit = names if wanted is None else names & wanted
+            if hit:
+                yield msg.path, msg.body[0], hit
+
+    async def credentials(self, sender: str) -> dict[str, Any]:
+        """Who a bus peer is: pid, uid and command line (as far as the bus and /proc still tell)."""
+        try:
+            (creds,) = await self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                       "GetConnectionCredentials", "s", [sender], timeout=2.0)
+        except BackendError:
+            return {"sender": sender}
+        who: dict[str, Any] = {"sender": sender}
+        if "ProcessID" in creds:
+            who["pid"] = creds["ProcessID"].value
+            with contextlib.suppress(OSError), open(f"/proc/{who['pid']}/cmdline", "rb") as f:
+                who["command"] = f.read(1000).replace(b"\0", b" ").decode(errors="replace").strip()
+        if "UnixUserID" in creds:
+            who["uid"] = creds["UnixUserID"].value
+        return who
+
+
+async def monitor(address: str | None, rules: list[str], handler: Callable[[Message], None]) -> MessageBus:
+    """A second connection turned into a bus monitor (org.freedesktop.DBus.Monitoring.BecomeMonitor).
+
+    It sees copies of the method calls `rules` match (e.g. who asked systemd to stop a unit); the bus
+    allows this to root only. A monitor may not send anything, so every message is marked handled here
+    (otherwise the library would answer method calls meant for others).
+    """
+    bus = await connect(address)
+
+    def observe(msg: Message) -> bool:
+        if msg.message_type == MessageType.METHOD_CALL:
+            handler(msg)
+        return True
+
+    reply = await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus.Monitoring", member="BecomeMonitor",
+                                   signature="asu", body=[rules, 0]))
+    if reply.message_type == MessageType.ERROR:
+        bus.disconnect()
+        raise error_from_reply(reply, "BecomeMonitor on the system bus")
+    bus.add_message_handler(observe)
+    return bus
 
 
 async def open_client(ctx_settings_bus: str | None, timeout: float) -> Client:

@@ -652,6 +652,65 @@ class Netlink:
         return out
 
 
+# --- change notifications (multicast groups) ---
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+WATCH_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+
+
+class Monitor:
+    """A non-blocking rtnetlink socket subscribed to link, address and route notifications (IPv4 and IPv6).
+
+    `read()` drains what is queued: (message type, payload, sender port id) triples, or None when the kernel
+    dropped notifications because the socket's buffer overflowed (ENOBUFS): the caller must then re-read
+    everything. The port id of a notification is that of the socket whose request caused it (0 for the
+    kernel's own changes); for most tools (`ip`, ...) it is their pid.
+    """
+
+    def __init__(self, netns: str | None = None, groups: int = WATCH_GROUPS) -> None:
+        try:
+            self.sock = socket_in(netns)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.bind((0, groups))
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot subscribe to rtnetlink notifications: {exc}") from exc
+        self.sock.setblocking(False)
+        self._buf = bytearray(1 << 16)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> list[tuple[int, bytes, int]] | None:
+        out: list[tuple[int, bytes, int]] = []
+        overflow = False
+        while True:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    overflow = True
+                    continue
+                raise ServiceUnavailable(f"rtnetlink notifications failed: {exc}") from exc
+            mv = memoryview(self._buf)[:n]
+            off = 0
+            while off + 16 <= n:
+                length, mtype, _flags, _seq, portid = _HDR.unpack_from(mv, off)
+                if length < 16:
+                    break
+                out.append((mtype, bytes(mv[off + 16:off + length]), portid))
+                off += (length + 3) & ~3
+        return None if overflow else out
+
+
 NETLINK_GENERIC = 16
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3

@@ -136,6 +136,8 @@ class Ovsdb:
             if not fut.done():
                 fut.set_exception(error)
         self._pending.clear()
+        for queue in self._monitors.values():
+            queue.put_nowait(None)  # type: ignore[arg-type]  # tells a monitor's reader that the connection is gone
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         method = msg.get("method")
@@ -193,7 +195,10 @@ class Ovsdb:
         return (await self.transact([op]))[0]["rows"]  # type: ignore[no-any-return]
 
     async def monitor(self, requests: dict[str, Any]) -> tuple[Any, dict[str, Any], asyncio.Queue[dict[str, Any]]]:
-        """Start a monitor; returns its id, the initial table updates and the queue of later ones."""
+        """Start a monitor; returns its id, the initial table updates and the queue of later ones.
+
+        The queue yields None once the connection is lost.
+        """
         mon_id = str(uuid_mod.uuid4())
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._monitors[json.dumps(mon_id)] = queue

@@ -247,3 +247,46 @@ def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | 
     elif result.block is not None:
         click.echo(f"rolled back to block {index}; recorded block {result.block.index}")
     return ExitCode.OK
+
+
+def status(opts: Options) -> int:
+    from op_dbus.agent.status import read_status
+
+    st = read_status(opts.state_dir)
+    if opts.json:
+        _emit_json(st or {"running": False})
+        return ExitCode.OK if st and st["running"] else ExitCode.INTERNAL
+    if st is None:
+        click.echo(f"op-dbus agent: not running (no status in {opts.state_dir})")
+        return ExitCode.INTERNAL
+    state = "running" if st["running"] else f"not running (last pid {st.get('pid')})"
+    click.secho(f"op-dbus agent: {state}", bold=True, fg="green" if st["running"] else "red")
+    mode = st.get("mode", "?") + (" (read-only)" if st.get("read_only") else "")
+    rows = [
+        ("mode", mode),
+        ("state file", st.get("state_file")),
+        ("audit log", "yes" if st.get("log") else "no (journal only)"),
+        ("since", st.get("started")),
+        ("watching", ", ".join(f"{k}: {v}" for k, v in (st.get("watching") or {}).items()) or "-"),
+    ]
+    last = st.get("last_reconcile")
+    if last:
+        rows.append(("last reconcile", f"{last['time']} ({last['reason']}, {last['duration_ms']} ms)"))
+    counts = st.get("counts") or {}
+    rows.append(("open drift", str(st.get("open_drift", 0))))
+    rows.append(("counts", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
+    drift = st.get("last_drift")
+    if drift:
+        where = f" (block {drift['block']})" if drift.get("block") is not None else ""
+        rows.append(("last drift", f"{drift['time']}{where}: {drift['summary']}"))
+    if st.get("adopted_blocks"):
+        rows.append(("adopted", ", ".join(map(str, st["adopted_blocks"]))))
+    for gap in st.get("gaps") or []:
+        who = f"{gap['plugin']}: " if gap.get("plugin") else ""
+        tries = f" ({gap['attempts']} attempts)" if gap.get("attempts", 1) > 1 else ""
+        rows.append(("gap", f"{gap['since']} .. {gap.get('until', 'now')}: {who}{gap['error']}{tries}"))
+    if st.get("last_error"):
+        rows.append(("last error", st["last_error"]))
+    for key, value in rows:
+        click.echo(f"  {key:<15} {value}")
+    return ExitCode.OK if st["running"] else ExitCode.INTERNAL

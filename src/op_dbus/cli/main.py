@@ -436,6 +436,50 @@ def blockchain_search(opts: Options, query: tuple[str, ...], limit: int, semanti
 
 
 @cli.command()
+@click.option("--state-file", "state_file", required=True, type=click.Path(dir_okay=False),
+              help="The state to keep (reloaded on SIGHUP and when the file changes).")
+@click.option("--mode", type=click.Choice(["shadow", "enforce"]), default="shadow", show_default=True,
+              help="shadow: record drift, change nothing; enforce: re-apply the state file on drift.")
+@click.option("--read-only", is_flag=True, help="Never change the system, whatever the mode (discovery).")
+@click.option("--no-log", is_flag=True,
+              help="Keep no audit log (agent-only mode): drift goes to the journal / stderr only.")
+@click.option("--interval", metavar="SECONDS", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Full reconciliation every SECONDS, besides the change events.")
+@click.option("--debounce", metavar="SECONDS", type=click.FloatRange(min=0, max=10), default=0.02, show_default=True,
+              help="Collect a burst of events this long before recomputing the difference.")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9469).")
+@click.pass_obj
+def run(opts: Options, state_file: str, mode: str, read_only: bool, no_log: bool, interval: float,
+        debounce: float, metrics: str | None) -> int:
+    """Keep the state of FILE: listen to the system's change events and record (shadow) or repair (enforce) drift.
+
+    Runs in the foreground as a systemd Type=notify service (READY=1, STATUS=, WATCHDOG=1); logs are JSON lines
+    on stderr. SIGHUP or a change of the state file reloads it; SIGTERM stops. `op-dbus status` shows what it does.
+    """
+    from op_dbus.agent import Agent, AgentConfig
+    from op_dbus.agent.metrics import parse_listen
+
+    if metrics:
+        parse_listen(metrics)
+    config = AgentConfig(Path(state_file), mode=mode, read_only=read_only, interval=interval, debounce=debounce,
+                         metrics=metrics)
+    settings = opts.context().settings
+    agent = Agent(config, settings, ledger=None if no_log else opts.ledger)
+    return int(_run(agent.run()))
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def status(opts: Options) -> int:
+    """Show the agent (`op-dbus run`): mode, last reconciliation, drift counts. Exit 1 if it is not running."""
+    from op_dbus.cli import commands
+
+    return commands.status(opts)
+
+
+@cli.command()
 @click.argument("plugin", required=False)
 @click.pass_obj
 def schema(opts: Options, plugin: str | None) -> int:

@@ -148,7 +148,11 @@ class Engine:
 
     async def apply(self, doc: StateDocument, *, dry_run: bool = False, confirm_timeout: float | None = None,
                     lock_wait: float = 0.0, kind: str = "apply", meta: dict[str, Any] | None = None) -> ApplyResult:
-        """Converge to `doc` as one transaction; see the module docstring for what happens on failure."""
+        """Converge to `doc` as one transaction; see the module docstring for what happens on failure.
+
+        The block is recorded with `kind` (apply, rollback) and `meta` added to its meta (e.g. the agent's
+        note of the drift it repairs).
+        """
         if dry_run:
             return ApplyResult(await self.plan(doc), dry_run=True)
         state_dir = self._state_dir()

@@ -9,20 +9,27 @@ touched. Reading takes one ListUnitsByNames call whatever the number of units, p
 declared, each unit's cached UnitFileState property (pipelined on one connection); unit-file changes are
 batched into one call per kind plus one Reload; start and stop jobs are issued together and each is
 awaited through its JobRemoved signal.
+
+`watch` (for `op-dbus run`) listens to the manager's JobRemoved, UnitFilesChanged and Reloading signals
+and to PropertiesChanged of the declared units' objects. Signals come from systemd itself; to say who
+asked for a change, a second connection monitors method calls to systemd (root only) and names the
+caller's pid, uid and command line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import AsyncIterator
 from itertools import groupby
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, model_validator
 
 from op_dbus.backends import dbus
-from op_dbus.errors import ApplyFailed, Problem
-from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.errors import ApplyFailed, OpDbusError, Problem
+from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Section, UndoLog, WatchEvent
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -79,6 +86,15 @@ INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "en
 # Order of actions in a plan: unit files first (unmask before enable), stops before starts so a
 # replacement can take over a port, masking after the stop it needs.
 ACTION_ORDER = {"unmask": 0, "enable": 1, "disable": 2, "stop": 3, "mask": 4, "start": 5}
+# ActiveState values with no job under way; the others are transitions whose end is signalled again.
+SETTLED_STATES = ("active", "inactive", "failed")
+# Manager methods whose first argument names the units a caller changes (start, stop, enable, ...).
+CHANGING_METHODS = frozenset({
+    "StartUnit", "StopUnit", "RestartUnit", "ReloadUnit", "TryRestartUnit", "ReloadOrRestartUnit",
+    "ReloadOrTryRestartUnit", "KillUnit", "StartUnitReplace", "EnableUnitFiles", "DisableUnitFiles",
+    "EnableUnitFilesWithFlags", "DisableUnitFilesWithFlags", "DisableUnitFilesWithFlagsAndInstallInfo",
+    "ReenableUnitFiles", "MaskUnitFiles", "UnmaskUnitFiles", "LinkUnitFiles", "PresetUnitFiles",
+})
 FILE_METHODS = {
     "enable": ("EnableUnitFiles", "asbb", lambda files: [files, False, True]),
     "disable": ("DisableUnitFiles", "asb", lambda files: [files, False]),
@@ -192,6 +208,107 @@ class SystemdPlugin(Plugin[SystemdState]):
                 masked=None,
             )
         return SystemdState.model_construct(units=dict(sorted(units.items())))
+
+    # -- watching ------------------------------------------------------------------------------------
+
+    async def watch(self, scope: SystemdState, ctx: Context) -> AsyncIterator[WatchEvent]:
+        names = list(scope.units)
+        if not names:
+            return
+        client = await systemd_client(ctx)
+        await self._subscribe(client)
+        by_path: dict[str, list[str]] = {}
+        by_id: dict[str, list[str]] = {}
+
+        async def learn() -> None:
+            # An alias's signals carry its unit's id and object path; map both back to the declared names.
+            (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [names])
+            by_path.clear()
+            by_id.clear()
+            for name, row in zip(names, rows, strict=True):
+                by_path.setdefault(row[6], []).append(name)
+                by_id.setdefault(row[0], []).append(name)
+
+        await learn()
+        callers: dict[str, tuple[float, dict[str, Any]]] = {}
+        watcher = await self._watch_callers(ctx, client, callers)
+        rules = [
+            f"type='signal',sender='{SYSTEMD}',interface='{dbus.PROPERTIES}',member='PropertiesChanged',"
+            "path_namespace='/org/freedesktop/systemd1/unit'",
+            f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='UnitFilesChanged'",
+            f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='Reloading'",
+        ]
+
+        def accept(msg: Any) -> bool:
+            if msg.interface == MANAGER:
+                return msg.member in ("JobRemoved", "UnitFilesChanged", "Reloading")
+            if msg.member != "PropertiesChanged" or msg.path not in by_path or msg.body[0] != UNIT:
+                return False
+            # Only a settled ActiveState with no job counts. A unit with a job under way (even while still "active")
+            # is changing: acting now would cancel that job; its end is signalled (JobRemoved, the settled state
+            # with no job) and judged then.
+            # Enablement changes come as UnitFilesChanged.
+            changed = msg.body[1]
+            state, job = changed.get("ActiveState"), changed.get("Job")
+            busy = job is not None and job.value[0] != 0
+            return state is not None and state.value in SETTLED_STATES and not busy
+
+        try:
+            async for msg in client.signals(rules, accept, ready=True):
+                if msg is None:
+                    yield WatchEvent(self.name, source=SUBSCRIBED)
+                    continue
+                if msg.member == "PropertiesChanged":
+                    objects = tuple(by_path.get(msg.path, ()))
+                elif msg.member == "JobRemoved":
+                    objects = tuple(by_id.get(msg.body[2], ()))
+                    if not objects:
+                        continue
+                else:
+                    if msg.member == "Reloading" and msg.body[0]:
+                        continue  # the reload starts; its end (false) is what counts
+                    await learn()
+                    objects = tuple(names)
+                origin: dict[str, Any] = {}
+                now = time.monotonic()
+                for name in objects:
+                    seen = callers.get(name)
+                    if seen is not None and now - seen[0] < 30:
+                        origin = seen[1]
+                yield WatchEvent(self.name, objects, f"systemd1 {msg.member}", origin)
+        finally:
+            if watcher is not None:
+                watcher.disconnect()
+
+    async def _watch_callers(self, ctx: Context, client: dbus.Client,
+                             callers: dict[str, tuple[float, dict[str, Any]]]) -> Any:
+        """Note who calls systemd's unit methods: unit name -> (when, pid/uid/command of the caller)."""
+        own = client.bus.unique_name
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def resolve(sender: str, who: dict[str, Any]) -> None:
+            # filled in place: an event that already carries `who` gets the details when they arrive
+            who.update(await client.credentials(sender))
+
+        def seen(msg: Any) -> None:
+            if msg.sender == own or msg.interface != MANAGER or msg.member not in CHANGING_METHODS:
+                return
+            if not msg.body:
+                return
+            first = msg.body[0]
+            units = [first] if isinstance(first, str) else [u for u in first if isinstance(u, str)]
+            who: dict[str, Any] = {"sender": msg.sender, "method": msg.member}
+            for unit in units:
+                callers[unit.rsplit("/", 1)[-1]] = (time.monotonic(), who)
+            task = asyncio.ensure_future(resolve(msg.sender, who))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        try:
+            return await dbus.monitor(ctx.settings.bus_address,
+                                      [f"type='method_call',destination='{SYSTEMD}',interface='{MANAGER}'"], seen)
+        except OpDbusError:  # not root, or a bus without monitoring: changes are still seen, only not who made them
+            return None
 
     # -- checking ------------------------------------------------------------------------------------
 

@@ -58,12 +58,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import DEFAULT_SOCKET, Ovsdb
 from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
-from op_dbus.plugin import Change, Context, Plugin, UndoLog
+from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 
 from . import apply as applier
 from .diff import diff as compute_diff
@@ -213,6 +214,14 @@ class NetPlugin(Plugin[NetSection]):
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)
+
+    async def watch(self, scope: NetSection, ctx: Context) -> AsyncIterator[WatchEvent]:
+        """rtnetlink notifications and an OVSDB monitor for the declared interfaces (see `watch.py`)."""
+        from .watch import watch
+
+        async for event in watch(scope, self._netns(scope, ctx), self._ovsdb_path(scope, ctx), ctx.settings.job_timeout,
+                                 self.name):
+            yield event
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
         i = 0

@@ -1,0 +1,231 @@
+#!/bin/sh
+# Install op-dbus as a systemd service, in one of the deployment guide's modes.
+#
+#   ./install.sh                     full: every plugin (the container layer included), audit log, agent
+#   ./install.sh --no-proxmox        standalone: D-Bus plugins + audit log, no container layer
+#   ./install.sh --agent-only        D-Bus plugins only, no audit log (drift goes to the journal)
+#   ./install.sh --read-only         discovery: the agent never changes the system (combines with the above)
+#   ./install.sh --uninstall [--purge]
+#
+# Other options:
+#   --wheelhouse DIR     install offline from a directory of wheels (pip --no-index --find-links DIR)
+#   --source SPEC        what pip installs (default: this checkout if install.sh sits in one, else `op-dbus`)
+#   --mode shadow|enforce  the agent's mode (default shadow: record drift, change nothing)
+#   --user NAME          run the agent as system user NAME (created if missing) and install the D-Bus policy
+#                        file for it (/etc/dbus-1/system.d/op-dbus.conf); default: root
+#   --interval SECONDS   full reconciliation interval (default 300)
+#   --metrics HOST:PORT  serve Prometheus metrics on loopback
+#   --watchdog SECONDS   WatchdogSec of the service (default 30)
+#   --no-start           install and enable, but do not (re)start the service now
+#   --purge              with --uninstall: also remove the audit log, /etc/op-dbus and the user
+#
+# Idempotent: running it again upgrades the package, rewrites the unit and keeps state.json and the log.
+set -eu
+
+PREFIX=/opt/op-dbus
+ETC=/etc/op-dbus
+STATE_DIR=/var/lib/op-dbus
+STATE_FILE=$ETC/state.json
+UNIT=/etc/systemd/system/op-dbus.service
+POLICY=/etc/dbus-1/system.d/op-dbus.conf
+MANIFEST=$ETC/install.manifest
+CONTAINER_PLUGINS="lxc containers container proxmox podman nspawn"
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+layer=full
+read_only=false
+mode=shadow
+user=root
+wheelhouse=
+source=
+interval=300
+metrics=
+watchdog=30
+start=true
+action=install
+purge=false
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-proxmox) layer=standalone ;;
+        --agent-only) layer=agent ;;
+        --read-only) read_only=true ;;
+        --mode) mode=${2:?--mode needs shadow or enforce}; shift ;;
+        --enforce) mode=enforce ;;
+        --user) user=${2:?--user needs a name}; shift ;;
+        --wheelhouse) wheelhouse=${2:?--wheelhouse needs a directory}; shift ;;
+        --source) source=${2:?--source needs a pip requirement or path}; shift ;;
+        --interval) interval=${2:?}; shift ;;
+        --metrics) metrics=${2:?}; shift ;;
+        --watchdog) watchdog=${2:?}; shift ;;
+        --no-start) start=false ;;
+        --uninstall) action=uninstall ;;
+        --purge) purge=true ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs a system service)"
+case "$mode" in shadow|enforce) ;; *) die "--mode must be shadow or enforce" ;; esac
+
+have_systemd() { [ -d /run/systemd/system ]; }
+
+manifest_get() { [ -f "$MANIFEST" ] && sed -n "s/^$1=//p" "$MANIFEST" | tail -n 1 || true; }
+
+uninstall() {
+    if have_systemd && [ -f "$UNIT" ]; then
+        systemctl disable --now op-dbus.service >/dev/null 2>&1 || true
+    fi
+    rm -f "$UNIT" "$ETC/agent.env"
+    have_systemd && systemctl daemon-reload || true
+    if [ -f "$POLICY" ] && grep -q 'op-dbus' "$POLICY"; then
+        rm -f "$POLICY"
+        have_systemd && systemctl reload dbus.service >/dev/null 2>&1 || true
+    fi
+    rm -rf "$PREFIX"
+    rm -f /usr/local/bin/op-dbus
+    created_state=$(manifest_get state_sha256)
+    if [ -n "$created_state" ] && [ -f "$STATE_FILE" ] && \
+       [ "$(sha256sum "$STATE_FILE" | cut -d' ' -f1)" = "$created_state" ] && [ "$purge" = false ]; then
+        rm -f "$STATE_FILE"   # written by install.sh and never edited: ours to remove
+    fi
+    created_user=$(manifest_get created_user)
+    if [ "$purge" = true ]; then
+        rm -rf "$STATE_DIR" "$ETC"
+        [ -n "$created_user" ] && userdel "$created_user" >/dev/null 2>&1 || true
+        say "removed op-dbus, its configuration and its audit log"
+    else
+        rm -f "$MANIFEST" "$STATE_DIR/agent.json"
+        rmdir "$ETC" 2>/dev/null || true
+        say "removed op-dbus; kept the audit log in $STATE_DIR${created_user:+ and user $created_user} (--purge removes them)"
+    fi
+}
+
+if [ "$action" = uninstall ]; then
+    uninstall
+    exit 0
+fi
+
+# -- the package, in its own venv --------------------------------------------------------------------
+python=$(command -v python3 || true)
+[ -n "$python" ] || die "python3 is needed (>= 3.11)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 is needed"
+if [ ! -x "$PREFIX/bin/python" ]; then
+    "$python" -m venv "$PREFIX" || die "cannot create a venv in $PREFIX (is python3-venv installed?)"
+fi
+if [ -z "$source" ]; then
+    if [ -f "$HERE/pyproject.toml" ] && [ -z "$wheelhouse" ]; then source=$HERE; else source=op-dbus; fi
+fi
+pip="$PREFIX/bin/pip install -q --disable-pip-version-check --root-user-action=ignore --upgrade"
+if [ -n "$wheelhouse" ]; then
+    [ -d "$wheelhouse" ] || die "no wheelhouse at $wheelhouse"
+    $pip --no-index --find-links "$wheelhouse" "$source" || die "pip could not install $source from $wheelhouse"
+else
+    $pip "$source" || die "pip could not install $source"
+fi
+ln -sf "$PREFIX/bin/op-dbus" /usr/local/bin/op-dbus
+mkdir -p "$PREFIX/share/doc/op-dbus"
+[ -f "$HERE/README.md" ] && cp "$HERE/README.md" "$PREFIX/share/doc/op-dbus/README.md"
+say "installed $("$PREFIX/bin/op-dbus" --version) in $PREFIX"
+
+# -- the user, directories and the D-Bus policy --------------------------------------------------------
+created_user=$(manifest_get created_user)
+if [ "$user" != root ] && ! id "$user" >/dev/null 2>&1; then
+    useradd --system --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$user"
+    created_user=$user
+fi
+install -d -m 0755 -o root -g root "$ETC"
+install -d -m 0700 "$STATE_DIR"
+chown "$user" "$STATE_DIR"
+if [ "$user" != root ]; then
+    sed "s/@USER@/$user/g" "$HERE/packaging/op-dbus.conf.in" > "$POLICY.tmp"
+    chmod 0644 "$POLICY.tmp"
+    mv "$POLICY.tmp" "$POLICY"
+    have_systemd && { systemctl reload dbus.service >/dev/null 2>&1 || true; }
+    say "installed the D-Bus policy $POLICY for user $user"
+fi
+
+# -- the plugins of this mode, and a state file of the current system ---------------------------------
+plugins=$("$PREFIX/bin/python" -c 'from op_dbus.plugin import plugin_specs; print(" ".join(sorted(plugin_specs())))')
+if [ "$layer" != full ]; then
+    kept=
+    for p in $plugins; do
+        case " $CONTAINER_PLUGINS " in *" $p "*) ;; *) kept="$kept $p" ;; esac
+    done
+    plugins=${kept# }
+fi
+state_sha=$(manifest_get state_sha256)
+if [ ! -f "$STATE_FILE" ]; then
+    # One plugin at a time, so a plugin whose service is absent (no OVS, no container engine) is left out
+    # with a warning instead of failing the install.
+    # As the agent's user: the file then declares what the agent can see.
+    "$PREFIX/bin/python" - "$STATE_FILE.tmp" "$user" $plugins <<'PY'
+import json, subprocess, sys
+out, user, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+as_user = [] if user == "root" else ["runuser", "-u", user, "--"]
+doc = {"version": 1, "plugins": {}}
+for name in names:
+    p = subprocess.run([*as_user, sys.prefix + "/bin/op-dbus", "-o", "json", "introspect", name],
+                       capture_output=True, text=True, cwd="/")
+    if p.returncode == 0:
+        doc["plugins"].update(json.loads(p.stdout)["plugins"])
+    else:
+        print(f"install.sh: warning: plugin {name} left out of the state file: {p.stderr.strip()}", file=sys.stderr)
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+PY
+    # readable by the agent's user, writable by root only (the agent refuses a state file others may write)
+    chmod 0644 "$STATE_FILE.tmp"
+    mv "$STATE_FILE.tmp" "$STATE_FILE"
+    state_sha=$(sha256sum "$STATE_FILE" | cut -d' ' -f1)
+    say "wrote $STATE_FILE from \`op-dbus introspect $plugins\`"
+fi
+
+# -- the service ----------------------------------------------------------------------------------------
+run_args="--mode $mode --interval $interval"
+mode_text="$mode mode"
+[ "$layer" = agent ] && { run_args="$run_args --no-log"; mode_text="$mode_text, agent only (no audit log)"; }
+[ "$read_only" = true ] && { run_args="$run_args --read-only"; mode_text="$mode_text, read-only"; }
+[ -n "$metrics" ] && run_args="$run_args --metrics $metrics"
+cat > "$ETC/agent.env.tmp" <<EOF
+# Options of \`op-dbus run\` (written by install.sh; layer: $layer). Restart op-dbus after a change.
+OP_DBUS_RUN_ARGS="$run_args"
+EOF
+mv "$ETC/agent.env.tmp" "$ETC/agent.env"
+caps=
+if [ "$user" != root ] && [ "$read_only" = false ]; then
+    caps="AmbientCapabilities=CAP_NET_ADMIN"
+fi
+sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@STATE_FILE@|$STATE_FILE|g" \
+    -e "s|@USER@|$user|g" -e "s|@WATCHDOG_SEC@|$watchdog|g" -e "s|@MODE_TEXT@|$mode_text|g" \
+    -e "s|@CAPABILITIES@|$caps|g" "$HERE/packaging/op-dbus.service.in" > "$UNIT.tmp"
+chmod 0644 "$UNIT.tmp"
+mv "$UNIT.tmp" "$UNIT"
+
+cat > "$MANIFEST" <<EOF
+layer=$layer
+mode=$mode
+read_only=$read_only
+user=$user
+created_user=$created_user
+state_sha256=$state_sha
+EOF
+
+if have_systemd; then
+    systemctl daemon-reload
+    systemctl enable op-dbus.service >/dev/null 2>&1
+    if [ "$start" = true ]; then
+        systemctl restart op-dbus.service || die "op-dbus.service did not start: journalctl -u op-dbus"
+        say "op-dbus.service is running ($mode_text); \`op-dbus status\` shows what it does"
+    else
+        say "op-dbus.service is enabled ($mode_text); start it with \`systemctl start op-dbus\`"
+    fi
+else
+    say "no systemd running here: installed $UNIT, not started"
+fi
