@@ -9,6 +9,7 @@ PACKAGES=(
   openvswitch-switch  # OVS binaries for host-side tests (never started here)
   iproute2 ethtool    # test oracles
   util-linux          # unshare, nsenter
+  dbus                # dbus-daemon for private-bus tests of discovery and the generic D-Bus plugin
   podman runc         # container backends: podman's REST API (also the Docker-compatible one); runc, not crun
   lxc busybox-static  # LXC backend; busybox is the test templates' whole userland
   python3 python3-venv  # Debian's 3.11, the interpreter the container runs: the wheelhouse is built with it
