@@ -11,6 +11,7 @@ touched. Templates are imported once per backend under a name derived from the t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from op_dbus.errors import BackendError
+from op_dbus.errors import BackendError, OperationTimeout, ServiceUnavailable
 
 MANAGED = "op-dbus.managed"  # marker on every container op-dbus created
 IMAGE = "op-dbus.image"  # the template name a container was created from
@@ -227,3 +228,25 @@ def as_tarball(source: Path) -> Iterator[Path]:
             for entry in sorted(source.iterdir()):
                 tar.add(entry, arcname=entry.name)
         yield tarball
+
+
+async def run_tool(argv: list[str], *, what: str, timeout: float, missing: ServiceUnavailable) -> str:
+    """Run a manager's command-line tool (where no API exists) and return its output; errors name the tool.
+
+    `missing` is raised when the tool is not installed; a timeout kills it; a failure carries its last line.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise missing from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise OperationTimeout(f"{what} did not finish in {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        text = (err or out).decode(errors="replace").strip().splitlines()
+        raise BackendError(f"{what} failed: {text[-1] if text else proc.returncode}", code=str(proc.returncode))
+    return out.decode()

@@ -34,8 +34,9 @@ from op_dbus.backends.containers import (
     Mount,
     Progress,
     TemplateInfo,
+    run_tool,
 )
-from op_dbus.errors import BackendError, OperationTimeout, ServiceUnavailable
+from op_dbus.errors import BackendError, ServiceUnavailable
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
 MARKER = "# op-dbus: "
@@ -148,22 +149,8 @@ class LxcBackend(ContainerBackend):
         self.timeout = timeout
 
     async def _run(self, *argv: str, timeout: float | None = None) -> str:
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        except FileNotFoundError:
-            raise ServiceUnavailable(f"lxc: {argv[0]} is not installed", hint="apt-get install lxc") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise OperationTimeout(f"lxc: {' '.join(argv[:4])} did not finish in {timeout or self.timeout:.0f} s") from None
-        if proc.returncode != 0:
-            text = (err or out).decode(errors="replace").strip().splitlines()
-            raise BackendError(f"lxc: {' '.join(argv[:4])} failed: {text[-1] if text else proc.returncode}",
-                               code=str(proc.returncode))
-        return out.decode()
+        return await run_tool(list(argv), what=f"lxc: {' '.join(argv[:4])}", timeout=timeout or self.timeout,
+                              missing=ServiceUnavailable(f"lxc: {argv[0]} is not installed", hint="apt-get install lxc"))
 
     def _tool(self, tool: str, name: str, *args: str) -> list[str]:
         return [tool, "-P", str(self.lxcpath), "-n", name, *args]

@@ -31,8 +31,9 @@ from op_dbus.backends.containers import (
     Progress,
     TemplateInfo,
     as_tarball,
+    run_tool,
 )
-from op_dbus.errors import BackendError, OperationTimeout, ServiceUnavailable
+from op_dbus.errors import BackendError, ServiceUnavailable
 
 TAG = "op-dbus"
 RECORD = "op-dbus: "
@@ -113,23 +114,10 @@ class ProxmoxBackend(ContainerBackend):
         self._vmids: dict[str, int] = {}
 
     async def _pct(self, *args: str, timeout: float | None = None) -> str:
-        try:
-            proc = await asyncio.create_subprocess_exec(self.pct, *args, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        except FileNotFoundError:
-            raise ServiceUnavailable("proxmox: `pct` is not installed: this is not a Proxmox VE node",
-                                     hint="run op-dbus on the Proxmox node itself") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise OperationTimeout(f"proxmox: pct {' '.join(args[:2])} did not finish in time") from None
-        if proc.returncode != 0:
-            text = (err or out).decode(errors="replace").strip().splitlines()
-            raise BackendError(f"proxmox: pct {' '.join(args[:2])} failed: {text[-1] if text else proc.returncode}",
-                               code=str(proc.returncode))
-        return out.decode()
+        missing = ServiceUnavailable("proxmox: `pct` is not installed: this is not a Proxmox VE node",
+                                     hint="run op-dbus on the Proxmox node itself")
+        return await run_tool([self.pct, *args], what=f"proxmox: pct {' '.join(args[:2])}",
+                              timeout=timeout or self.timeout, missing=missing)
 
     async def _table(self) -> list[tuple[int, str, str]]:
         rows = parse_list(await self._pct("list"))
