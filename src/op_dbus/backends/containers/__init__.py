@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import tarfile
 import tempfile
@@ -250,3 +251,23 @@ async def run_tool(argv: list[str], *, what: str, timeout: float, missing: Servi
         text = (err or out).decode(errors="replace").strip().splitlines()
         raise BackendError(f"{what} failed: {text[-1] if text else proc.returncode}", code=str(proc.returncode))
     return out.decode()
+
+
+# Config files op-dbus writes for a container (LXC config, .nspawn settings) open with this comment line, carrying
+# in JSON what the file format itself has no place for (the marker, image, env keys, ...).
+MARKER = "# op-dbus: "
+
+
+def marker_line(record: dict[str, Any]) -> str:
+    return MARKER + json.dumps(record, sort_keys=True)
+
+
+def read_marker(text: str) -> dict[str, Any]:
+    """The record of a config file's marker line; {} when op-dbus did not write the file (or it was edited)."""
+    first, _, _ = text.partition("\n")
+    if first.startswith(MARKER):
+        with contextlib.suppress(ValueError):
+            record = json.loads(first[len(MARKER):])
+            if isinstance(record, dict):
+                return record
+    return {}

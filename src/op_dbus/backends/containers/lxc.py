@@ -34,12 +34,13 @@ from op_dbus.backends.containers import (
     Mount,
     Progress,
     TemplateInfo,
+    marker_line,
+    read_marker,
     run_tool,
 )
 from op_dbus.errors import BackendError, ServiceUnavailable
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
-MARKER = "# op-dbus: "
 TEMPLATES = ".op-dbus-templates"
 INIT = "/.op-dbus-init"  # script in the container's root that execs the declared command (lxc.init.cmd cannot quote)
 CPU_PERIOD = 100_000
@@ -53,7 +54,7 @@ def cgroup_v1_memory() -> bool:
 def render_config(spec: ContainerSpec, lxcpath: Path, template_rootfs: Path, v1: bool) -> str:
     record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env), "command": spec.command,
               "boot": spec.boot}
-    lines = [MARKER + json.dumps(record, sort_keys=True),
+    lines = [marker_line(record),
              f"lxc.uts.name = {spec.name}",
              f"lxc.rootfs.path = overlay:{template_rootfs}:{lxcpath / spec.name / 'delta0'}",
              "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
@@ -87,11 +88,7 @@ def render_config(spec: ContainerSpec, lxcpath: Path, template_rootfs: Path, v1:
 
 
 def parse_config(name: str, text: str) -> ContainerInfo:
-    first, _, _ = text.partition("\n")
-    record: dict[str, Any] = {}
-    if first.startswith(MARKER):
-        with contextlib.suppress(ValueError):
-            record = json.loads(first[len(MARKER):])
+    record = read_marker(text)
     info = ContainerInfo(name=name, managed=bool(record.get("managed")), running=False, image=record.get("image"),
                          env_keys=list(record.get("env_keys") or []), command=record.get("command"),
                          boot=bool(record.get("boot")))

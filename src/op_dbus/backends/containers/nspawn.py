@@ -33,7 +33,9 @@ from op_dbus.backends.containers import (
     Progress,
     TemplateInfo,
     as_tarball,
+    marker_line,
     netattach,
+    read_marker,
 )
 from op_dbus.errors import ApplyFailed, BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
 
@@ -47,7 +49,6 @@ SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
 SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 
-MARKER = "# op-dbus: "
 HOST0 = "host0"  # the container's end of nspawn's veth
 TEMPLATE_PREFIX = "op-dbus-template-"
 CPU_PERIOD_US = 1_000_000
@@ -64,7 +65,7 @@ def template_image(name: str) -> str:
 def render_settings(spec: ContainerSpec) -> str:
     """The .nspawn file of a container: nspawn's own settings, with op-dbus's record on the first line."""
     record = {"managed": True, "image": spec.recorded_image, "env_keys": sorted(spec.env), "addresses": spec.addresses}
-    lines = [MARKER + json.dumps(record, sort_keys=True), "[Exec]", f"Boot={'yes' if spec.boot else 'no'}",
+    lines = [marker_line(record), "[Exec]", f"Boot={'yes' if spec.boot else 'no'}",
              "PrivateUsers=no"]
     if not spec.boot:
         # a stub init as PID 1 reaps the command's children and turns SIGTERM into a clean stop
@@ -82,11 +83,7 @@ def render_settings(spec: ContainerSpec) -> str:
 
 
 def parse_settings(name: str, text: str) -> ContainerInfo:
-    first, _, _ = text.partition("\n")
-    record: dict[str, Any] = {}
-    if first.startswith(MARKER):
-        with contextlib.suppress(ValueError):
-            record = json.loads(first[len(MARKER):])
+    record = read_marker(text)
     info = ContainerInfo(name=name, managed=bool(record.get("managed")), running=False, image=record.get("image"),
                          env_keys=list(record.get("env_keys") or []), addresses=list(record.get("addresses") or []))
     for line in text.splitlines():
