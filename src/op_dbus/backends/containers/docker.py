@@ -15,10 +15,9 @@ from op_dbus.backends.containers import (
     as_tarball,
     file_chunks,
 )
-from op_dbus.backends.containers.http import NotFound, UnixHTTP
+from op_dbus.backends.containers.http import UnixHTTP
 from op_dbus.backends.containers.podman import (
     EngineAPIBackend,
-    info_from_inspect,
     info_from_labels,
     socket_from_env,
     template_changes,
@@ -56,16 +55,6 @@ class DockerBackend(EngineAPIBackend):
                 info.command = json.loads(labels[COMMAND]) if COMMAND in labels else None
             found.append(info)
         return found
-
-    async def _inspect(self, name: str) -> ContainerInfo | None:
-        try:
-            data = (await self.http.request("GET", f"{API}/containers/{name}/json")).json()
-        except NotFound:
-            return None
-        info = info_from_inspect(name, data)
-        info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
-                       "image": (data.get("Config") or {}).get("Image")}
-        return info
 
     def check_spec(self, spec: ContainerSpec) -> list[str]:
         problems = []

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import time
-from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +121,19 @@ class EngineAPIBackend(ContainerBackend):
         found = await asyncio.gather(*(self._inspect(name) for name in names))
         return {info.name: info for info in found if info is not None}
 
-    @abstractmethod
-    async def _inspect(self, name: str) -> ContainerInfo | None: ...
+    async def _inspect(self, name: str) -> ContainerInfo | None:
+        try:
+            data = (await self.http.request("GET", f"{self.api}/containers/{name}/json")).json()
+        except NotFound:
+            return None
+        info = info_from_inspect(name, data)
+        info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
+                       "image": (data.get("Config") or {}).get("Image")}
+        await self._complete(info, data)
+        return info
+
+    async def _complete(self, info: ContainerInfo, data: dict[str, Any]) -> None:
+        """What one API reports beyond the shared inspect fields."""
 
 
 class PodmanBackend(EngineAPIBackend):
@@ -150,18 +160,11 @@ class PodmanBackend(EngineAPIBackend):
             found.append(info)
         return found
 
-    async def _inspect(self, name: str) -> ContainerInfo | None:
-        try:
-            data = (await self.http.request("GET", f"{API}/containers/{name}/json")).json()
-        except NotFound:
-            return None
-        info = info_from_inspect(name, data)
-        info.native = {"id": data.get("Id"), "status": (data.get("State") or {}).get("Status"),
-                       "image": data.get("ImageName")}
+    async def _complete(self, info: ContainerInfo, data: dict[str, Any]) -> None:
+        info.native["image"] = data.get("ImageName")
         network_mode = (data.get("HostConfig") or {}).get("NetworkMode", "")
-        if info.managed and network_mode.endswith(str(netattach.netns_path(name))):
-            info.bridge, info.addresses = await asyncio.to_thread(netattach.read, name)
-        return info
+        if info.managed and network_mode.endswith(str(netattach.netns_path(info.name))):
+            info.bridge, info.addresses = await asyncio.to_thread(netattach.read, info.name)
 
     # -- changing ----------------------------------------------------------------------------------------------
 
