@@ -218,3 +218,59 @@ async def open_client(ctx_settings_bus: str | None, timeout: float) -> Client:
 
 def close_client(client: Client) -> None:
     client.bus.disconnect()
+
+
+class Callers:
+    """Who recently called a service's methods, noted by a bus monitor: key -> (when, sender/method/pid/uid/command).
+
+    `keys` names what a method call is about (e.g. the user a SetUserLinger call names); calls from `client`'s
+    own connection are not noted. Only root may monitor the bus; without it, nothing is noted.
+    """
+
+    def __init__(self, client: Client, keys: Callable[[Message], list[str]]) -> None:
+        self.client = client
+        self.keys = keys
+        self.seen: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._bus: MessageBus | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, address: str | None, rules: list[str]) -> bool:
+        own = self.client.bus.unique_name
+
+        def note(msg: Message) -> None:
+            if msg.sender == own:
+                return
+            keys = self.keys(msg)
+            if not keys:
+                return
+            who: dict[str, Any] = {"sender": msg.sender, "method": msg.member}
+            now = asyncio.get_running_loop().time()
+            for key in keys:
+                self.seen[key] = (now, who)
+            task = asyncio.ensure_future(self._resolve(msg.sender, who))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            self._bus = await monitor(address, rules, note)
+        except (BackendError, PermissionDenied, ServiceUnavailable, OperationTimeout):
+            # not root, or a bus without monitoring: changes are still seen, only not who made them
+            return False
+        return True
+
+    async def _resolve(self, sender: str, who: dict[str, Any]) -> None:
+        # filled in place: an event that already carries `who` gets the details when they arrive
+        who.update(await self.client.credentials(sender))
+
+    def recent(self, keys: list[str] | tuple[str, ...], within: float = 30.0) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        for key in keys:
+            seen = self.seen.get(key)
+            if seen is not None and now - seen[0] < within:
+                return seen[1]
+        return {}
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
