@@ -4,6 +4,8 @@ reconciliation is set to 600 s, so only the watches can explain a drift block wi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from datetime import datetime
@@ -151,3 +153,77 @@ def test_enforce_repairs_hostname_linger_and_session(box: Box) -> None:
 def test_latencies_summary() -> None:
     for what, values in LATENCIES.items():
         print(f"{what}: {', '.join(f'{v:.0f}' for v in values)} ms")
+
+
+async def test_dbus_watch_follows_a_service_that_comes_and_goes(lab: Any) -> None:
+    # the watch itself, from the host against the lab's bus: a service owning a declared name sends only
+    # invalidated properties, leaves the bus, and comes back on a new connection
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
+
+    from op_dbus.backends import dbus
+    from op_dbus.plugin import SUBSCRIBED, Context, Settings
+    from op_dbus.plugins.dbus_props import DbusPropertiesPlugin, DbusState, object_name
+    from tests.e2e import dbus_test_service as svc
+
+    svc.install_policy(lab)
+    scope = DbusState.model_validate({svc.NAME: {svc.PATH: {svc.NAME: {"Mode": "eco", "Level": 3}}}})
+    mode, level = (object_name(svc.NAME, svc.PATH, svc.NAME, p) for p in ("Mode", "Level"))
+
+    async def owner() -> MessageBus:
+        bus = await dbus.connect(lab.bus_address)
+        await bus.request_name(svc.NAME)
+        return bus
+
+    def invalidate(bus: MessageBus, names: list[str], interface: str = svc.NAME) -> Any:
+        return bus.send(Message.new_signal(svc.PATH, dbus.PROPERTIES, "PropertiesChanged", "sa{sv}as",
+                                           [interface, {}, names]))
+
+    first = await owner()
+    stranger = await dbus.connect(lab.bus_address)  # owns no declared name: its signals must not count
+    async with Context(Settings(bus_address=lab.bus_address)) as ctx:
+        events = DbusPropertiesPlugin().watch(scope, ctx)
+        assert (await asyncio.wait_for(anext(events), 10)).source == SUBSCRIBED
+        await invalidate(stranger, ["Mode"])
+        await invalidate(first, ["Other"])  # not declared
+        await invalidate(first, ["Tags"], "org.example.Elsewhere")  # not a declared interface
+        await invalidate(first, ["Mode"])
+        event = await asyncio.wait_for(anext(events), 5)
+        assert event.objects == (mode,) and event.source == "dbus PropertiesChanged"
+        first.disconnect()
+        second = await owner()
+        event = await asyncio.wait_for(anext(events), 5)
+        assert event.source == f"dbus {svc.NAME} appeared" and mode in event.objects
+        await invalidate(second, ["Level", "Mode"])
+        event = await asyncio.wait_for(anext(events), 5)
+        assert set(event.objects) == {mode, level}
+        await events.aclose()
+        second.disconnect()
+    stranger.disconnect()
+    assert first.connected is False
+
+
+async def test_logind_sends_no_linger_change_for_a_logged_in_user(box: Box) -> None:
+    # why the login1 watch reads the linger flag files: with the user's manager already running, enabling
+    # linger changes nothing logind announces on the bus
+    from op_dbus.backends import dbus
+
+    unit = login(box, "labuser")
+    wait_for("labuser's session", lambda: sessions_of(box, "labuser"))
+    client = dbus.Client(await dbus.connect(box.lab.bus_address))
+    try:
+        rules = ["type='signal',sender='org.freedesktop.login1'"]
+        heard = client.signals(rules, lambda msg: True, ready=True)
+        assert await anext(heard) is None
+        box.run("loginctl", "enable-linger", "labuser")
+        assert linger(box, "labuser")
+        got = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(await asyncio.wait_for(anext(heard), 1.0))
+        assert not [m for m in got if "Linger" in json.dumps(m.body, default=str) or m.member.startswith("User")], got
+        await heard.aclose()
+    finally:
+        client.bus.disconnect()
+        box.run("loginctl", "disable-linger", "labuser")
+        box.run("systemctl", "stop", unit)

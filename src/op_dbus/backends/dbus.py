@@ -230,7 +230,7 @@ class Callers:
     def __init__(self, client: Client, keys: Callable[[Message], list[str]]) -> None:
         self.client = client
         self.keys = keys
-        self.seen: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.seen: dict[str, tuple[float, dict[str, Any], asyncio.Task[None]]] = {}
         self._bus: MessageBus | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -245,11 +245,11 @@ class Callers:
                 return
             who: dict[str, Any] = {"sender": msg.sender, "method": msg.member}
             now = asyncio.get_running_loop().time()
-            for key in keys:
-                self.seen[key] = (now, who)
             task = asyncio.ensure_future(self._resolve(msg.sender, who))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            for key in keys:
+                self.seen[key] = (now, who, task)
 
         try:
             self._bus = await monitor(address, rules, note)
@@ -262,13 +262,16 @@ class Callers:
         # filled in place: an event that already carries `who` gets the details when they arrive
         who.update(await self.client.credentials(sender))
 
-    def recent(self, keys: list[str] | tuple[str, ...], within: float = 30.0) -> dict[str, Any]:
+    async def recent(self, keys: list[str] | tuple[str, ...], within: float = 30.0, wait: float = 0.2) -> dict[str, Any]:
+        """The latest caller about any of `keys` in the last `within` seconds ({} if none), its details looked up
+        (waiting up to `wait` seconds for them: a record written without them would never get them)."""
         now = asyncio.get_running_loop().time()
-        for key in keys:
-            seen = self.seen.get(key)
-            if seen is not None and now - seen[0] < within:
-                return seen[1]
-        return {}
+        latest = max((self.seen[k] for k in keys if k in self.seen), key=lambda seen: seen[0], default=None)
+        if latest is None or now - latest[0] >= within:
+            return {}
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(latest[2]), wait)
+        return latest[1]
 
     def close(self) -> None:
         if self._bus is not None:

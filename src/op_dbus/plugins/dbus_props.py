@@ -359,13 +359,14 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
                     if not new:
                         continue  # gone: nothing to compare until it is back (and a bus-activated one comes back)
                     objects = service_objects(scope, service)
-                    yield WatchEvent(self.name, objects, f"dbus {service} appeared", callers.recent([service]))
+                    yield WatchEvent(self.name, objects, f"dbus {service} appeared", await callers.recent([service]))
                     continue
                 interface, changed, invalidated = msg.body
                 objects = changed_objects(targets[(msg.path, interface)], owners, msg.sender, msg.path, interface,
                                           set(changed) | set(invalidated))
                 if objects:
-                    who = callers.recent([s for s in scope.services if owners.get(s) == msg.sender] or list(scope.services))
+                    senders = [s for s in scope.services if owners.get(s) == msg.sender] or list(scope.services)
+                    who = await callers.recent(senders)
                     yield WatchEvent(self.name, objects, "dbus PropertiesChanged", who)
         finally:
             callers.close()

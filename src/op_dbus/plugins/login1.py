@@ -342,7 +342,7 @@ class Login1Plugin(Plugin[Login1State]):
                     continue
                 objects = await self._objects(scope, client, msg, user_of, session_user)
                 if objects is not None:
-                    await queue.put(WatchEvent(self.name, objects, f"login1 {msg.member}", callers.recent(objects)))
+                    await queue.put(WatchEvent(self.name, objects, f"login1 {msg.member}", await callers.recent(objects)))
 
         async def from_files() -> None:
             assert files is not None
@@ -355,7 +355,7 @@ class Login1Plugin(Plugin[Login1State]):
                     name = ""
                 objects = linger_objects(scope, name)
                 if objects is not None:
-                    await queue.put(WatchEvent(self.name, objects, "linger file", callers.recent(objects)))
+                    await queue.put(WatchEvent(self.name, objects, "linger file", await callers.recent(objects)))
 
         async def pump(source: Any) -> None:
             try:
