@@ -347,12 +347,12 @@ class Login1Plugin(Plugin[Login1State]):
         async def from_files() -> None:
             assert files is not None
             async for directory, mask, name in files.events():
-                if directory != LINGER_DIR:
+                if mask & inotify.IN_Q_OVERFLOW:
+                    name = ""  # notifications were lost: any flag may have changed
+                elif directory != LINGER_DIR:
                     if name != "linger" or not files.add(LINGER_DIR):
                         continue
                     name = ""  # the directory appeared: every declared user's flag may be in it
-                if mask & inotify.IN_Q_OVERFLOW:
-                    name = ""
                 objects = linger_objects(scope, name)
                 if objects is not None:
                     await queue.put(WatchEvent(self.name, objects, "linger file", await callers.recent(objects)))
