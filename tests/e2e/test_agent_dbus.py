@@ -101,6 +101,7 @@ def test_shadow_sees_linger_enabled_for_a_user_without_a_session(box: Box) -> No
     started = time.time()
     box.run("loginctl", "enable-linger", "labuser")
     block = drift(box, since, "user labuser", "linger (no session)", started)
+    assert "linger file" in block["meta"]["sources"] and "login1 UserNew" in block["meta"]["sources"], block["meta"]
     assert "loginctl" in block["actor"].get("command", ""), block["actor"]
     box.run("loginctl", "disable-linger", "labuser")
     wait_for("the drift to be resolved", lambda: box.status()["open_drift"] == 0)
