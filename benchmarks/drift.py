@@ -5,8 +5,10 @@
 Boots a fresh lab machine, installs op-dbus there with install.sh (offline, from the lab's wheelhouse) as a
 systemd service, declares a unit, a bridge with an address and an OVS bridge with a port, and runs
 benchmarks/drift_inside.py in it: first in shadow mode (time to the drift block), then in enforce mode (time
-to the repair's block). Changes are made with the system's own tools (systemctl, ip, ovs-vsctl), the three
-kinds interleaved in every round. Also measures the agent's idle CPU and resident memory. Prints medians.
+to the repair's block). Also declares the static hostname (hostname1), a user's linger and a user without
+sessions (login1). Changes are made with the system's own tools (systemctl, ip, ovs-vsctl, hostnamectl,
+loginctl, a PAM session), the kinds interleaved in every round. Also measures the agent's idle CPU and
+resident memory. Prints medians.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ STATE = {"version": 1, "plugins": {
         {"name": "bnv2", "type": "veth", "state": "up", "veth": {"peer": "bnv3"}},
         {"name": "bnovs0", "type": "ovs-bridge", "ports": ["bnv2"]},
     ]},
+    "dbus": {"org.freedesktop.hostname1": {"/org/freedesktop/hostname1": {
+        "org.freedesktop.hostname1": {"StaticHostname": "bench-host"}}}},
+    "login1": {"users": {"labuser": {"linger": False}}, "sessions": {"absent_for_users": ["mallory"]}},
 }}
 INCUMBENTS = {"Puppet (runinterval 30 min)": 1800, "Chef (interval 30 min)": 1800, "CFEngine / Rudder (5 min)": 300}
 BARS = {"shadow": 0.100, "enforce": 0.500}  # seconds: detection, repair
@@ -59,6 +64,7 @@ def main() -> int:
         dropin.mkdir(parents=True)
         (dropin / "bench.conf").write_text("[Unit]\nStartLimitIntervalSec=0\n")
         lab.run(["systemctl", "daemon-reload"])
+        lab.run(["sh", "-c", "id mallory || useradd -m mallory"])
         (lab.root / "etc/op-dbus").mkdir()
         state = lab.root / "etc/op-dbus/state.json"
         state.write_text(json.dumps(STATE))

@@ -2,11 +2,12 @@
 
     /opt/op-dbus/bin/python drift_inside.py MODE ROUNDS
 
-For each round, the three kinds of change are made in turn (interleaved): a unit stopped with systemctl, an address
-removed with ip, an OVS port deleted with ovs-vsctl. The latency is from just before the command starts to the time
-recorded in the block the agent commits (a `drift` block in shadow mode, the repair's `apply` block in enforce mode);
-both clocks are this machine's. Prints one JSON line: samples per kind, the commands' own durations, and the agent's
-idle CPU and memory.
+For each round, the kinds of change are made in turn (interleaved): a unit stopped with systemctl, an address
+removed with ip, an OVS port deleted with ovs-vsctl, the static hostname set with hostnamectl, linger enabled with
+loginctl, and a PAM session opened for a user declared sessionless. The latency is from just before the command
+starts to the time recorded in the block the agent commits (a `drift` block in shadow mode, the repair's `apply`
+block in enforce mode); both clocks are this machine's. Prints one JSON line: samples per kind, the commands' own
+durations, and the agent's idle CPU and memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ CHANGES = {
     "address removed": (["ip", "addr", "del", "198.18.9.1/24", "dev", "bnbr0"],
                         ["ip", "addr", "add", "198.18.9.1/24", "dev", "bnbr0"]),
     "OVS port deleted": (["ovs-vsctl", "del-port", "bnovs0", "bnv2"], ["ovs-vsctl", "add-port", "bnovs0", "bnv2"]),
+    "hostname set": (["hostnamectl", "set-hostname", "bench-other"], ["hostnamectl", "set-hostname", "bench-host"]),
+    "linger enabled": (["loginctl", "enable-linger", "labuser"], ["loginctl", "disable-linger", "labuser"]),
+    # a unit name of its own each time: in enforce mode the previous one may still be on its way out
+    "session opened": (["sh", "-c", "exec systemd-run -q --unit=bench-pam-$$ -p CollectMode=inactive-or-failed "
+                        "-p PAMName=login -p User=mallory /bin/sleep 600"],
+                       ["systemctl", "stop", "bench-pam-*.service"]),
 }
 
 

@@ -218,3 +218,76 @@ async def open_client(ctx_settings_bus: str | None, timeout: float) -> Client:
 
 def close_client(client: Client) -> None:
     client.bus.disconnect()
+
+
+class Callers:
+    """Who recently called a service's methods, noted by a bus monitor: key -> (when, sender/method/pid/uid/command).
+
+    `keys` names what a method call is about (e.g. the user a SetUserLinger call names); calls from `client`'s
+    own connection are not noted. Only root may monitor the bus; without it, nothing is noted. A sender's
+    credentials are looked up at its first call: a tool that makes several calls and exits at once (hostnamectl)
+    may be gone by its last one.
+    """
+
+    MAX_SENDERS = 256
+
+    def __init__(self, client: Client, keys: Callable[[Message], list[str]]) -> None:
+        self.client = client
+        self.keys = keys
+        self.seen: dict[str, tuple[float, str, str]] = {}  # key -> (when, sender, method)
+        self._senders: dict[str, tuple[asyncio.Task[None], dict[str, Any]]] = {}
+        self._bus: MessageBus | None = None
+
+    async def start(self, address: str | None, rules: list[str]) -> bool:
+        own = self.client.bus.unique_name
+
+        def note(msg: Message) -> None:
+            if msg.sender == own:
+                return
+            keys = self.keys(msg)
+            if not keys:
+                return
+            now = asyncio.get_running_loop().time()
+            for key in keys:
+                self.seen[key] = (now, msg.sender, msg.member)
+            self._resolve(msg.sender)
+
+        try:
+            self._bus = await monitor(address, rules, note)
+        except (BackendError, PermissionDenied, ServiceUnavailable, OperationTimeout):
+            # not root, or a bus without monitoring: changes are still seen, only not who made them
+            return False
+        return True
+
+    def _resolve(self, sender: str) -> None:
+        if sender in self._senders:
+            return
+        if len(self._senders) >= self.MAX_SENDERS:
+            self._senders.pop(next(iter(self._senders)))
+        details: dict[str, Any] = {}
+
+        async def look_up() -> None:
+            details.update(await self.client.credentials(sender))
+
+        self._senders[sender] = (asyncio.ensure_future(look_up()), details)
+
+    async def recent(self, keys: list[str] | tuple[str, ...], within: float = 30.0, wait: float = 0.2) -> dict[str, Any]:
+        """The latest caller about any of `keys` in the last `within` seconds ({} if none), its details looked up
+        (waiting up to `wait` seconds for them: a record written without them would never get them)."""
+        now = asyncio.get_running_loop().time()
+        latest = max((self.seen[k] for k in keys if k in self.seen), key=lambda seen: seen[0], default=None)
+        if latest is None or now - latest[0] >= within:
+            return {}
+        _when, sender, method = latest
+        task, details = self._senders.get(sender, (None, {}))
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+        return {**details, "sender": sender, "method": method}
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+        for task, _ in self._senders.values():
+            task.cancel()
