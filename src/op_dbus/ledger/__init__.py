@@ -52,8 +52,9 @@ directory the caller gives (for real protection, one root on this host cannot re
 `trusted-key` (the verifier key, pinned on first successful verification) and `last-checkpoint`
 (the latest checkpoint it accepted). The log must extend that checkpoint: same key, not shorter,
 same tree head at that size. `first_bad` names the first bad block. SQLite's `quick_check` runs
-too; a damaged database file is reported as `LedgerCorrupt`, never repaired. On large logs the
-record hashing and `quick_check` run in a child process (on the other core) beside the main pass.
+too; a damaged database file is reported as `LedgerCorrupt`, never repaired. Work is split over
+two cores: the tree and checkpoint pass here, SQLite's check in a thread, and (above 20,000 blocks)
+the header, link and record checks in a child process (`_linkcheck.py`, standard library only).
 
 Built on top: exports with inclusion proofs (`export`), checked by the standalone
 `op_dbus.audit_verify`; archive and compaction (`archive`), which drop record contents only; search over
