@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import Result
+
 BUSYBOX = Path("/bin/busybox")
 SRC = Path(__file__).resolve().parents[2] / "src"
 APPLETS = ("sh", "sleep", "echo", "cat", "nc", "ip", "ls", "hostname", "env", "test", "true", "ps", "ifconfig")
@@ -174,14 +176,6 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
 
 # -- running op-dbus ---------------------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 @dataclass

@@ -42,24 +42,23 @@ def new_netns() -> str:
     return name
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
+def _throwaway_netns() -> Iterator[str]:
     reason = _can_make_netns()
     if reason:
         pytest.skip(reason)
     name = new_netns()
     yield name
     sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    yield from _throwaway_netns()
 
 
 @pytest.fixture
 def netns2() -> Iterator[str]:
-    reason = _can_make_netns()
-    if reason:
-        pytest.skip(reason)
-    name = new_netns()
-    yield name
-    sh("ip", "netns", "del", name, check=False)
+    yield from _throwaway_netns()
 
 
 @dataclass
