@@ -74,6 +74,7 @@ from op_dbus.ledger.store import (
     InclusionProof,
     Ledger,
     LedgerCorrupt,
+    LedgerVerificationFailed,
     VerifyReport,
     canonical_state,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "KeyFileError",
     "Ledger",
     "LedgerCorrupt",
+    "LedgerVerificationFailed",
     "NoteError",
     "ProofError",
     "VerifyReport",

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op_dbus.errors import LedgerError
+from op_dbus.errors import ExitCode, LedgerError
 from op_dbus.ledger import keys, merkle, note
 from op_dbus.ledger.canonical import CanonicalError, canonical, canonical_object
 
@@ -26,6 +26,7 @@ FORMAT = "op-dbus audit log"
 SCHEMA_VERSION = "1"
 BLOCK_VERSION = 1
 ZERO_HASH = "0" * 64
+KEY_ROTATION = "key-rotation"
 MAX_SUMMARY = 4096
 MAX_META_BYTES = 16 * 1024
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -64,6 +65,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 class LedgerCorrupt(LedgerError):
     """The database is damaged or its contents contradict themselves. It is reported, never repaired."""
+
+
+class LedgerVerificationFailed(LedgerCorrupt):
+    """The log's contents fail a check that a command needs before it can go on (exit 3, as verification)."""
+
+    exit_code = ExitCode.DIFFERENCE
 
 
 class BlockNotFound(LedgerError, IndexError):
