@@ -906,10 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     elif report.ok:
         span = "no blocks" if report.first is None else f"blocks {report.first}..{report.last}"
         scope = "" if report.complete else f" (a range export of a log of {report.tree_size} blocks)"
-        if report.key_rotations:
-            scope += f" (following {report.key_rotations} key rotation(s) from the given key)"
+        signer = "the given key" if not report.key_rotations else (
+            f"the key the given one was rotated to ({report.key_rotations} rotation(s), each signed by both keys)")
         print(f"ok: {span} verified{scope} against the checkpoint of {report.origin} (tree size {report.tree_size}, "
-              f"head {report.root[:16] if report.root else '?'}), signed by the given key; "
+              f"head {report.root[:16] if report.root else '?'}), signed by {signer}; "
               f"{report.with_changes} changes and {report.with_state} state records checked")
         for n in report.notes:
             print(f"  note: {n}")

@@ -552,7 +552,7 @@ class Ledger:
         with self._transaction("read", write=False) as db:
             row = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx DESC LIMIT 1",
                              (KEY_ROTATION,)).fetchone()
-        latest = None if row is None else rotation_keys(BlockHeader.from_leaf(row[0]))
+        latest = None if row is None else rotation_keys(BlockHeader.from_leaf(row[1]))
         if row is not None:
             self._rotation_seen = int(row[0])
         if not self.next_key_path.exists():
