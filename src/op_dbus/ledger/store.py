@@ -437,12 +437,15 @@ class Ledger:
             raise CanonicalError(f"meta: larger than {MAX_META_BYTES} bytes; record large data as changes or state")
 
         with self._transaction("append", write=True) as db:
-            (rotation,) = db.execute("SELECT MAX(idx) FROM blocks WHERE kind = ?", (KEY_ROTATION,)).fetchone()
-            if rotation != self._rotation_seen:
-                self._follow_rotation(db, rotation)
             tail = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx DESC LIMIT 1").fetchone()
             index = 0 if tail is None else tail[0] + 1
             prev = ZERO_HASH if tail is None else _sha256_hex(as_bytes(tail[1]))
+            cached = self._frontier
+            if cached is None or cached.size != index or self._frontier_head != prev:
+                # Another process appended since this one did: it may have rotated the key.
+                (rotation,) = db.execute("SELECT MAX(idx) FROM blocks WHERE kind = ?", (KEY_ROTATION,)).fetchone()
+                if rotation != self._rotation_seen:
+                    self._follow_rotation(db, rotation)
             frontier = self._frontier_for(db, index, prev)
             header: dict[str, Any] = {
                 "v": BLOCK_VERSION,
