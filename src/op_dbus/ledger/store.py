@@ -509,7 +509,8 @@ class Ledger:
         The block repeats the last block's state (nothing on the system changed) and names both keys in its
         meta (`rotation: {old_key, new_key}`, C2SP verifier keys). The new key is written 0600 to
         `host.key.next` first and replaces `host.key` only once the block is durable; an interrupted
-        rotation is finished (or dropped, if its block was never written) by the next `open`. The old
+        rotation is finished by the next `open` (a key whose block was never written is replaced by the next
+        rotation and never used). The old
         public key stays as `host.pub.<key ID>`, and host.pub then names the new key.
         """
         if len(self) == 0:
@@ -539,7 +540,13 @@ class Ledger:
 
     def _install_key(self, new: note.Signer, old: note.Verifier) -> None:
         keys.write_public_file(self.old_public_key_path(old.key_id), old.vkey + "\n")
-        os.replace(self.next_key_path, self.key_path)
+        try:
+            os.replace(self.next_key_path, self.key_path)
+        except FileNotFoundError:
+            # Another process opening the log finished this rotation first; then host.key is the new key.
+            if note.Signer(self.origin, keys.load_private_key(self.key_path)).verifier.vkey != new.verifier.vkey:
+                raise LedgerError(f"the new key vanished from {self.next_key_path} before it replaced the host key",
+                                  hint="run `op-dbus verify --full`, then `op-dbus key rotate` again") from None
         files.fsync_dir(self.key_path.parent)
         keys.write_public_file(self.public_key_path, new.verifier.vkey + "\n")
         self._signer = new
@@ -564,8 +571,8 @@ class Ledger:
         pending = note.Signer(self.origin, keys.load_private_key(self.next_key_path))
         if latest is not None and latest[1].vkey == pending.verifier.vkey and self._signer.verifier.vkey != latest[1].vkey:
             self._install_key(pending, latest[0])
-        else:
-            os.unlink(self.next_key_path)
+        # Otherwise its block is not written (yet: a rotation may be under way in another process); leave it to
+        # `rotate_key`, the only one that removes it.
 
     def _follow_rotation(self, db: sqlite3.Connection, index: int | None) -> None:
         """Another process rotated the key since this one loaded it: sign with the new key, or refuse."""
