@@ -202,3 +202,16 @@ def test_append_refuses_the_rotation_kind(state: Path) -> None:
 
     with Ledger.open(state) as log, pytest.raises(CanonicalError, match="rotate_key"):
         log.append("key-rotation", [], {"version": 1, "plugins": {}}, actor={}, summary="sneaky")
+
+
+def test_the_auditor_refuses_a_rotation_the_signed_log_does_not_extend(state: Path) -> None:
+    old_vkey = (state / "host.pub").read_text()
+    assert op(state, "key", "rotate").returncode == 0
+    with Ledger.open(state) as log:
+        fill(log, 3)
+    doc = export_of(state)
+    proof = doc["key_rotations"][0]["consistency_proof"]
+    proof[0] = ("0" if proof[0][0] != "0" else "1") + proof[0][1:]
+    report = audit_verify.verify_export(doc, old_vkey)
+    assert not report.ok and report.first_bad == 6
+    assert any("does not extend the checkpoint that both keys signed" in p for p in report.problems)
