@@ -491,7 +491,7 @@ class ExportCheck:
         self.keys = [self.key]  # the given key and each key it was rotated to, in order
         self._open_head(head)
         self.claimed = self._claimed_range(head.get("range"))
-        wanted = {r.index + 1 for r in self.rotations}
+        wanted: set[int] = set()
         self.since_cp = self._open_since() if since is not None and not self.dead else None
         if self.since_cp is not None:
             wanted.add(self.since_cp[1])
