@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_mod
+import functools
 import ipaddress
 import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from op_dbus.errors import BackendError, InvalidInput, PermissionDenied, ServiceUnavailable
 
@@ -349,6 +350,30 @@ def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = 
 
 # --- decoders ---
 
+_Decoded = TypeVar("_Decoded")
+
+
+class MalformedMessage(BackendError):
+    """The kernel (or whatever answered on the socket) sent a message that does not decode."""
+
+
+def _decoder(what: str) -> Callable[[Callable[[bytes], _Decoded]], Callable[[bytes], _Decoded]]:
+    """A decoder that turns a short or malformed message into MalformedMessage instead of a stray exception."""
+
+    def wrap(decode: Callable[[bytes], _Decoded]) -> Callable[[bytes], _Decoded]:
+        @functools.wraps(decode)
+        def checked(msg: bytes) -> _Decoded:
+            try:
+                return decode(msg)
+            except (struct.error, ValueError, IndexError, KeyError, TypeError, OSError) as exc:
+                raise MalformedMessage(f"a malformed {what} message ({len(msg)} bytes): {exc}",
+                                       code="malformed") from None
+        return checked
+
+    return wrap
+
+
+@_decoder("rtnetlink link")
 def decode_link(msg: bytes) -> Link:
     mv = memoryview(msg)
     _fam, arphrd, index, flags, _change = _IFINFO.unpack_from(mv, 0)
@@ -406,6 +431,7 @@ def _decode_info(kind: str, d: dict[int, memoryview]) -> dict[str, Any]:
     return {}
 
 
+@_decoder("rtnetlink address")
 def decode_addr(msg: bytes) -> Addr:
     mv = memoryview(msg)
     family, prefix, flags, scope, index = _IFADDR.unpack_from(mv, 0)
@@ -417,6 +443,7 @@ def decode_addr(msg: bytes) -> Addr:
                 flags=flags, scope=scope)
 
 
+@_decoder("rtnetlink route")
 def decode_route(msg: bytes) -> Route:
     mv = memoryview(msg)
     family, dst_len, _src_len, _tos, table, protocol, scope, rtype, _flags = _RTMSG.unpack_from(mv, 0)
@@ -555,6 +582,14 @@ class Netlink:
 
     @staticmethod
     def _decode_error(flags: int, payload: memoryview) -> tuple[int, str | None]:
+        try:
+            return Netlink._decode_error_body(flags, payload)
+        except (struct.error, ValueError, IndexError) as exc:
+            raise MalformedMessage(f"a malformed netlink error/ack message ({len(payload)} bytes): {exc}",
+                                   code="malformed") from None
+
+    @staticmethod
+    def _decode_error_body(flags: int, payload: memoryview) -> tuple[int, str | None]:
         err = -struct.unpack_from("=i", payload, 0)[0]
         ext = None
         if flags & NLM_F_ACK_TLVS:

@@ -9,6 +9,7 @@ trailing commit error, and raises `OvsdbError` naming the failing operation.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import time
@@ -16,10 +17,14 @@ import uuid as uuid_mod
 from collections.abc import Sequence
 from typing import Any
 
-from op_dbus.errors import BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
+from op_dbus.errors import BackendError, OpDbusError, OperationTimeout, PermissionDenied, ServiceUnavailable
 
 DEFAULT_SOCKET = "/var/run/openvswitch/db.sock"
 DB = "Open_vSwitch"
+MAX_MESSAGE = 64 << 20  # characters; a whole Open_vSwitch database dump of a large host is a few MB
+# raw_decode reports a message cut short at its end, or (for a string) where the string starts; a token
+# that JSON may still complete (`-Infinit`, `\u12`) starts at most this many characters before the end.
+_TAIL = 10
 
 UNREACHABLE_HINT = (
     "is Open vSwitch running? Check `systemctl status openvswitch-switch` (start it with "
@@ -68,6 +73,50 @@ def optional(value: Any) -> Any:
     return values[0] if values else None
 
 
+class Framer:
+    """Splits the byte stream from ovsdb-server into JSON-RPC messages (objects written back to back).
+
+    Raises OvsdbError for bytes that can never become a message: invalid UTF-8 or JSON, a value that is
+    not an object, nesting or numbers beyond what the parser takes, a message above MAX_MESSAGE.
+    """
+
+    def __init__(self, peer: str = "ovsdb-server") -> None:
+        self.peer = peer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._decoder = json.JSONDecoder()
+        self._buf = ""
+
+    def _bad(self, what: str) -> OvsdbError:
+        return OvsdbError(f"{self.peer} sent {what}; the connection is dropped", code="protocol error")
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        try:
+            self._buf += self._utf8.decode(data)
+        except UnicodeDecodeError as exc:
+            raise self._bad(f"bytes that are not UTF-8 ({exc.reason})") from None
+        out: list[dict[str, Any]] = []
+        buf = self._buf.lstrip()
+        while buf:
+            if buf[0] != "{":
+                raise self._bad(f"a message that is not a JSON object (it starts with {buf[:20]!r})")
+            try:
+                msg, end = self._decoder.raw_decode(buf)
+            except json.JSONDecodeError as exc:
+                if exc.pos < len(buf) - _TAIL and not exc.msg.startswith("Unterminated string"):
+                    raise self._bad(f"invalid JSON ({exc.msg} at character {exc.pos})") from None
+                break  # cut short: wait for the rest
+            except RecursionError:
+                raise self._bad("JSON nested too deeply") from None
+            except ValueError as exc:  # an integer beyond the interpreter's digit limit
+                raise self._bad(f"a value the JSON parser refuses ({exc})") from None
+            out.append(msg)
+            buf = buf[end:].lstrip()
+        if len(buf) > MAX_MESSAGE:
+            raise self._bad(f"a message larger than {MAX_MESSAGE >> 20} MiB")
+        self._buf = buf
+        return out
+
+
 class Ovsdb:
     """One connection to ovsdb-server. Use `await Ovsdb.connect(path)`; `close()` when done."""
 
@@ -108,8 +157,7 @@ class Ovsdb:
             await self._writer.wait_closed()
 
     async def _read_loop(self) -> None:
-        decoder = json.JSONDecoder()
-        buf = ""
+        framer = Framer(f"ovsdb-server at {self.path}")
         error: BaseException = ServiceUnavailable(f"OVSDB connection to {self.path} closed by the server",
                                                   hint=UNREACHABLE_HINT.format(path=self.path))
         try:
@@ -117,21 +165,18 @@ class Ovsdb:
                 chunk = await self._reader.read(1 << 20)
                 if not chunk:
                     break
-                buf += chunk.decode()
-                while True:
-                    buf = buf.lstrip()
-                    if not buf:
-                        break
+                for msg in framer.feed(chunk):
                     try:
-                        msg, end = decoder.raw_decode(buf)
-                    except json.JSONDecodeError:
-                        break  # incomplete: wait for more
-                    buf = buf[end:]
-                    self._dispatch(msg)
+                        self._dispatch(msg)
+                    except (LookupError, TypeError, ValueError, AttributeError) as exc:
+                        raise framer._bad(f"a malformed JSON-RPC message ({type(exc).__name__}: {exc})") from None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except OpDbusError as exc:
             error = exc
+        except Exception as exc:
+            error = ServiceUnavailable(f"OVSDB connection to {self.path} failed: {exc}",
+                                       hint=UNREACHABLE_HINT.format(path=self.path))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -148,14 +193,17 @@ class Ovsdb:
             params = msg.get("params", [])
             queue = self._monitors.get(json.dumps(params[0]) if params else "")
             if queue is not None:
+                if not isinstance(params[1], dict):
+                    raise TypeError("a monitor update that is not an object")
                 queue.put_nowait(params[1])
             return
-        fut = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
+        rid = msg.get("id")
+        fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
         if fut is None or fut.done():
             return
         if msg.get("error") is not None:
-            err = msg["error"]
-            fut.set_exception(OvsdbError(f"OVSDB request failed: {err}", code=str(err)))
+            err = str(msg["error"])[:500]
+            fut.set_exception(OvsdbError(f"OVSDB request failed: {err}", code=err))
         else:
             fut.set_result(msg.get("result"))
 
@@ -179,6 +227,8 @@ class Ovsdb:
     async def transact(self, ops: list[dict[str, Any]], timeout: float = 30.0) -> list[dict[str, Any]]:
         """Run `ops` atomically; raise OvsdbError if any operation or the commit failed."""
         result = await self.call("transact", [DB, *ops], timeout)
+        if not isinstance(result, list) or not all(r is None or isinstance(r, dict) for r in result):
+            raise OvsdbError(f"OVSDB transact: {self.path} answered with a malformed result", code="protocol error")
         for i, res in enumerate(result):
             if res is not None and "error" in res:
                 where = f"operation {i} ({ops[i].get('op')} {ops[i].get('table', '')})" if i < len(ops) else "commit"
@@ -192,7 +242,11 @@ class Ovsdb:
         op: dict[str, Any] = {"op": "select", "table": table, "where": where or []}
         if columns is not None:
             op["columns"] = columns
-        return (await self.transact([op]))[0]["rows"]  # type: ignore[no-any-return]
+        result = await self.transact([op])
+        rows = result[0].get("rows") if result and result[0] is not None else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise OvsdbError(f"OVSDB select {table}: {self.path} answered without rows", code="protocol error")
+        return rows
 
     async def monitor(self, requests: dict[str, Any]) -> tuple[Any, dict[str, Any], asyncio.Queue[dict[str, Any]]]:
         """Start a monitor; returns its id, the initial table updates and the queue of later ones.

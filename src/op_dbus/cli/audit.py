@@ -107,6 +107,33 @@ def compact(opts: Options, keep: int, vacuum: bool) -> int:
     return ExitCode.OK
 
 
+def rotate_key(opts: Options) -> int:
+    from op_dbus.engine import actor
+
+    recover(opts)
+    with opts.ledger() as ledger, _no_apply_running(opts):
+        if len(ledger) == 0:
+            raise InvalidInput("the audit log is empty: there is no history to carry over to a new key",
+                               hint="the first `op-dbus apply` creates the log and its key")
+        old = ledger.verifier
+        header = ledger.rotate_key(actor=actor())
+        new = ledger.verifier
+        kept = ledger.old_public_key_path(old.key_id)
+        body = {"block": header.index, "kind": header.kind, "old_key": old.vkey, "new_key": new.vkey,
+                "old_public_key": str(kept), "public_key": str(ledger.public_key_path),
+                "checkpoint": ledger.checkpoint(header.index + 1)}
+    if opts.json:
+        _emit_json(body)
+        return ExitCode.OK
+    click.echo(f"rotated the host key: {old.key_id.hex()} -> {new.key_id.hex()}; recorded block {header.index} "
+               "(key-rotation), its checkpoint signed by both keys")
+    click.echo(f"  new public key  {ledger.public_key_path}: {new.vkey}")
+    click.echo(f"  old public key  kept as {kept}")
+    click.echo("give the new public key to your auditors; exports carry the rotation, so the old key still checks "
+               "them (python -m op_dbus.audit_verify follows a rotation signed by both keys)")
+    return ExitCode.OK
+
+
 def _no_apply_running(opts: Options) -> Any:
     """The state-dir lock: records are not dropped in the middle of an apply (a pending confirm keeps its head block)."""
     from op_dbus.engine.lock import StateLock

@@ -34,7 +34,8 @@ def verify(opts: Options, mode: str) -> int:
         elif report.ok:
             click.echo(f"ok: {report.size} block(s) verified: hashes, links, Merkle root and signatures")
         else:
-            click.secho(f"FAILED at block {report.first_bad}", fg="red", bold=True, err=False)
+            where = f"at block {report.first_bad}" if report.first_bad is not None else "(not tied to one block)"
+            click.secho(f"FAILED {where}", fg="red", bold=True, err=False)
             for p in report.problems:
                 click.echo(f"  {p}")
         return ExitCode.OK if report.ok else ExitCode.DIFFERENCE

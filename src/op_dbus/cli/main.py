@@ -435,6 +435,26 @@ def blockchain_search(opts: Options, query: tuple[str, ...], limit: int, semanti
     return audit.search(opts, " ".join(query), limit, semantic, reindex)
 
 
+@cli.group()
+def key() -> None:
+    """The host's signing key (STATE_DIR/host.key; its public key is STATE_DIR/host.pub)."""
+
+
+@key.command("rotate")
+@output_option
+@click.pass_obj
+def key_rotate(opts: Options) -> int:
+    """Replace the host key, recording a `key-rotation` block whose checkpoint both the old and the new key sign.
+
+    `verify --full` and auditors holding the old public key follow the rotation only through that block; the
+    old public key stays as STATE_DIR/host.pub.KEYID, host.pub becomes the new one. Waits up to 5 s for a
+    running apply (else exit 5).
+    """
+    from op_dbus.cli import audit
+
+    return audit.rotate_key(opts)
+
+
 @cli.command()
 @click.option("--state-file", "state_file", required=True, type=click.Path(dir_okay=False),
               help="The state to keep (reloaded on SIGHUP and when the file changes).")

@@ -39,7 +39,10 @@ Checkpoints: C2SP tlog-checkpoint text (origin, size, base64 root) in a C2SP sig
 with the host's Ed25519 key. The origin, also the key name, is fixed when the log is created:
 `op-dbus/<hostname>/<first 8 hex digits of SHA-256(public key)>` unless the caller names it. The
 private key is PKCS#8 PEM at `<state_dir>/host.key` (or `key_path`), created 0600 on first use; its
-C2SP verifier key (`<origin>+<key ID>+<base64>`) is written beside it as `host.pub`. A key file or
+C2SP verifier key (`<origin>+<key ID>+<base64>`) is written beside it as `host.pub` when that is missing,
+and never rewritten except by `Ledger.rotate_key`: a `key-rotation` block (state repeated, both keys in
+its meta) whose checkpoint the old and the new key both sign; the new key waits in `host.key.next` until
+the block is durable, and the old public key stays as `host.pub.<key ID>`. A key file or
 directory that another user could write (or read, for the key), or that another non-root user owns,
 is refused, like sshd's StrictModes.
 
@@ -50,8 +53,10 @@ with `all_signatures=True`, ~0.12 ms each); refuses checkpoints beyond the store
 tail). The verifier keeps its own state outside the database, in `<state_dir>/verifier/` or a
 directory the caller gives (for real protection, one root on this host cannot reach):
 `trusted-key` (the verifier key, pinned on first successful verification) and `last-checkpoint`
-(the latest checkpoint it accepted). The log must extend that checkpoint: same key, not shorter,
-same tree head at that size. `first_bad` names the first bad block. SQLite's `quick_check` runs
+(the latest checkpoint it accepted). The log must extend that checkpoint: not shorter, same tree head at
+that size. The host key must be the key the log is signed with now, and the pinned key one of the log's
+keys; the pin moves forward only through key-rotation checkpoints whose two signatures verify.
+`first_bad` names the first bad block. SQLite's `quick_check` runs
 too; a damaged database file is reported as `LedgerCorrupt`, never repaired. Work is split over
 two cores: the tree and checkpoint pass here, SQLite's check in a thread, and (above 20,000 blocks)
 the header, link and record checks in a child process (`_linkcheck.py`, standard library only).
@@ -74,6 +79,7 @@ from op_dbus.ledger.store import (
     InclusionProof,
     Ledger,
     LedgerCorrupt,
+    LedgerVerificationFailed,
     VerifyReport,
     canonical_state,
 )
@@ -87,6 +93,7 @@ __all__ = [
     "KeyFileError",
     "Ledger",
     "LedgerCorrupt",
+    "LedgerVerificationFailed",
     "NoteError",
     "ProofError",
     "VerifyReport",

@@ -7,7 +7,11 @@ An export is one JSON object (format "op-dbus audit log export", version 1):
                                 an auditor checks against a copy of host.pub obtained independently)
     exported_at                 when (UTC)
     tree_size, root, checkpoint the latest signed checkpoint (C2SP note) and its tree size and head (hex)
-    range                       {"first": A, "last": B}, the blocks included
+    range                       {"first": A, "last": B}, the blocks included: 0 to tree_size - 1 for the whole
+                                log, anything less is a range export (an auditor checks the blocks against it)
+    key_rotations               one entry per `key-rotation` block up to tree_size: index, old_key, new_key (C2SP
+                                verifier keys), checkpoint (the note of size index + 1, signed by both keys) and
+                                consistency_proof (RFC 9162, from that size to tree_size)
     blocks                      one object per block, in order:
         index                   the block index
         header                  the block header exactly as hashed (RFC 8785 canonical JSON, as a string)
@@ -26,13 +30,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from op_dbus.errors import InvalidInput, LedgerError
 from op_dbus.ledger import merkle, note
-from op_dbus.ledger.store import BlockHeader, Ledger, as_bytes
+from op_dbus.ledger.store import KEY_ROTATION, BlockHeader, Ledger, LedgerVerificationFailed, as_bytes
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 EXPORT_FORMAT = "op-dbus audit log export"
@@ -65,6 +69,7 @@ class ExportView:
     checkpoint: str
     blocks: list[ExportedBlock]
     proof: Callable[[int], list[bytes]]
+    rotations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_range(text: str, size: int) -> tuple[int, int]:
@@ -83,19 +88,27 @@ def parse_range(text: str, size: int) -> tuple[int, int]:
 
 
 def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloads: bool = True) -> ExportView:
-    """Read blocks first..last (inclusive) and the latest checkpoint in one read transaction."""
+    """Read blocks first..last (inclusive) and the latest checkpoint in one read transaction.
+
+    Refuses (`LedgerVerificationFailed`, exit 3) a latest checkpoint whose signature does not verify
+    with the host key or that does not cover exactly the stored blocks, and a block row missing from
+    the range: an export must never be quietly shorter than the log it claims to be.
+    """
     with ledger._transaction("export", write=False) as db:
         row = db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if row is None:
             raise LedgerError("the audit log is empty: nothing to export")
         size, signed = int(row[0]), str(row[1])
-        try:
-            head = note.parse_checkpoint(note.parse(signed).text)
-        except note.NoteError as exc:
-            raise LedgerError(f"the latest checkpoint (size {size}) is malformed: {exc}") from exc
-        last = size - 1 if last is None else last
-        if not 0 <= first <= last < size:
-            raise InvalidInput(f"blocks {first}..{last} are not all in the log ({size} blocks)")
+        head = _open_latest(ledger, size, signed)
+        (stored, count) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0), COUNT(*) FROM blocks").fetchone()
+        if stored != head.size or count != head.size:
+            raise LedgerVerificationFailed(
+                f"the latest signed checkpoint covers {head.size} blocks but the log holds {count} block row(s) "
+                f"(indexes up to {stored - 1}): block rows are missing or extra; nothing was exported",
+                hint="run `op-dbus verify --full` to find the first bad block")
+        last = head.size - 1 if last is None else last
+        if not 0 <= first <= last < head.size:
+            raise InvalidInput(f"blocks {first}..{last} are not all in the log ({head.size} blocks)")
         blocks = []
         rows = db.execute("SELECT idx, leaf FROM blocks WHERE idx >= ? AND idx <= ? ORDER BY idx", (first, last))
         for idx, leaf in rows.fetchall():
@@ -104,10 +117,48 @@ def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloa
             if payloads:
                 changes, state = _records(db, raw)
             blocks.append(ExportedBlock(int(idx), raw, changes, state))
+        if [b.index for b in blocks] != list(range(first, last + 1)):
+            raise LedgerVerificationFailed(f"blocks {first}..{last} are not all stored: block rows are missing; "
+                                           "nothing was exported", hint="run `op-dbus verify --full`")
         nodes = _NodeCache(ledger, db)
-        proofs = {b.index: merkle.inclusion_proof(b.index, head.size, nodes.get) for b in blocks if b.index < head.size}
+        proofs = {b.index: merkle.inclusion_proof(b.index, head.size, nodes.get) for b in blocks}
+        rotations = key_rotations(ledger, db, head.size, nodes.get)
     return ExportView(ledger.origin, ledger.verifier_key, head.size, head.root, signed, blocks,
-                      lambda index: proofs[index])
+                      lambda index: proofs[index], rotations)
+
+
+def _open_latest(ledger: Ledger, size: int, signed: str) -> note.Checkpoint:
+    """The latest checkpoint, only once its signature verifies with the host key and it names this log and size."""
+    try:
+        opened = note.open_note(signed, [ledger.verifier])
+        head = note.parse_checkpoint(opened.text)
+    except note.NoteError as exc:
+        raise LedgerVerificationFailed(
+            f"the latest checkpoint (tree size {size}) does not verify: {exc}; nothing was exported",
+            hint="run `op-dbus verify --full` to find the first bad checkpoint") from exc
+    if head.origin != ledger.origin or head.size != size:
+        raise LedgerVerificationFailed(
+            f"the latest checkpoint stored for tree size {size} names {head.origin!r} size {head.size}; "
+            "nothing was exported", hint="run `op-dbus verify --full`")
+    return head
+
+
+def key_rotations(ledger: Ledger, db: Any, size: int, get: Callable[[int, int], bytes]) -> list[dict[str, Any]]:
+    """Each key rotation up to `size`: the keys, the checkpoint both signed, and the proof that `size` extends it.
+
+    With these an auditor holding a public key from before a rotation follows it to the key that signs now.
+    """
+    out = []
+    rows = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? AND idx < ? ORDER BY idx", (KEY_ROTATION, size))
+    for idx, leaf in rows.fetchall():
+        rotation = BlockHeader.from_leaf(as_bytes(leaf)).meta.get("rotation")
+        if not isinstance(rotation, dict):
+            raise LedgerVerificationFailed(f"block {idx} is a key rotation that names no keys; nothing was exported",
+                                           hint="run `op-dbus verify --full`")
+        out.append({"index": int(idx), "old_key": rotation.get("old_key"), "new_key": rotation.get("new_key"),
+                    "checkpoint": ledger.checkpoint(int(idx) + 1),
+                    "consistency_proof": [h.hex() for h in merkle.consistency_proof(int(idx) + 1, size, get)]})
+    return out
 
 
 def _records(db: Any, leaf: bytes) -> tuple[bytes | None, bytes | None]:
@@ -171,6 +222,7 @@ def iter_export(view: ExportView) -> Iterator[str]:
         "root": view.root.hex(),
         "checkpoint": view.checkpoint,
         "range": {"first": view.blocks[0].index, "last": view.blocks[-1].index} if view.blocks else None,
+        "key_rotations": view.rotations,
     }
     text = json.dumps(head, indent=1)
     yield text[:-2] + ',\n "blocks": [\n'

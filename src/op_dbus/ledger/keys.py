@@ -79,6 +79,12 @@ def _create_private_key(path: Path) -> None:
     files.fsync_dir(path.parent)
 
 
+def create_private_key(path: Path) -> None:
+    """A new key at `path` (0600, durable); an existing file there is kept (and then loaded by the caller)."""
+    check_directory(path.parent, "key directory")
+    _create_private_key(path)
+
+
 def load_or_create_private_key(path: Path, *, create: bool) -> tuple[Ed25519PrivateKey, bool]:
     """The host key at `path`, creating it (mode 0600) when missing and `create` is set. Returns (key, created)."""
     check_directory(path.parent, "key directory")

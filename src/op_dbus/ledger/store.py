@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op_dbus.errors import LedgerError
+from op_dbus import files
+from op_dbus.errors import ExitCode, LedgerError
 from op_dbus.ledger import keys, merkle, note
 from op_dbus.ledger.canonical import CanonicalError, canonical, canonical_object
 
@@ -26,6 +27,7 @@ FORMAT = "op-dbus audit log"
 SCHEMA_VERSION = "1"
 BLOCK_VERSION = 1
 ZERO_HASH = "0" * 64
+KEY_ROTATION = "key-rotation"
 MAX_SUMMARY = 4096
 MAX_META_BYTES = 16 * 1024
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -64,6 +66,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 class LedgerCorrupt(LedgerError):
     """The database is damaged or its contents contradict themselves. It is reported, never repaired."""
+
+
+class LedgerVerificationFailed(LedgerCorrupt):
+    """The log's contents fail a check that a command needs before it can go on (exit 3, as verification)."""
+
+    exit_code = ExitCode.DIFFERENCE
 
 
 class BlockNotFound(LedgerError, IndexError):
@@ -215,6 +223,17 @@ def canonical_state(state: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     return canonical_object(members), {name: _sha256_hex(b) for name, b in sections.items()}
 
 
+def rotation_keys(header: BlockHeader) -> tuple[note.Verifier, note.Verifier]:
+    """The (old, new) keys a `key-rotation` block names. Raises LedgerCorrupt when it names none."""
+    rotation = header.meta.get("rotation") if header.kind == KEY_ROTATION else None
+    try:
+        if not isinstance(rotation, dict):
+            raise note.NoteError("no rotation in its meta")
+        return note.Verifier.from_vkey(str(rotation.get("old_key"))), note.Verifier.from_vkey(str(rotation.get("new_key")))
+    except note.NoteError as exc:
+        raise LedgerCorrupt(f"block {header.index} is a key rotation that does not name its keys ({exc})") from None
+
+
 def _check_changes(changes: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(changes, (str, bytes, Mapping)) or not isinstance(changes, Sequence):
         raise CanonicalError("changes: expected a list of change records")
@@ -249,6 +268,7 @@ class Ledger:
         self._busy_timeout = busy_timeout
         self._frontier: merkle.Frontier | None = None
         self._frontier_head = ZERO_HASH
+        self._rotation_seen: int | None = None  # index of the latest key-rotation block this instance signs after
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.state_dir)!r}, origin={self.origin!r})"
@@ -289,19 +309,24 @@ class Ledger:
             conn.close()
             raise
         ledger = cls(conn, state_dir, key_path, signer, busy_timeout)
+        try:
+            ledger._finish_rotation()
+        except BaseException:
+            conn.close()
+            raise
         ledger._write_public_key()
         return ledger
 
     def _write_public_key(self) -> None:
-        text = self.verifier_key + "\n"
-        try:
-            current = self.public_key_path.read_text()
-        except (FileNotFoundError, UnicodeDecodeError):
-            current = None
-        if current != text:
-            # A convenience copy for auditors and witnesses; a read-only key directory must not stop the log.
-            with contextlib.suppress(OSError):
-                keys.write_public_file(self.public_key_path, text)
+        """Write host.pub when it is missing; never replace it (only `rotate_key` does, recording why in the log).
+
+        A host.pub that no longer names the host key is reported by `verify_full`, not silently rewritten.
+        """
+        if self.public_key_path.exists() or self.public_key_path.is_symlink():
+            return
+        # A convenience copy for auditors and witnesses; a read-only key directory must not stop the log.
+        with contextlib.suppress(OSError):
+            keys.write_public_file(self.public_key_path, self.verifier_key + "\n")
 
     def close(self) -> None:
         self._conn.close()
@@ -375,6 +400,22 @@ class Ledger:
 
         Integers outside +-(2^53 - 1) anywhere in the inputs are recorded as decimal strings.
         """
+        if kind == KEY_ROTATION:
+            raise CanonicalError(f"kind {kind!r} is written by rotate_key only")
+        return self._append(kind, changes, state, actor=actor, summary=summary, meta=meta)
+
+    def _append(
+        self,
+        kind: str,
+        changes: Sequence[Mapping[str, Any]],
+        state: Mapping[str, Any] | None,
+        *,
+        actor: Mapping[str, Any],
+        summary: str,
+        meta: Mapping[str, Any] | None = None,
+        cosigner: note.Signer | None = None,
+        stored_state: tuple[bytes, dict[str, str]] | None = None,
+    ) -> BlockHeader:
         if not isinstance(kind, str) or not _KIND.fullmatch(kind):
             raise CanonicalError(f"kind {kind!r}: expected a lower-case word such as 'apply' or 'drift'")
         if not isinstance(summary, str) or len(summary) > MAX_SUMMARY:
@@ -386,7 +427,8 @@ class Ledger:
         records = _check_changes(changes)
         changes_bytes = canonical(records, path="changes")
         changes_hash = _sha256_hex(changes_bytes)
-        state_bytes, plugin_hashes = canonical_state(state)
+        # A key rotation repeats the last block's state record as stored, hashes and all.
+        state_bytes, plugin_hashes = stored_state if stored_state is not None else canonical_state(state or {})
         state_hash = _sha256_hex(state_bytes)
         # Normalised through canonical JSON so the header holds only JSON values (big integers as strings).
         actor_value = json.loads(canonical(actor, path="actor"))
@@ -398,6 +440,12 @@ class Ledger:
             tail = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx DESC LIMIT 1").fetchone()
             index = 0 if tail is None else tail[0] + 1
             prev = ZERO_HASH if tail is None else _sha256_hex(as_bytes(tail[1]))
+            cached = self._frontier
+            if cached is None or cached.size != index or self._frontier_head != prev:
+                # Another process appended since this one did: it may have rotated the key.
+                (rotation,) = db.execute("SELECT MAX(idx) FROM blocks WHERE kind = ?", (KEY_ROTATION,)).fetchone()
+                if rotation != self._rotation_seen:
+                    self._follow_rotation(db, rotation)
             frontier = self._frontier_for(db, index, prev)
             header: dict[str, Any] = {
                 "v": BLOCK_VERSION,
@@ -425,7 +473,8 @@ class Ledger:
             db.execute("INSERT INTO blocks (idx, leaf, kind, time) VALUES (?, ?, ?, ?)", (index, leaf, kind, header["time"]))
             nodes = frontier.append(merkle.leaf_hash(leaf))
             db.executemany("INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)", nodes)
-            signed = note.sign(note.checkpoint_text(self.origin, index + 1, frontier.root()), [self._signer])
+            signers = [self._signer] if cosigner is None else [self._signer, cosigner]
+            signed = note.sign(note.checkpoint_text(self.origin, index + 1, frontier.root()), signers)
             db.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (index + 1, signed))
         self._frontier, self._frontier_head = frontier, _sha256_hex(leaf)
         return BlockHeader(
@@ -442,6 +491,106 @@ class Ledger:
             meta=meta_value or {},
             leaf=leaf,
         )
+
+    # -- key rotation ------------------------------------------------------------------------------
+
+    @property
+    def next_key_path(self) -> Path:
+        """Where a rotation keeps the new key until its block is written (then it replaces the host key)."""
+        return self.key_path.with_name(self.key_path.name + ".next")
+
+    def old_public_key_path(self, key_id: bytes) -> Path:
+        """Where a rotated-out public key stays for auditors: `host.pub.<hex key ID>`."""
+        return self.public_key_path.with_name(f"{self.public_key_path.name}.{key_id.hex()}")
+
+    def rotate_key(self, *, actor: Mapping[str, Any], summary: str | None = None) -> BlockHeader:
+        """Replace the host key: append a `key-rotation` block whose checkpoint both the old and the new key sign.
+
+        The block repeats the last block's state (nothing on the system changed) and names both keys in its
+        meta (`rotation: {old_key, new_key}`, C2SP verifier keys). The new key is written 0600 to
+        `host.key.next` first and replaces `host.key` only once the block is durable; an interrupted
+        rotation is finished by the next `open` (a key whose block was never written is replaced by the next
+        rotation and never used). The old
+        public key stays as `host.pub.<key ID>`, and host.pub then names the new key.
+        """
+        if len(self) == 0:
+            raise LedgerError("the audit log is empty: there is no history to carry over to a new key",
+                              hint="the first `op-dbus apply` creates the log and its key")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.next_key_path)  # a leftover of a rotation whose block was never written
+        keys.create_private_key(self.next_key_path)
+        new = note.Signer(self.origin, keys.load_private_key(self.next_key_path))
+        old = self._signer
+        with self._transaction("read", write=False) as db:
+            row = db.execute("SELECT leaf FROM blocks ORDER BY idx DESC LIMIT 1").fetchone()
+            last = BlockHeader.from_leaf(row[0])
+            raw = db.execute("SELECT data FROM blobs WHERE hash = ?", (bytes.fromhex(last.state_hash),)).fetchone()
+        if raw is None or raw[0] is None or _sha256_hex(as_bytes(raw[0])) != last.state_hash:
+            raise LedgerCorrupt(f"block {last.index}'s state record is missing or edited; the key was not rotated",
+                                hint="run `op-dbus verify --full`")
+        meta = {"rotation": {"old_key": old.verifier.vkey, "new_key": new.verifier.vkey}}
+        header = self._append(
+            KEY_ROTATION, [], None, actor=actor, meta=meta, cosigner=new,
+            stored_state=(as_bytes(raw[0]), last.plugin_state_hashes),
+            summary=summary or f"host key rotated: {old.key_id.hex()} -> {new.key_id.hex()}",
+        )
+        self._install_key(new, old.verifier)
+        self._rotation_seen = header.index
+        return header
+
+    def _install_key(self, new: note.Signer, old: note.Verifier) -> None:
+        keys.write_public_file(self.old_public_key_path(old.key_id), old.vkey + "\n")
+        try:
+            os.replace(self.next_key_path, self.key_path)
+        except FileNotFoundError:
+            # Another process opening the log finished this rotation first; then host.key is the new key.
+            if note.Signer(self.origin, keys.load_private_key(self.key_path)).verifier.vkey != new.verifier.vkey:
+                raise LedgerError(f"the new key vanished from {self.next_key_path} before it replaced the host key",
+                                  hint="run `op-dbus verify --full`, then `op-dbus key rotate` again") from None
+        files.fsync_dir(self.key_path.parent)
+        keys.write_public_file(self.public_key_path, new.verifier.vkey + "\n")
+        self._signer = new
+
+    def key_rotations(self) -> list[tuple[int, note.Verifier, note.Verifier]]:
+        """Every key rotation in the log: (block index, old key, new key), in order."""
+        with self._transaction("read", write=False) as db:
+            rows = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx", (KEY_ROTATION,)).fetchall()
+        return [(int(idx), *rotation_keys(BlockHeader.from_leaf(leaf))) for idx, leaf in rows]
+
+    def _finish_rotation(self) -> None:
+        """At open: complete a rotation whose block was written but whose key was not installed; drop one never written."""
+        with self._transaction("read", write=False) as db:
+            row = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx DESC LIMIT 1",
+                             (KEY_ROTATION,)).fetchone()
+        latest = None if row is None else rotation_keys(BlockHeader.from_leaf(row[1]))
+        if row is not None:
+            self._rotation_seen = int(row[0])
+        if not self.next_key_path.exists():
+            return
+        keys.check_directory(self.next_key_path.parent, "key directory")
+        pending = note.Signer(self.origin, keys.load_private_key(self.next_key_path))
+        if latest is not None and latest[1].vkey == pending.verifier.vkey and self._signer.verifier.vkey != latest[1].vkey:
+            self._install_key(pending, latest[0])
+        # Otherwise its block is not written (yet: a rotation may be under way in another process); leave it to
+        # `rotate_key`, the only one that removes it.
+
+    def _follow_rotation(self, db: sqlite3.Connection, index: int | None) -> None:
+        """Another process rotated the key since this one loaded it: sign with the new key, or refuse."""
+        if index is None:
+            self._rotation_seen = None
+            return
+        row = db.execute("SELECT leaf FROM blocks WHERE idx = ?", (index,)).fetchone()
+        _old, new = rotation_keys(BlockHeader.from_leaf(row[0]))
+        if new.vkey != self.verifier_key:
+            private = keys.load_private_key(self.key_path)
+            signer = note.Signer(self.origin, private)
+            if signer.verifier.vkey != new.vkey:
+                raise LedgerError(
+                    f"the host key was rotated at block {index}, but {self.key_path} is not the new key "
+                    f"({new.key_id.hex()}); nothing was appended",
+                    hint="run `op-dbus verify --full`; restore the rotated key or rotate again")
+            self._signer = signer
+        self._rotation_seen = index
 
     def _frontier_for(self, db: sqlite3.Connection, size: int, head: str) -> merkle.Frontier:
         """The tree's right edge at `size`: from memory when nobody else appended since, else from the node table."""

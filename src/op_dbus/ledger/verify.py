@@ -76,14 +76,14 @@ class _TreeScan:
     def __init__(
         self,
         origin: str,
-        trusted: note.Verifier,
+        history: KeyHistory,
         checkpoints: dict[Any, Any],
         problems: _Problems,
         all_signatures: bool,
         remember_size: int,
     ) -> None:
         self.origin = origin
-        self.trusted = trusted
+        self.history = history
         self.checkpoints = checkpoints
         self.problems = problems
         self.all_signatures = all_signatures
@@ -93,6 +93,12 @@ class _TreeScan:
         self.edge: list[bytes] = []
         self.root = merkle.EMPTY_ROOT
         self.last_root: bytes | None = None
+        self._rotations = list(history.rotations)  # still ahead of the scan
+        self._next_rotation = self._rotations[0][0] + 1 if self._rotations else -1
+        self._use_key(history.keys[0])
+
+    def _use_key(self, trusted: note.Verifier) -> None:
+        self.trusted = trusted
         # A checkpoint we wrote is `<text>\n— <name> <base64(key ID || signature)>\n`: 92 base64
         # characters, the first five of which spell 30 of the key ID's 32 bits and the sixth the last
         # two. Checking those is enough to name the signing key; `all_signatures` verifies each one.
@@ -142,10 +148,15 @@ class _TreeScan:
         for k, root in enumerate(roots):
             n = first + k
             signed = pop(n, None)
+            body = f"{origin}\n{n}\n{b64(root).decode()}\n"
+            if n == self._next_rotation:
+                # From here on the next key signs: the fast path's expected signature prefix changes with it.
+                self._rotation_checkpoint(n, signed, body)
+                sig_prefix, sig_len, sixth = self.sig_prefix, self.sig_len, self.sixth
+                continue
             if signed is None:
                 problems.add(n - 1, f"block {n - 1}: no signed checkpoint for tree size {n}")
                 continue
-            body = f"{origin}\n{n}\n{b64(root).decode()}\n"
             start = len(body) + len(sig_prefix)
             if (
                 type(signed) is str
@@ -161,12 +172,81 @@ class _TreeScan:
                 continue
             problems.add(n - 1, _explain_checkpoint(signed, body, n, self.trusted))
 
+    def _rotation_checkpoint(self, n: int, signed: Any, body: str) -> None:
+        """The checkpoint of a key-rotation block: the old and the new key must both sign exactly the tree head."""
+        index, old, new = self._rotations[0]
+        try:
+            if signed is None:
+                raise note.NoteError(f"there is no checkpoint for tree size {n}")
+            if not isinstance(signed, str):
+                raise note.NoteError("not stored as text")
+            text = note.open_note(signed, [old]).text
+            note.open_note(signed, [new])
+            if text != body:
+                raise note.NoteError("its text is not the tree head over the blocks")
+        except note.NoteError as exc:
+            self.problems.add(index, f"checkpoint {n} of the key rotation at block {index} ({old.key_id.hex()} -> "
+                                     f"{new.key_id.hex()}) is not signed by both keys: {exc}")
+        self._rotated()
+
+    def _rotated(self) -> None:
+        _index, _old, new = self._rotations.pop(0)
+        self._next_rotation = self._rotations[0][0] + 1 if self._rotations else -1
+        self._use_key(new)
+
     def _signature_verifies(self, body: str, b64sig: str) -> bool:
         try:
             raw = base64.b64decode(b64sig, validate=True)
         except ValueError:
             return False
         return len(raw) == 68 and raw[:4] == self.trusted.key_id and self.trusted.verify(body, raw[4:])
+
+
+class KeyHistory:
+    """The keys that signed the log, in order: the first key, then each key-rotation block's new key.
+
+    `rotations` holds (block index, old key, new key); the checkpoint of size index + 1 is signed by both,
+    every later one by the new key.
+    """
+
+    def __init__(self, first: note.Verifier, rotations: list[tuple[int, note.Verifier, note.Verifier]]) -> None:
+        self.rotations = rotations
+        self.keys = [first] + [new for _, _, new in rotations]
+
+    @property
+    def current(self) -> note.Verifier:
+        return self.keys[-1]
+
+    def key_for(self, size: int) -> note.Verifier:
+        """The key that signs the checkpoint of `size` (for a rotation's own checkpoint: the new one)."""
+        key = self.keys[0]
+        for index, _old, new in self.rotations:
+            if size > index:
+                key = new
+        return key
+
+    def position(self, key: note.Verifier) -> int | None:
+        return next((i for i, k in enumerate(self.keys) if k.vkey == key.vkey), None)
+
+
+def _key_history(db: Any, anchor: note.Verifier, problems: _Problems) -> KeyHistory:
+    """The log's key history from its key-rotation blocks; `anchor` is the first key when there was no rotation."""
+    from op_dbus.ledger.store import KEY_ROTATION, BlockHeader, LedgerCorrupt, rotation_keys
+
+    rotations: list[tuple[int, note.Verifier, note.Verifier]] = []
+    for idx, leaf in db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx", (KEY_ROTATION,)):
+        try:
+            old, new = rotation_keys(BlockHeader.from_leaf(leaf))
+        except LedgerCorrupt as exc:
+            problems.add(idx, str(exc))
+            continue
+        if rotations and old.vkey != rotations[-1][2].vkey:
+            problems.add(idx, f"block {idx}: the key rotation starts from key {old.key_id.hex()}, but the key in use "
+                              f"was {rotations[-1][2].key_id.hex()}")
+        if old.name != new.name:
+            problems.add(idx, f"block {idx}: the key rotation renames the key ({old.name!r} -> {new.name!r})")
+        rotations.append((int(idx), old, new))
+    return KeyHistory(rotations[0][1] if rotations else anchor, rotations)
 
 
 def _link_check(db_path: Path, busy_timeout: float, in_child: bool) -> dict[str, Any]:
@@ -201,34 +281,56 @@ def _quick_check(db_path: Path, busy_timeout: float) -> list[Any]:
 
 
 def _read_verifier_state(
-    verifier_dir: Path, current: note.Verifier, problems: _Problems, notes: list[str]
-) -> tuple[note.Verifier, bool, note.Checkpoint | None]:
-    """The trusted key (pinned on first use) and the last checkpoint this verifier accepted."""
-    trusted, pinned = current, False
+    verifier_dir: Path, current: note.Verifier, problems: _Problems
+) -> tuple[note.Verifier | None, str | None]:
+    """The trusted key pinned by an earlier verification (None on first use), and the last checkpoint it accepted."""
     key_file = verifier_dir / TRUSTED_KEY
-    if key_file.exists():
-        try:
-            trusted = note.Verifier.from_vkey(key_file.read_text())
-            pinned = True
-        except (note.NoteError, UnicodeDecodeError, OSError) as exc:
-            problems.add(None, f"the trusted key {key_file} is unreadable ({exc}); nothing can be checked against it")
-            return current, True, None
-        if trusted.vkey != current.vkey:
-            notes.append(
-                f"the host key ({current.name} {current.key_id.hex()}) is not the trusted key "
-                f"({trusted.name} {trusted.key_id.hex()}) pinned in {key_file}"
-            )
-    last: note.Checkpoint | None = None
-    cp_file = verifier_dir / LAST_CHECKPOINT
-    if cp_file.exists():
-        try:
-            opened = note.open_note(cp_file.read_bytes(), [trusted])
-            last = note.parse_checkpoint(opened.text)
-        except (note.NoteError, OSError) as exc:
-            problems.add(
-                None, f"the last checkpoint this verifier saw ({cp_file}) does not verify with the trusted key: {exc}"
-            )
-    return trusted, pinned, last
+    if not key_file.exists():
+        return None, None
+    try:
+        pinned = note.Verifier.from_vkey(key_file.read_text())
+    except (note.NoteError, UnicodeDecodeError, OSError) as exc:
+        problems.add(None, f"the trusted key {key_file} is unreadable ({exc}); nothing can be checked against it")
+        return current, None
+    try:
+        last = (verifier_dir / LAST_CHECKPOINT).read_text()
+    except FileNotFoundError:
+        last = None
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(None, f"the last checkpoint this verifier saw ({verifier_dir / LAST_CHECKPOINT}) is unreadable: "
+                           f"{exc}")
+        last = None
+    return pinned, last
+
+
+def _check_keys(
+    history: KeyHistory, host: note.Verifier, pinned: note.Verifier | None, key_file: Path, pub_file: Path,
+    problems: _Problems, notes: list[str],
+) -> None:
+    """The host key must be the log's current key, the pinned key one of the log's keys, host.pub the current key."""
+    current = history.current
+    if pinned is not None:
+        at = history.position(pinned)
+        if at is None:
+            problems.add(None, f"the log is signed by key {current.key_id.hex()}, not by the trusted key "
+                               f"{pinned.key_id.hex()} pinned in {key_file}, and no key-rotation block signed by "
+                               "both leads from one to the other: the host key was replaced")
+        elif at < len(history.keys) - 1:
+            notes.append(f"the trusted key follows {len(history.keys) - 1 - at} key rotation(s) signed by both keys: "
+                         f"{pinned.key_id.hex()} -> {current.key_id.hex()}")
+    if host.vkey != current.vkey:
+        problems.add(None, f"the host key ({host.key_id.hex()}, in host.key) is not the key that signs the log "
+                           f"({current.key_id.hex()}): host.key was replaced without `op-dbus key rotate`")
+    try:
+        published = pub_file.read_text().strip()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(None, f"{pub_file} is unreadable ({exc})")
+        return
+    if published != current.vkey:
+        problems.add(None, f"{pub_file} does not name the key that signs the log ({current.key_id.hex()}): "
+                           "auditors who copy it would be misled")
 
 
 def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatures: bool) -> VerifyReport:
@@ -245,19 +347,24 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     """
     problems = _Problems()
     notes: list[str] = []
-    trusted, pinned, last_seen = _read_verifier_state(verifier_dir, ledger.verifier, problems, notes)
+    pinned, last_text = _read_verifier_state(verifier_dir, ledger.verifier, problems)
     origin = ledger.origin
-    if last_seen is not None and last_seen.origin != origin:
-        problems.add(None, f"the verifier last saw log {last_seen.origin!r}, this is {origin!r}")
-        last_seen = None
     timeout = ledger._busy_timeout
     with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
         # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
         (blocks,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
         links_job = pool.submit(_link_check, ledger.db_path, timeout, blocks > CHILD_THRESHOLD)
         integrity_job = pool.submit(_quick_check, ledger.db_path, timeout)
+        history = _key_history(db, pinned or ledger.verifier, problems)
+        _check_keys(history, ledger.verifier, pinned, verifier_dir / TRUSTED_KEY, ledger.public_key_path, problems,
+                    notes)
+        trusted = history.current
+        last_seen = _open_last_seen(last_text, history, pinned, verifier_dir, problems)
+        if last_seen is not None and last_seen.origin != origin:
+            problems.add(None, f"the verifier last saw log {last_seen.origin!r}, this is {origin!r}")
+            last_seen = None
         checkpoints: dict[Any, Any] = dict(db.execute("SELECT size, note FROM checkpoints"))
-        scan = _TreeScan(origin, trusted, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
+        scan = _TreeScan(origin, history, checkpoints, problems, all_signatures, last_seen.size if last_seen else -1)
         cursor = db.execute("SELECT leaf FROM blocks ORDER BY idx")
         while rows := cursor.fetchmany(8192):
             scan.add(rows)
@@ -277,8 +384,8 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
         if size:
             row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
             latest = row[0] if row else None
-            if latest is not None and not _signature_ok(latest, trusted):
-                bad = _first_bad_signature(db, size, trusted)
+            if latest is not None and not _signature_ok(latest, history.key_for(size)):
+                bad = _first_bad_signature(db, size, history)
                 problems.add(bad - 1, f"checkpoint {bad}: the signature does not verify with the trusted key")
 
         problems.merge(links_job.result())
@@ -325,13 +432,13 @@ def _signature_ok(signed: str, trusted: note.Verifier) -> bool:
     return True
 
 
-def _first_bad_signature(db: Any, size: int, trusted: note.Verifier) -> int:
+def _first_bad_signature(db: Any, size: int, history: KeyHistory) -> int:
     """The smallest tree size whose checkpoint signature fails, by bisection (signatures are only ever added)."""
     lo, hi = 1, size  # the checkpoint at `hi` is known bad
     while lo < hi:
         mid = (lo + hi) // 2
         row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (mid,)).fetchone()
-        if row is not None and _signature_ok(row[0], trusted):
+        if row is not None and _signature_ok(row[0], history.key_for(mid)):
             lo = mid + 1
         else:
             hi = mid
@@ -397,15 +504,32 @@ def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -
                 reported += 1
 
 
+def _open_last_seen(
+    text: str | None, history: KeyHistory, pinned: note.Verifier | None, verifier_dir: Path, problems: _Problems
+) -> note.Checkpoint | None:
+    """The last checkpoint this verifier accepted, checked with the key it pinned then."""
+    if text is None or pinned is None:
+        return None
+    try:
+        return note.parse_checkpoint(note.open_note(text, [pinned]).text)
+    except note.NoteError as exc:
+        problems.add(None, f"the last checkpoint this verifier saw ({verifier_dir / LAST_CHECKPOINT}) does not verify "
+                           f"with the trusted key: {exc}")
+        return None
+
+
 def _save_verifier_state(
-    verifier_dir: Path, trusted: note.Verifier, pinned: bool, latest: str | None, notes: list[str]
+    verifier_dir: Path, trusted: note.Verifier, pinned: note.Verifier | None, latest: str | None, notes: list[str]
 ) -> None:
     if not verifier_dir.exists():
         verifier_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys.check_directory(verifier_dir, "verifier directory")
-    if not pinned:
+    if pinned is None:
         keys.write_private_file(verifier_dir / TRUSTED_KEY, trusted.vkey + "\n")
         notes.append(f"trusted key pinned on first use: {trusted.name} ({trusted.key_id.hex()})")
+    elif pinned.vkey != trusted.vkey:
+        # Only reached when the log verified: every rotation from the pinned key on is signed by both keys.
+        keys.write_private_file(verifier_dir / TRUSTED_KEY, trusted.vkey + "\n")
     if latest is not None:
         keys.write_private_file(verifier_dir / LAST_CHECKPOINT, latest)
 
@@ -418,4 +542,4 @@ def read_last_seen(verifier_dir: Path) -> str | None:
         return None
 
 
-__all__ = ["LAST_CHECKPOINT", "TRUSTED_KEY", "read_last_seen", "verify_full"]
+__all__ = ["LAST_CHECKPOINT", "TRUSTED_KEY", "KeyHistory", "read_last_seen", "verify_full"]

@@ -85,7 +85,11 @@ async def watch(scope: NetSection, netns: str | None, ovsdb_path: str, timeout: 
             queue.put_nowait(WatchEvent(plugin, (), "rtnetlink overflow (ENOBUFS)"))
             return
         for mtype, payload, portid in messages:
-            event = _event(mtype, payload)
+            try:
+                event = _event(mtype, payload)
+            except nl.MalformedMessage as exc:
+                # Cannot tell what changed: a full re-read (as after an overflow) finds it.
+                event = WatchEvent(plugin, (), f"rtnetlink: {exc.message}")
             if event is not None:
                 event.origin = origin_of(portid)
                 queue.put_nowait(event)
