@@ -18,10 +18,11 @@ import ipaddress
 import os
 import socket
 import struct
+import functools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from op_dbus.errors import BackendError, InvalidInput, PermissionDenied, ServiceUnavailable
 
@@ -103,6 +104,26 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 # --- attribute encoding ---
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def encoder(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Give a value that does not fit its wire field (a u32 metric of 2**40, a u16 port of 70000) as bad input.
+
+    Callers validate first; this is the codec's own guarantee that struct's exceptions never escape it.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (struct.error, OverflowError) as exc:
+            raise InvalidInput(f"netlink {func.__name__}: a value does not fit its field ({exc})") from exc
+
+    return wrapper
+
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
@@ -239,11 +260,13 @@ class Reply:
 Request = tuple[int, int, bytes]
 
 
+@encoder
 def link_get(name: str) -> Request:
     return RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + attr_u32(
         IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
+@encoder
 def link_set(name: str, *, index: int = 0, up: bool | None = None, mtu: int | None = None, mac: str | None = None,
              master: int | None = None) -> Request:
     flags = change = 0
@@ -262,6 +285,7 @@ def link_set(name: str, *, index: int = 0, up: bool | None = None, mtu: int | No
     return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def link_add(name: str, kind: str, *, data: bytes = b"", link: int = 0, mtu: int | None = None, mac: str | None = None,
              up: bool = False, master: int = 0) -> Request:
     """Create `name` of `kind`; `data` is the already encoded IFLA_INFO_DATA payload."""
@@ -281,6 +305,7 @@ def link_add(name: str, kind: str, *, data: bytes = b"", link: int = 0, mtu: int
     return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
 
 
+@encoder
 def veth_data(peer: str, *, peer_netns_fd: int | None = None, peer_mtu: int | None = None) -> bytes:
     inner = _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer)
     if peer_netns_fd is not None:
@@ -290,6 +315,7 @@ def veth_data(peer: str, *, peer_netns_fd: int | None = None, peer_mtu: int | No
     return nested(VETH_INFO_PEER, inner)
 
 
+@encoder
 def vxlan_data(vni: int, *, remote: str | None = None, local: str | None = None, link: int = 0,
                port: int | None = None) -> bytes:
     out = attr_u32(IFLA_VXLAN_ID, vni)
@@ -306,11 +332,13 @@ def vxlan_data(vni: int, *, remote: str | None = None, local: str | None = None,
     return out
 
 
+@encoder
 def link_del(name: str, index: int = 0) -> Request:
     body = _IFINFO.pack(0, 0, index, 0, 0) + (b"" if index else attr_str(IFLA_IFNAME, name))
     return RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> Request:
     family, packed = _ip_bytes(ip)
     body = _IFADDR.pack(family, prefix, flags & 0xFF, 0, index) + attr(IFA_ADDRESS, packed)
@@ -323,6 +351,7 @@ def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> 
     return RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = None, gateway: str | None = None,
               oif: int = 0, priority: int | None = None, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_STATIC,
               scope: int | None = None) -> Request:

@@ -164,26 +164,35 @@ class NetPlugin(Plugin[NetSection]):
 
     async def _missing_ports(self, desired: NetSection, ctx: Context, netns: str | None,
                              ovs_ports: set[str]) -> list[Problem]:
-        """Ports no device, no OVS port and no entry of the file provides: refused before anything changes.
+        """Ports and route interfaces that no device, no OVS port and no entry of the file provides.
 
-        Otherwise the kernel or ovs-vswitchd would refuse them halfway through an apply, and the steps taken
-        before would have to be rolled back.
+        They are refused before anything changes; otherwise the kernel or ovs-vswitchd would refuse them halfway
+        through an apply, and the steps taken before would have to be rolled back.
         """
         controllers = [(i, d) for i, d in enumerate(desired.interfaces) if d.state != "absent" and d.ports]
-        if not controllers:
+        routed = [(i, r) for i, r in enumerate(desired.routes or []) if r.state != "absent" and r.interface]
+        if not controllers and not routed:
             return []
         provided = {d.name for d in desired.interfaces if d.state != "absent"}
         provided |= {d.veth.peer for d in desired.interfaces
                      if d.state != "absent" and d.veth is not None and d.veth.peer_netns is None}
+        removed = {d.name for d in desired.interfaces if d.state == "absent"}
         provided |= {link.name for link in (await self._netlink(ctx, netns)).links()} | ovs_ports
+        provided -= removed
+        where = f" in network namespace {netns!r}" if netns else ""
         problems = []
         for i, d in controllers:
             for j, port in enumerate(d.ports or []):
                 if port not in provided:
-                    where = f" in network namespace {netns!r}" if netns else ""
                     problems.append(Problem(f"plugins.net.interfaces[{i}].ports[{j}]",
                                             f"interface {d.name!r}: port {port!r} does not exist{where} and no entry "
                                             "of this file creates it; nothing was changed"))
+        for i, r in routed:
+            if r.interface not in provided:
+                gone = "is removed by this file" if r.interface in removed else \
+                    f"does not exist{where} and no entry of this file creates it"
+                problems.append(Problem(f"plugins.net.routes[{i}].interface",
+                                        f"route {r.destination}: interface {r.interface!r} {gone}; nothing was changed"))
         return problems
 
     async def query(self, ctx: Context, scope: NetSection | None = None) -> NetSection:

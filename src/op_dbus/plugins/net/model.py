@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from op_dbus.plugin import Section
 
@@ -21,6 +21,28 @@ KERNEL_KINDS: dict[str, str] = {
 OVS_TYPES = ("ovs-bridge", "ovs-interface")
 # Types with member ports (listed in `ports`).
 CONTROLLER_TYPES = ("ovs-bridge", "linux-bridge", "bond")
+
+
+# Bounds of the kernel's own field types, so that nothing out of range ever reaches the codec.
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
+IFNAMSIZ = 16
+
+
+def check_ifname(v: str) -> str:
+    """An interface name as the kernel's dev_valid_name() accepts it: 1..15 bytes, no NUL, '/', ':' or whitespace."""
+    raw = v.encode()
+    if not raw or len(raw) >= IFNAMSIZ:
+        raise ValueError(f"invalid interface name {v!r}: the kernel takes 1 to {IFNAMSIZ - 1} bytes")
+    if v in (".", ".."):
+        raise ValueError(f"invalid interface name {v!r}")
+    bad = next((ch for ch in v if ch in "\0/:" or ch.isspace() or not ch.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"invalid interface name {v!r}: the kernel refuses the character {bad!r}")
+    return v
+
+
+IfName = Annotated[str, AfterValidator(check_ifname)]
 
 
 def canonical_ip(v: str | None) -> str | None:
@@ -42,6 +64,13 @@ class Address(Section):
     def _ip(cls, v: str) -> str:
         return str(canonical_ip(v))
 
+    @model_validator(mode="after")
+    def _prefix_fits(self) -> Address:
+        bits = ipaddress.ip_address(self.ip).max_prefixlen
+        if self.prefix > bits:
+            raise ValueError(f"prefix-length {self.prefix} of {self.ip}: an IPv{4 if bits == 32 else 6} prefix is 0..{bits}")
+        return self
+
 
 class IPConfig(Section):
     """One address family of an interface. `address`, when given, is the complete set (link-local IPv6 aside)."""
@@ -58,7 +87,7 @@ class IPConfig(Section):
 
 
 class VethConfig(Section):
-    peer: str
+    peer: IfName
     peer_netns: str | None = Field(default=None, validation_alias=AliasChoices("peer-netns", "peer_netns"),
                                    serialization_alias="peer-netns")
 
@@ -67,19 +96,19 @@ class VxlanConfig(Section):
     id: int = Field(ge=0, lt=1 << 24)
     remote: str | None = None
     local: str | None = None
-    base_iface: str | None = Field(default=None, validation_alias=AliasChoices("base-iface", "base_iface"),
-                                   serialization_alias="base-iface")
+    base_iface: IfName | None = Field(default=None, validation_alias=AliasChoices("base-iface", "base_iface"),
+                                      serialization_alias="base-iface")
     destination_port: int | None = Field(default=None, validation_alias=AliasChoices("destination-port", "destination_port"),
-                                         serialization_alias="destination-port")
+                                         serialization_alias="destination-port", ge=0, le=U16_MAX)
 
 
 class MacvlanConfig(Section):
-    base_iface: str = Field(validation_alias=AliasChoices("base-iface", "base_iface"), serialization_alias="base-iface")
+    base_iface: IfName = Field(validation_alias=AliasChoices("base-iface", "base_iface"), serialization_alias="base-iface")
     mode: Literal["private", "vepa", "bridge", "passthru", "source"] = "bridge"
 
 
 class VlanConfig(Section):
-    base_iface: str = Field(validation_alias=AliasChoices("base-iface", "base_iface"), serialization_alias="base-iface")
+    base_iface: IfName = Field(validation_alias=AliasChoices("base-iface", "base_iface"), serialization_alias="base-iface")
     id: int = Field(ge=0, lt=4095)
 
 
@@ -89,13 +118,13 @@ class BondConfig(Section):
 
 
 class Interface(Section):
-    name: str = Field(min_length=1, max_length=15)
+    name: IfName
     type: InterfaceType | None = None
     state: Literal["up", "down", "absent"] | None = None
     mtu: int | None = Field(default=None, ge=68, le=65536)
     mac_address: str | None = Field(default=None, validation_alias=AliasChoices("mac-address", "mac_address"),
                                     serialization_alias="mac-address", pattern=r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-    ports: list[str] | None = None
+    ports: list[IfName] | None = None
     datapath_type: str | None = Field(default=None, validation_alias=AliasChoices("datapath-type", "datapath_type"),
                                       serialization_alias="datapath-type")
     veth: VethConfig | None = None
@@ -111,23 +140,16 @@ class Interface(Section):
     def _mac(cls, v: str | None) -> str | None:
         return v.lower() if v else v
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if "/" in v or " " in v or v in (".", ".."):
-            raise ValueError(f"invalid interface name {v!r}")
-        return v
-
 
 class Route(Section):
     destination: str
     next_hop: str | None = Field(default=None, validation_alias=AliasChoices("next-hop", "next-hop-address", "next_hop"),
                                  serialization_alias="next-hop")
-    interface: str | None = Field(default=None, validation_alias=AliasChoices("interface", "next-hop-interface"),
-                                  serialization_alias="interface")
-    metric: int | None = Field(default=None, ge=0)
+    interface: IfName | None = Field(default=None, validation_alias=AliasChoices("interface", "next-hop-interface"),
+                                     serialization_alias="interface")
+    metric: int | None = Field(default=None, ge=0, le=U32_MAX)
     table: int | None = Field(default=None, validation_alias=AliasChoices("table", "table-id"), serialization_alias="table",
-                              ge=1, le=0xFFFFFFFF)
+                              ge=1, le=U32_MAX)
     state: Literal["absent"] | None = None
 
     @field_validator("destination")
