@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_mod
+import functools
 import ipaddress
 import os
 import socket
 import struct
-import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
