@@ -90,6 +90,8 @@ class _Plan:
                  before=route_json(r))
 
     def changes(self) -> list[Change]:
+        # Stable: links of one rank keep the order of the file.
+        self.phases["link_add"].sort(key=lambda ch: _CREATE_RANK.get(ch.payload.get("type", ""), 9))
         return [c for p in self.PHASES for c in self.phases[p]]
 
 
@@ -107,6 +109,23 @@ def _current_routes(current: NetSection) -> list[Route]:
             if ip is not None and ip.gateway:
                 out.append(_default_route(fam, ip.gateway, iface.name))
     return out
+
+
+class _RouteIndex:
+    """The current routes keyed by the kernel's identity and by interface, so every lookup is a dict probe."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.by_key: dict[tuple[str, int, int], list[Route]] = {}
+        self.by_interface: dict[str | None, list[Route]] = {}
+        for r in routes:
+            self.by_key.setdefault(route_key(r), []).append(r)
+            self.by_interface.setdefault(r.interface, []).append(r)
+
+    def same_key(self, key: tuple[str, int, int]) -> list[Route]:
+        return self.by_key.get(key, [])
+
+    def via(self, interface: str) -> list[Route]:
+        return self.by_interface.get(interface, [])
 
 
 def _master_of(current: NetSection, name: str) -> str | None:
@@ -150,7 +169,7 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
     # A current entry marked absent (a scoped query's record of a declared interface that does not exist) is no interface.
     cur = {i.name: i for i in current.interfaces if i.state != "absent"}
     des = {i.name: i for i in desired.interfaces}
-    cur_routes = _current_routes(current)
+    cur_routes = _RouteIndex(_current_routes(current))
     created_veth_peers: set[str] = set()
 
     # Ports an OVS bridge of the desired state will carry as internal ports.
@@ -205,7 +224,6 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
                     op = _link_add_op(d, itype, up=False, master=None)
                     plan.add("link_add", f"interface {d.name}", "create", op, {"op": "link_del", "ifname": d.name},
                              after=_iface_json(d))
-                    plan.phases["link_add"].sort(key=lambda ch: _CREATE_RANK.get(ch.payload.get("type", ""), 9))
             else:
                 raise InvalidInput(f"interface {d.name!r} does not exist, and type {itype!r} cannot be created "
                                    "(only virtual interfaces can)")
@@ -221,7 +239,7 @@ def _iface_json(i: Interface) -> dict[str, Any]:
     return i.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes: list[Route],
+def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes: _RouteIndex,
                       des: dict[str, Interface]) -> None:
     """Delete `c`, first taking off (with their inverses) what its deletion would silently drop."""
     _drop_l3(plan, c, cur_routes)
@@ -263,11 +281,10 @@ def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes
     plan.add("link_del", f"interface {c.name}", "remove", {"op": "link_del", "ifname": c.name}, undo, before=before)
 
 
-def _drop_l3(plan: _Plan, c: Interface, cur_routes: list[Route]) -> None:
+def _drop_l3(plan: _Plan, c: Interface, cur_routes: _RouteIndex) -> None:
     """Remove the routes via `c` and its addresses, each with its inverse."""
-    for r in cur_routes:
-        if r.interface == c.name:
-            plan.remove_route(r)
+    for r in cur_routes.via(c.name):
+        plan.remove_route(r)
     for fam, ip in ((4, c.ipv4), (6, c.ipv6)):
         for addr, prefix in sorted(_addresses(ip)):
             plan.add("addr_del", f"address {addr}/{prefix} on {c.name}", "remove-address",
@@ -278,7 +295,7 @@ def _drop_l3(plan: _Plan, c: Interface, cur_routes: list[Route]) -> None:
 
 def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str, cur: dict[str, Interface],
                       des: dict[str, Interface], is_internal: Any, made_as_peer: bool = False,
-                      cur_routes: list[Route] | None = None) -> None:
+                      cur_routes: _RouteIndex | None = None) -> None:
     name = d.name
     # OVS devices and the second end of a veth pair exist only after their creator ran: set them afterwards.
     ovs = itype in OVS_TYPES or made_as_peer
@@ -321,12 +338,13 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
         for p in sorted(have - want):
             gone = cur.get(p)
             if gone is not None and gone.type == "ovs-interface" and p not in des:
-                _drop_l3(plan, gone, cur_routes or [])  # the internal device goes with its port
+                _drop_l3(plan, gone, cur_routes or _RouteIndex([]))  # the internal device goes with its port
             plan.add("ovs", f"port {p} of {name}", "remove-port", {"op": "ovs_port_del", "bridge": name, "name": p},
                      {"op": "ovs_port_add", "bridge": name, **_port_spec(p, cur.get(p))})
     elif itype in ("linux-bridge", "bond"):
+        masters = {p: i.name for i in cur.values() if i.type in ("linux-bridge", "bond") for p in i.ports or []}
         for p in sorted(want - have):
-            prev = next((i.name for i in cur.values() if i.type in ("linux-bridge", "bond") and p in (i.ports or [])), "")
+            prev = masters.get(p, "")
             plan.add("link_set", f"interface {p}", "set", {"op": "link_set", "ifname": p, "master": name},
                      {"op": "link_set", "ifname": p, "master": prev}, before={"controller": prev or None},
                      after={"controller": name})
@@ -352,7 +370,7 @@ def _fields_json(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes: list[Route]) -> None:
+def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes: _RouteIndex) -> None:
     for fam, want_cfg, have_cfg in ((4, d.ipv4, c.ipv4 if c else None), (6, d.ipv6, c.ipv6 if c else None)):
         if want_cfg is None:
             continue
@@ -387,7 +405,7 @@ def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes
                 raise InvalidInput(f"interface {d.name!r}: ipv{fam} gateway {gw} is of the other family")
             new = _default_route(fam, gw, d.name)
             key = route_key(new)
-            clash = [r for r in cur_routes if route_key(r) == key]
+            clash = cur_routes.same_key(key)
             if any(r.next_hop == gw and r.interface == d.name for r in clash):
                 continue
             for r in clash:
@@ -396,10 +414,10 @@ def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes
                      after=route_json(new))
 
 
-def _update_routes(plan: _Plan, desired: NetSection, cur_routes: list[Route]) -> None:
+def _update_routes(plan: _Plan, desired: NetSection, cur_routes: _RouteIndex) -> None:
     for r in desired.routes or []:
         key = route_key(r)
-        same_key = [c for c in cur_routes if route_key(c) == key]
+        same_key = cur_routes.same_key(key)
         if r.state == "absent":
             for c in same_key:
                 if (r.next_hop is None or c.next_hop == r.next_hop) and (r.interface is None or c.interface == r.interface):
