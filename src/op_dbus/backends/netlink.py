@@ -87,6 +87,9 @@ RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
+RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT = 6, 7, 8
+ROUTE_TYPES = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE, "unreachable": RTN_UNREACHABLE,
+               "prohibit": RTN_PROHIBIT}
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 BOND_MODES = {"balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3, "802.3ad": 4,
@@ -354,19 +357,21 @@ def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> 
 @encoder
 def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = None, gateway: str | None = None,
               oif: int = 0, priority: int | None = None, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_STATIC,
-              scope: int | None = None) -> Request:
+              scope: int | None = None, rtype: int = RTN_UNICAST, prefsrc: str | None = None) -> Request:
     if family is None:
         family = _ip_bytes(dst)[0] if dst else _ip_bytes(gateway)[0] if gateway else socket.AF_INET
     if scope is None:
-        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        scope = RT_SCOPE_UNIVERSE if gateway or rtype != RTN_UNICAST else RT_SCOPE_LINK
     body = _RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, protocol if add else 0,
-                       scope if add else 255, RTN_UNICAST, 0)
+                       scope if add else 255, rtype, 0)
     if dst:
         body += attr(RTA_DST, _ip_bytes(dst)[1])
     if gateway:
         body += attr(RTA_GATEWAY, _ip_bytes(gateway)[1])
     if oif:
         body += attr_u32(RTA_OIF, oif)
+    if prefsrc:
+        body += attr(RTA_PREFSRC, _ip_bytes(prefsrc)[1])
     if priority is not None:
         body += attr_u32(RTA_PRIORITY, priority)
     if table != RT_TABLE_MAIN:

@@ -210,8 +210,15 @@ class NetPlugin(Plugin[NetSection]):
         if ovs is not None:
             # A bridge's ports are part of it: removing or re-creating it needs to know what they are.
             names |= {p for b in names & ovs.bridges.keys() for p in ovs.bridges[b]["ports"]}
-        keys = {(r.destination, r.table or 254) for r in scope.routes or []}
-        state = build_state(links, addrs, routes, ovs, names=names, route_keys=keys)
+        given = scope.routes or []
+        keys = {(r.destination, r.table or 254) for r in given if r.destination is not None}
+        # nmstate's absent entries match on the keys they give: any table, or every route via an interface.
+        dsts = {r.destination for r in given if r.state == "absent" and r.destination is not None}
+        ifaces = {r.interface for r in given if r.state == "absent" and r.interface is not None}
+        if any(r.state == "absent" and r.destination is None and r.interface is None for r in given):
+            ifaces |= {link.name for link in links}
+        state = build_state(links, addrs, routes, ovs, names=names, route_keys=keys, route_ifaces=ifaces,
+                            route_dsts=dsts)
         # A declared interface that does not exist is recorded as absent, so that converging back to this
         # state (a rollback, or recovery after a crash) removes what was created since; the target settings
         # travel with it so the record alone says where to converge.

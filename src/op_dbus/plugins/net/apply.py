@@ -123,7 +123,8 @@ class _NetlinkRun:
                 self.queue(change, nl.route_req(
                     p["add"], None if zero else dst, int(plen),
                     family=socket.AF_INET if ":" not in dst else socket.AF_INET6, gateway=p.get("gateway"),
-                    oif=self.index[p["oif"]] if p.get("oif") else 0, priority=p["metric"], table=p["table"]))
+                    oif=self.index[p["oif"]] if p.get("oif") else 0, priority=p["metric"], table=p["table"],
+                    rtype=nl.ROUTE_TYPES[p.get("type") or "unicast"], prefsrc=p.get("source")))
             elif op == "link_set":
                 master = p.get("master")
                 if master:

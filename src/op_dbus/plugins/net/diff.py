@@ -36,6 +36,7 @@ def is_link_local(ip: str) -> bool:
 
 def route_key(r: Route) -> tuple[str, int, int]:
     """The kernel's identity of a route: destination, table, metric."""
+    assert r.destination is not None  # only an absent entry leaves it out, and is matched by `_matches`
     fam = ipaddress.ip_network(r.destination).version
     metric = r.metric if r.metric is not None else DEFAULT_METRIC[fam]
     return r.destination, r.table or MAIN_TABLE, metric
@@ -43,8 +44,24 @@ def route_key(r: Route) -> tuple[str, int, int]:
 
 def route_op(r: Route, add: bool, target: dict[str, Any]) -> dict[str, Any]:
     _dst, table, metric = route_key(r)
-    return {"op": "route", "add": add, "dst": r.destination, "gateway": r.next_hop, "oif": r.interface,
-            "metric": metric, "table": table, **target}
+    op = {"op": "route", "add": add, "dst": r.destination, "gateway": r.next_hop, "oif": r.interface,
+          "metric": metric, "table": table, **target}
+    if r.route_type:
+        op["type"] = r.route_type
+    if r.source:
+        op["source"] = r.source
+    return op
+
+
+def _matches(absent: Route, r: Route) -> bool:
+    """nmstate's absent entry: it matches a route on every key it gives, and on no other."""
+    return ((absent.destination is None or absent.destination == r.destination)
+            and (absent.next_hop is None or absent.next_hop == r.next_hop)
+            and (absent.interface is None or absent.interface == r.interface)
+            and (absent.metric is None or absent.metric == route_key(r)[2])
+            and (absent.table is None or absent.table == (r.table or MAIN_TABLE))
+            and (absent.route_type is None or absent.route_type == r.route_type)
+            and (absent.source is None or absent.source == r.source))
 
 
 def route_json(r: Route) -> dict[str, Any]:
@@ -54,6 +71,10 @@ def route_json(r: Route) -> dict[str, Any]:
 def _route_name(r: Route) -> str:
     _dst, table, metric = route_key(r)
     via = f" via {r.next_hop}" if r.next_hop else ""
+    if r.route_type:
+        via = f" {r.route_type}"
+    if r.source:
+        via += f" src {r.source}"
     dev = f" dev {r.interface}" if r.interface else ""
     extra = f" table {table}" if table != MAIN_TABLE else ""
     return f"route {r.destination}{via}{dev} metric {metric}{extra}"
@@ -126,6 +147,17 @@ class _RouteIndex:
 
     def via(self, interface: str) -> list[Route]:
         return self.by_interface.get(interface, [])
+
+    def matching(self, absent: Route) -> list[Route]:
+        """The routes an absent entry removes; a destination or an interface narrows the search to a dict probe."""
+        if absent.destination is not None:
+            candidates = [r for (dst, _t, _m), rs in self.by_key.items() if dst == absent.destination for r in rs] \
+                if absent.table is None or absent.metric is None else self.same_key(route_key(absent))
+        elif absent.interface is not None:
+            candidates = self.via(absent.interface)
+        else:
+            candidates = [r for rs in self.by_key.values() for r in rs]
+        return [r for r in candidates if _matches(absent, r)]
 
 
 def _master_of(current: NetSection, name: str) -> str | None:
@@ -416,16 +448,15 @@ def _update_addresses(plan: _Plan, d: Interface, c: Interface | None, cur_routes
 
 def _update_routes(plan: _Plan, desired: NetSection, cur_routes: _RouteIndex) -> None:
     for r in desired.routes or []:
-        key = route_key(r)
-        same_key = cur_routes.same_key(key)
         if r.state == "absent":
-            for c in same_key:
-                if (r.next_hop is None or c.next_hop == r.next_hop) and (r.interface is None or c.interface == r.interface):
-                    plan.remove_route(c)
+            for c in cur_routes.matching(r):
+                plan.remove_route(c)
             continue
-        if r.next_hop is None and r.interface is None:
-            raise InvalidInput(f"route {r.destination}: give `next-hop` or `interface` (or both)")
-        if any(c.next_hop == r.next_hop and (r.interface is None or c.interface == r.interface) for c in same_key):
+        same_key = cur_routes.same_key(route_key(r))
+        if r.next_hop is None and r.interface is None and r.route_type is None:
+            raise InvalidInput(f"route {r.destination}: give `next-hop` or `interface` (or both), or a `route-type`")
+        if any(c.next_hop == r.next_hop and (r.interface is None or c.interface == r.interface)
+               and c.route_type == r.route_type and (r.source is None or c.source == r.source) for c in same_key):
             continue
         for c in same_key:
             plan.remove_route(c)

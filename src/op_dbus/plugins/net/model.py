@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, ConfigDict, Field, field_validator, model_validator
 
 from op_dbus.plugin import Section
+
+from .nmstate import from_nmstate
 
 InterfaceType = Literal[
     "ethernet", "loopback", "veth", "linux-bridge", "vxlan", "macvlan", "vlan", "bond", "dummy",
@@ -105,6 +107,64 @@ class VxlanConfig(Section):
 class MacvlanConfig(Section):
     base_iface: IfName = Field(validation_alias=AliasChoices("base-iface", "base_iface"), serialization_alias="base-iface")
     mode: Literal["private", "vepa", "bridge", "passthru", "source"] = "bridge"
+    # False sets MACVLAN_FLAG_NOPROMISC (meaningful in passthru mode); left out, the flag is not managed.
+    promiscuous: bool | None = None
+
+
+class _Hyphenated(Section):
+    """nmstate's own sub-sections: keys are written with hyphens."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+
+class StpOptions(_Hyphenated):
+    """A linux-bridge's spanning tree, in seconds as nmstate gives them (the kernel counts hundredths)."""
+
+    enabled: bool | None = None
+    forward_delay: int | None = Field(default=None, ge=0, le=U32_MAX // 100)
+    hello_time: int | None = Field(default=None, ge=0, le=U32_MAX // 100)
+    max_age: int | None = Field(default=None, ge=0, le=U32_MAX // 100)
+    priority: int | None = Field(default=None, ge=0, le=U16_MAX)
+
+
+class BridgeOptions(_Hyphenated):
+    """Options of a linux-bridge (`stp` an object) or of an ovs-bridge (`stp`, `rstp` booleans and the rest)."""
+
+    stp: StpOptions | bool | None = None
+    mac_ageing_time: int | None = Field(default=None, ge=0, le=U32_MAX // 100)
+    multicast_snooping: bool | None = None
+    group_forward_mask: int | None = Field(default=None, ge=0, le=U16_MAX)
+    rstp: bool | None = None
+    mcast_snooping_enable: bool | None = None
+    fail_mode: Literal["secure", "standalone", ""] | None = None
+
+
+class TrunkTag(_Hyphenated):
+    id: int | None = Field(default=None, ge=0, lt=4096)
+    id_range: dict[str, int] | None = None
+
+
+class PortVlan(_Hyphenated):
+    mode: Literal["access", "trunk"] | None = None
+    tag: int | None = Field(default=None, ge=0, lt=4096)
+    enable_native: bool | None = None
+    trunk_tags: list[TrunkTag] | None = None
+
+
+class BridgePort(_Hyphenated):
+    name: IfName
+    stp_hairpin_mode: bool | None = None
+    stp_path_cost: int | None = Field(default=None, ge=1, le=U32_MAX)
+    stp_priority: int | None = Field(default=None, ge=0, le=63)
+    vlan: PortVlan | None = None
+
+
+class BridgeConfig(_Hyphenated):
+    """nmstate's `bridge` section; its `port` names are also the interface's `ports`."""
+
+    options: BridgeOptions | None = None
+    port: list[BridgePort] | None = None
 
 
 class VlanConfig(Section):
@@ -127,6 +187,7 @@ class Interface(Section):
     ports: list[IfName] | None = None
     datapath_type: str | None = Field(default=None, validation_alias=AliasChoices("datapath-type", "datapath_type"),
                                       serialization_alias="datapath-type")
+    bridge: BridgeConfig | None = None
     veth: VethConfig | None = None
     vxlan: VxlanConfig | None = None
     macvlan: MacvlanConfig | None = None
@@ -140,9 +201,40 @@ class Interface(Section):
     def _mac(cls, v: str | None) -> str | None:
         return v.lower() if v else v
 
+    @model_validator(mode="after")
+    def _bridge_fits(self) -> Interface:
+        if self.bridge is None:
+            return self
+        if self.type not in (None, "linux-bridge", "ovs-bridge"):
+            raise ValueError(f"interface {self.name!r}: `bridge` belongs to a linux-bridge or an ovs-bridge")
+        if self.bridge.port is not None and self.ports is not None and \
+                [p.name for p in self.bridge.port] != self.ports:
+            raise ValueError(f"interface {self.name!r}: `ports` and `bridge.port` name different ports")
+        opts = self.bridge.options
+        if opts is not None and self.type == "linux-bridge" and (
+                isinstance(opts.stp, bool) or opts.rstp is not None or opts.mcast_snooping_enable is not None
+                or opts.fail_mode is not None):
+            raise ValueError(f"interface {self.name!r}: `stp` of a linux-bridge is an object; rstp, "
+                             "mcast-snooping-enable and fail-mode are ovs-bridge options")
+        if opts is not None and self.type == "ovs-bridge" and (
+                isinstance(opts.stp, StpOptions) or opts.mac_ageing_time is not None
+                or opts.multicast_snooping is not None or opts.group_forward_mask is not None):
+            raise ValueError(f"interface {self.name!r}: `stp` of an ovs-bridge is a boolean; mac-ageing-time, "
+                             "multicast-snooping and group-forward-mask are linux-bridge options")
+        for port in self.bridge.port or []:
+            if self.type == "ovs-bridge" and (port.stp_hairpin_mode is not None or port.stp_path_cost is not None
+                                              or port.stp_priority is not None):
+                raise ValueError(f"interface {self.name!r}: port {port.name!r}: stp-* port options belong to a "
+                                 "linux-bridge")
+        return self
+
+
+RouteType = Literal["blackhole", "unreachable", "prohibit"]
+
 
 class Route(Section):
-    destination: str
+    # Left out only in an absent entry, which then matches every route on the keys it gives.
+    destination: str | None = None
     next_hop: str | None = Field(default=None, validation_alias=AliasChoices("next-hop", "next-hop-address", "next_hop"),
                                  serialization_alias="next-hop")
     interface: IfName | None = Field(default=None, validation_alias=AliasChoices("interface", "next-hop-interface"),
@@ -151,10 +243,15 @@ class Route(Section):
     table: int | None = Field(default=None, validation_alias=AliasChoices("table", "table-id"), serialization_alias="table",
                               ge=1, le=U32_MAX)
     state: Literal["absent"] | None = None
+    route_type: RouteType | None = Field(default=None, validation_alias=AliasChoices("route-type", "route_type"),
+                                         serialization_alias="route-type")
+    source: str | None = None
 
     @field_validator("destination")
     @classmethod
-    def _dst(cls, v: str) -> str:
+    def _dst(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if v == "default":
             v = "0.0.0.0/0"
         try:
@@ -162,10 +259,18 @@ class Route(Section):
         except ValueError as exc:
             raise ValueError(f"not a network: {v!r}") from exc
 
-    @field_validator("next_hop")
+    @field_validator("next_hop", "source")
     @classmethod
     def _nh(cls, v: str | None) -> str | None:
         return canonical_ip(v)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Route:
+        if self.state != "absent" and self.destination is None:
+            raise ValueError("a route needs a `destination` (only an absent entry may leave it out)")
+        if self.route_type is not None and (self.next_hop or self.interface):
+            raise ValueError(f"route {self.destination}: a {self.route_type} route has no next hop nor interface")
+        return self
 
 
 class NetSection(Section):
@@ -178,14 +283,9 @@ class NetSection(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _nmstate_routes(cls, data: Any) -> Any:
-        # nmstate nests routes as {"config": [...]}; accept that spelling too.
-        if isinstance(data, dict) and isinstance(data.get("routes"), dict):
-            routes = data["routes"]
-            if set(routes) - {"config", "running"}:
-                raise ValueError("routes: expected an array, or an object with `config`")
-            data = {**data, "routes": routes.get("config", [])}
-        return data
+    def _nmstate(cls, data: Any) -> Any:
+        # nmstate's own layout (routes: {config: [...]}, bridge: {port: [...]}, mac-vlan, ...) reads as op-dbus's.
+        return from_nmstate(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _unique(self) -> NetSection:

@@ -24,6 +24,8 @@ from .model import (
     VxlanConfig,
 )
 
+_ROUTE_TYPE_NAMES: dict[int, Any] = {nl.RTN_UNICAST: None, nl.RTN_BLACKHOLE: "blackhole",
+                                     nl.RTN_UNREACHABLE: "unreachable", nl.RTN_PROHIBIT: "prohibit"}
 _KIND_TO_TYPE = {"veth": "veth", "bridge": "linux-bridge", "vxlan": "vxlan", "macvlan": "macvlan", "vlan": "vlan",
                  "bond": "bond", "dummy": "dummy", "tun": "tun"}
 
@@ -85,8 +87,13 @@ def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfi
 
 
 def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Route], ovs: OvsView | None,
-                names: set[str] | None = None, route_keys: set[tuple[str, int]] | None = None) -> NetSection:
-    """The section for everything (`names` None) or only the named interfaces and the routes that concern them."""
+                names: set[str] | None = None, route_keys: set[tuple[str, int]] | None = None,
+                route_ifaces: set[str] | None = None, route_dsts: set[str] | None = None) -> NetSection:
+    """The section for everything (`names` None) or only the named interfaces and the routes that concern them.
+
+    Routes of other interfaces are included when their (destination, table) is in `route_keys`, their
+    destination in `route_dsts` (any table) or their interface in `route_ifaces`.
+    """
     by_index = {link.index: link for link in links}
     by_family: dict[tuple[int, int], list[nl.Addr]] = {}
     for a in addrs:
@@ -95,23 +102,26 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
     gateways: dict[tuple[int, int], str] = {}
     route_list: list[Route] = []
     for r in routes:
-        if r.table == nl.RT_TABLE_LOCAL or r.protocol == nl.RTPROT_KERNEL or r.type != nl.RTN_UNICAST:
+        if r.table == nl.RT_TABLE_LOCAL or r.protocol == nl.RTPROT_KERNEL or r.type not in _ROUTE_TYPE_NAMES:
             continue
         fam = 4 if r.family == socket.AF_INET else 6
         zero = "0.0.0.0" if fam == 4 else "::"
         dst = f"{r.dst or zero}/{r.dst_len}"
         if fam == 6 and ipaddress.ip_network(dst).is_link_local:
             continue
-        oif = by_index[r.oif].name if r.oif in by_index else None
+        oif = by_index[r.oif].name if r.oif in by_index and r.type == nl.RTN_UNICAST else None
         if (r.dst_len == 0 and r.table == MAIN_TABLE and r.gateway and r.oif and r.priority == DEFAULT_METRIC[fam]
                 and (r.oif, fam) not in gateways):
             gateways[(r.oif, fam)] = r.gateway
             if names is None or oif in names:
                 continue
         route = Route(destination=dst, next_hop=r.gateway, interface=oif, metric=r.priority,
-                      table=None if r.table == MAIN_TABLE else r.table)
+                      table=None if r.table == MAIN_TABLE else r.table, route_type=_ROUTE_TYPE_NAMES[r.type],
+                      source=r.prefsrc)
         if names is not None and oif not in names and r.dst_len != 0 and (
-                route_keys is None or (route.destination, r.table) not in route_keys):
+                route_keys is None or (route.destination, r.table) not in route_keys) and (
+                route_dsts is None or route.destination not in route_dsts) and (
+                route_ifaces is None or oif not in route_ifaces):
             continue
         route_list.append(route)
 
