@@ -71,8 +71,17 @@ VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 15, 16, 17
 IFLA_MACVLAN_MODE = 1
+IFLA_MACVLAN_FLAGS = 2
+MACVLAN_FLAG_NOPROMISC = 1
 IFLA_VLAN_ID = 1
 IFLA_BOND_MODE = 1
+IFLA_INFO_SLAVE_DATA = 5
+# linux/if_link.h IFLA_BR_* and IFLA_BRPORT_*: name -> (attribute, struct format). Times are in hundredths of a second.
+BRIDGE_ATTRS: dict[str, tuple[int, str]] = {
+    "forward_delay": (1, "=I"), "hello_time": (2, "=I"), "max_age": (3, "=I"), "ageing_time": (4, "=I"),
+    "stp_state": (5, "=I"), "priority": (6, "=H"), "group_fwd_mask": (9, "=H"), "mcast_snooping": (23, "=B"),
+}
+BRIDGE_PORT_ATTRS: dict[str, tuple[int, str]] = {"priority": (2, "=H"), "cost": (3, "=I"), "mode": (4, "=B")}
 
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
@@ -336,6 +345,44 @@ def vxlan_data(vni: int, *, remote: str | None = None, local: str | None = None,
 
 
 @encoder
+def _knobs(table: dict[str, tuple[int, str]], values: dict[str, int]) -> bytes:
+    return b"".join(attr(table[k][0], struct.pack(table[k][1], v)) for k, v in values.items())
+
+
+def _knobs_decode(table: dict[str, tuple[int, str]], d: dict[int, memoryview]) -> dict[str, int]:
+    out = {}
+    for name, (kind, fmt) in table.items():
+        if kind in d and len(d[kind]) >= struct.calcsize(fmt):
+            out[name] = int(struct.unpack_from(fmt, d[kind])[0])
+    return out
+
+
+@encoder
+def bridge_data(values: dict[str, int]) -> bytes:
+    """IFLA_INFO_DATA of a bridge: `values` keyed as BRIDGE_ATTRS."""
+    return _knobs(BRIDGE_ATTRS, values)
+
+
+@encoder
+def link_set_info(name: str, kind: str, data: bytes = b"", *, port_kind: str | None = None,
+                  port_data: bytes = b"") -> Request:
+    """Change kind-specific settings of an existing link (IFLA_INFO_DATA), or of its role as a port (SLAVE_DATA)."""
+    body = _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)
+    info = b""
+    if data:
+        info += attr_str(IFLA_INFO_KIND, kind) + nested(IFLA_INFO_DATA, data)
+    if port_kind:
+        info += attr_str(IFLA_INFO_SLAVE_KIND, port_kind) + nested(IFLA_INFO_SLAVE_DATA, port_data)
+    body += nested(IFLA_LINKINFO, info)
+    return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+@encoder
+def bridge_port_data(values: dict[str, int]) -> bytes:
+    """IFLA_INFO_SLAVE_DATA of a bridge port: `values` keyed as BRIDGE_PORT_ATTRS."""
+    return _knobs(BRIDGE_PORT_ATTRS, values)
+
+
 def link_del(name: str, index: int = 0) -> Request:
     body = _IFINFO.pack(0, 0, index, 0, 0) + (b"" if index else attr_str(IFLA_IFNAME, name))
     return RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, body
@@ -399,6 +446,9 @@ def decode_link(msg: bytes) -> Link:
             info = _decode_info(kind, parse_attrs(data, 0, len(data)))
         if IFLA_INFO_SLAVE_KIND in la:
             info["slave_kind"] = _cstr(la[IFLA_INFO_SLAVE_KIND])
+            port = la.get(IFLA_INFO_SLAVE_DATA)
+            if info["slave_kind"] == "bridge" and port is not None:
+                info["bridge_port"] = _knobs_decode(BRIDGE_PORT_ATTRS, parse_attrs(port, 0, len(port)))
     return Link(
         index=index,
         name=_cstr(a[IFLA_IFNAME]) if IFLA_IFNAME in a else f"if{index}",
@@ -431,7 +481,11 @@ def _decode_info(kind: str, d: dict[int, memoryview]) -> dict[str, Any]:
         return out
     if kind in ("macvlan", "macvtap") and IFLA_MACVLAN_MODE in d:
         mode = _u32(d[IFLA_MACVLAN_MODE])
-        return {"mode": next((k for k, v in MACVLAN_MODES.items() if v == mode), str(mode))}
+        flags = struct.unpack_from("=H", d[IFLA_MACVLAN_FLAGS])[0] if IFLA_MACVLAN_FLAGS in d else 0
+        return {"mode": next((k for k, v in MACVLAN_MODES.items() if v == mode), str(mode)),
+                "promiscuous": not flags & MACVLAN_FLAG_NOPROMISC}
+    if kind == "bridge":
+        return {"bridge": _knobs_decode(BRIDGE_ATTRS, d)}
     if kind == "vlan" and IFLA_VLAN_ID in d:
         return {"id": struct.unpack_from("=H", d[IFLA_VLAN_ID])[0]}
     if kind == "bond" and IFLA_BOND_MODE in d:

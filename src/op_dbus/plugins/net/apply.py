@@ -134,6 +134,11 @@ class _NetlinkRun:
             elif op == "link_add":
                 self.queue(change, self._link_add(p))
                 self.index.pop(p["ifname"], None)
+            elif op == "bridge_set":
+                self.queue(change, nl.link_set_info(p["ifname"], "bridge", nl.bridge_data(p["options"])))
+            elif op == "bridge_port_set":
+                self.queue(change, nl.link_set_info(p["ifname"], "", port_kind="bridge",
+                                                    port_data=nl.bridge_port_data(p["options"])))
             elif op == "link_del":
                 self.queue(change, nl.link_del(p["ifname"]))
                 self.index.pop(p["ifname"], None)
@@ -167,6 +172,8 @@ class _NetlinkRun:
             link = self.index[v["base-iface"]]
             if itype == "macvlan":
                 data = nl.attr_u32(nl.IFLA_MACVLAN_MODE, nl.MACVLAN_MODES[v.get("mode", "bridge")])
+                if v.get("promiscuous") is False:
+                    data += nl.attr(nl.IFLA_MACVLAN_FLAGS, nl.MACVLAN_FLAG_NOPROMISC.to_bytes(2, "little"))
             else:
                 data = nl.attr(nl.IFLA_VLAN_ID, int(v["id"]).to_bytes(2, "little"))
         elif itype == "bond" and p.get("bond"):

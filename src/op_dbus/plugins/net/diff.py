@@ -15,7 +15,7 @@ from typing import Any
 from op_dbus.errors import InvalidInput
 from op_dbus.plugin import Change
 
-from .model import KERNEL_KINDS, OVS_TYPES, Interface, IPConfig, NetSection, Route
+from .model import KERNEL_KINDS, OVS_TYPES, BridgeOptions, BridgePort, Interface, IPConfig, NetSection, Route, StpOptions
 
 PLUGIN = "net"
 MAIN_TABLE = 254
@@ -357,6 +357,8 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
                  {"op": "ovs_bridge_set", "name": name, "datapath_type": c.datapath_type or "system"},
                  before={"datapath-type": c.datapath_type}, after={"datapath-type": d.datapath_type})
     if d.ports is None:
+        if itype == "linux-bridge" and d.bridge is not None:
+            _update_bridge(plan, d, c)
         return
     have = set(c.ports or []) if c else set()
     want = set(d.ports)
@@ -386,8 +388,71 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
             plan.add("link_set", f"interface {p}", "set", {"op": "link_set", "ifname": p, "master": ""},
                      {"op": "link_set", "ifname": p, "master": name},
                      before={"controller": name}, after={"controller": None})
+        if itype == "linux-bridge" and d.bridge is not None:
+            _update_bridge(plan, d, c)
     else:
         raise InvalidInput(f"interface {name!r} of type {itype!r} cannot have ports")
+
+
+def bridge_knobs(o: BridgeOptions | None) -> dict[str, int]:
+    """A linux-bridge's options as the kernel's IFLA_BR_* values; STP timers only count while STP is on (as in nmstate)."""
+    out: dict[str, int] = {}
+    if o is None:
+        return out
+    if isinstance(o.stp, StpOptions):
+        if o.stp.enabled is not None:
+            out["stp_state"] = int(o.stp.enabled)
+        if o.stp.enabled is not False:
+            for key, value in (("forward_delay", o.stp.forward_delay), ("hello_time", o.stp.hello_time),
+                               ("max_age", o.stp.max_age)):
+                if value is not None:
+                    out[key] = value * 100
+            if o.stp.priority is not None:
+                out["priority"] = o.stp.priority
+    if o.mac_ageing_time is not None:
+        out["ageing_time"] = o.mac_ageing_time * 100
+    if o.multicast_snooping is not None:
+        out["mcast_snooping"] = int(o.multicast_snooping)
+    if o.group_forward_mask is not None:
+        out["group_fwd_mask"] = o.group_forward_mask
+    return out
+
+
+# What the kernel gives a new bridge port (its path cost follows the link speed, so it has no fixed default).
+_PORT_DEFAULTS = {"priority": 32, "mode": 0}
+
+
+def port_knobs(p: BridgePort | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if p is not None:
+        for key, value in (("mode", p.stp_hairpin_mode), ("cost", p.stp_path_cost), ("priority", p.stp_priority)):
+            if value is not None:
+                out[key] = int(value)
+    return out
+
+
+def _update_bridge(plan: _Plan, d: Interface, c: Interface | None) -> None:
+    """linux-bridge options and its ports' STP settings: only what the file gives, and only what differs."""
+    name = d.name
+    have = bridge_knobs(c.bridge.options if c is not None and c.bridge is not None else None)
+    want = {k: v for k, v in bridge_knobs(d.bridge.options if d.bridge else None).items() if have.get(k) != v}
+    if want:
+        old = {k: have[k] for k in want if k in have}
+        plan.add("link_set", f"interface {name}", "set", {"op": "bridge_set", "ifname": name, "options": want},
+                 {"op": "bridge_set", "ifname": name, "options": old} if c is not None and old else None,
+                 before=old or None, after=want)
+    cur_ports = {p.name: p for p in (c.bridge.port or [])} if c is not None and c.bridge is not None else {}
+    for port in (d.bridge.port or []) if d.bridge else []:
+        current = port_knobs(cur_ports.get(port.name))
+        change = {k: v for k, v in port_knobs(port).items() if current.get(k) != v}
+        if not change:
+            continue
+        old = {k: current.get(k, _PORT_DEFAULTS.get(k)) for k in change}
+        old = {k: v for k, v in old.items() if v is not None}
+        plan.add("link_set", f"bridge port {port.name} of {name}", "set",
+                 {"op": "bridge_port_set", "ifname": port.name, "options": change},
+                 {"op": "bridge_port_set", "ifname": port.name, "options": old} if old else None,
+                 before=old or None, after=change)
 
 
 def _fields_json(fields: dict[str, Any]) -> dict[str, Any]:

@@ -110,6 +110,12 @@ class MacvlanConfig(Section):
     # False sets MACVLAN_FLAG_NOPROMISC (meaningful in passthru mode); left out, the flag is not managed.
     promiscuous: bool | None = None
 
+    @model_validator(mode="after")
+    def _nopromisc_needs_passthru(self) -> MacvlanConfig:
+        if self.promiscuous is False and self.mode != "passthru":
+            raise ValueError("macvlan promiscuous: false is a passthru-mode flag (the kernel takes it in no other mode)")
+        return self
+
 
 class _Hyphenated(Section):
     """nmstate's own sub-sections: keys are written with hyphens."""

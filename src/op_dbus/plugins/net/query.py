@@ -14,11 +14,15 @@ from .diff import DEFAULT_METRIC, MAIN_TABLE
 from .model import (
     Address,
     BondConfig,
+    BridgeConfig,
+    BridgeOptions,
+    BridgePort,
     Interface,
     IPConfig,
     MacvlanConfig,
     NetSection,
     Route,
+    StpOptions,
     VethConfig,
     VlanConfig,
     VxlanConfig,
@@ -86,6 +90,28 @@ def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfi
     )
 
 
+def _seconds(hundredths: int | None) -> int | None:
+    return None if hundredths is None else round(hundredths / 100)
+
+
+def bridge_options(k: dict[str, int]) -> BridgeOptions:
+    """A linux-bridge's IFLA_BR_* values in nmstate's terms (seconds where the kernel counts hundredths)."""
+    stp = StpOptions(enabled=bool(k["stp_state"]) if "stp_state" in k else None,
+                     forward_delay=_seconds(k.get("forward_delay")), hello_time=_seconds(k.get("hello_time")),
+                     max_age=_seconds(k.get("max_age")), priority=k.get("priority"))
+    snooping = k.get("mcast_snooping")
+    return BridgeOptions(stp=stp, mac_ageing_time=_seconds(k.get("ageing_time")),
+                         multicast_snooping=None if snooping is None else bool(snooping),
+                         group_forward_mask=k.get("group_fwd_mask"))
+
+
+def bridge_port(link: nl.Link) -> BridgePort:
+    k = link.info.get("bridge_port", {})
+    mode = k.get("mode")
+    return BridgePort(name=link.name, stp_hairpin_mode=None if mode is None else bool(mode),
+                      stp_path_cost=k.get("cost"), stp_priority=k.get("priority"))
+
+
 def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Route], ovs: OvsView | None,
                 names: set[str] | None = None, route_keys: set[tuple[str, int]] | None = None,
                 route_ifaces: set[str] | None = None, route_dsts: set[str] | None = None) -> NetSection:
@@ -137,7 +163,11 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
             "mac_address": link.mac if link.mac and itype != "loopback" else None,
         }
         if itype in ("linux-bridge", "bond"):
-            data["ports"] = sorted(p.name for p in links if p.master == link.index)
+            members = sorted((p for p in links if p.master == link.index), key=lambda p: p.name)
+            data["ports"] = [p.name for p in members]
+            if itype == "linux-bridge" and "bridge" in link.info:
+                data["bridge"] = BridgeConfig(options=bridge_options(link.info["bridge"]),
+                                              port=[bridge_port(p) for p in members])
         elif itype == "ovs-bridge" and ovs is not None:
             data["ports"] = ovs.bridges[link.name]["ports"]
             data["datapath_type"] = ovs.bridges[link.name]["datapath_type"]
@@ -150,7 +180,8 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
         elif itype in ("macvlan", "vlan") and link.link in by_index and link.link_netnsid is None:
             base_name = by_index[link.link].name
             if itype == "macvlan":
-                data["macvlan"] = MacvlanConfig(base_iface=base_name, mode=link.info.get("mode", "bridge"))
+                data["macvlan"] = MacvlanConfig(base_iface=base_name, mode=link.info.get("mode", "bridge"),
+                                                promiscuous=link.info.get("promiscuous"))
             elif "id" in link.info:
                 data["vlan"] = VlanConfig(base_iface=base_name, id=link.info["id"])
         elif itype == "bond" and "mode" in link.info:

@@ -1,0 +1,75 @@
+"""nmstate files, in nmstate's own layout, applied unchanged in a real namespace; the kernel (`ip -j`) is the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import Net
+from .test_kernel import addrs_of, has_link, ip_json, link, routes
+
+pytestmark = pytest.mark.netns
+
+FILES = Path(__file__).parent / "nmstate"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((FILES / name).read_text())
+
+
+async def test_linux_bridge_with_stp_and_port_options(net: Net, netns: str) -> None:
+    await net.converge(load("linux-bridge-stp.yml"))
+    info = link(netns, "br0")["linkinfo"]["info_data"]
+    assert (info["stp_state"], info["forward_delay"], info["hello_time"], info["max_age"], info["priority"]) == \
+        (1, 1000, 300, 1800, 4096)
+    assert (info["ageing_time"], info["mcast_snooping"], int(str(info["group_fwd_mask"]), 0)) == (12000, 0, 8)
+    port = link(netns, "eth1")
+    assert port["master"] == "br0"
+    pdata = port["linkinfo"]["info_slave_data"]
+    assert (pdata["hairpin"], pdata["cost"], pdata["priority"]) == (True, 150, 20)
+    assert addrs_of(netns, "br0") == {"192.0.2.251/24"}
+    # Applying the same file again changes nothing.
+    _desired, again = await net.plan(load("linux-bridge-stp.yml"))
+    assert again == []
+
+
+async def test_mac_vlan_spelling_and_promiscuous_flag(net: Net, netns: str) -> None:
+    await net.converge(load("mac-vlan.yml"))
+    mac0 = link(netns, "mac0")
+    assert mac0["linkinfo"]["info_kind"] == "macvlan" and mac0["link"] == "eth2"
+    assert mac0["linkinfo"]["info_data"]["mode"] == "passthru"
+    assert mac0["linkinfo"]["info_data"].get("nopromisc") is True
+    assert addrs_of(netns, "mac0") == {"198.51.100.7/24"}
+    state = await net.query()
+    dumped = next(i for i in net.plugin.dump(state)["interfaces"] if i["name"] == "mac0")
+    assert dumped["macvlan"] == {"base-iface": "eth2", "mode": "passthru", "promiscuous": False}
+
+
+async def test_vxlan(net: Net, netns: str) -> None:
+    await net.converge(load("vxlan.yml"))
+    data = link(netns, "vxlan102")["linkinfo"]["info_data"]
+    assert (data["id"], data["remote"], data["port"], data["link"]) == (102, "192.0.2.251", 1235, "eth4")
+
+
+async def test_static_routes_route_types_and_absent_wildcard(net: Net, netns: str) -> None:
+    await net.converge(load("static-routes.yml"))
+    table200 = routes(netns, "table", "200")
+    assert [(r["dst"], r["gateway"], r["metric"]) for r in table200] == [("198.51.100.0/24", "192.0.2.1", 150)]
+    main = {r["dst"]: r for r in routes(netns)}
+    assert main["203.0.113.0/24"]["prefsrc"] == "192.0.2.10"
+    assert {d: main[d].get("type") for d in ("198.18.10.0/24", "198.18.11.0/24", "198.18.12.0/24")} == {
+        "198.18.10.0/24": "blackhole", "198.18.11.0/24": "unreachable", "198.18.12.0/24": "prohibit"}
+    v6 = [r for r in ip_json(netns, "-6", "route", "show") if r["dst"] == "2001:db8:2::/64"]
+    assert [(r["gateway"], r["metric"]) for r in v6] == [("2001:db8:1::1", 108)]
+    _desired, again = await net.plan(load("static-routes.yml"))
+    assert again == []
+
+    changes, _undo = await net.converge(load("routes-absent-by-interface.yml"))
+    assert {c.action for c in changes} == {"remove-route"} and len(changes) == 3
+    assert routes(netns, "table", "200") == []
+    left = {r["dst"] for r in routes(netns)}
+    assert "203.0.113.0/24" not in left and {"198.18.10.0/24", "198.18.11.0/24", "198.18.12.0/24"} <= left
+    assert not [r for r in ip_json(netns, "-6", "route", "show") if r["dst"] == "2001:db8:2::/64"]
+    assert has_link(netns, "eth3")
