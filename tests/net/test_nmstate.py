@@ -73,3 +73,37 @@ async def test_static_routes_route_types_and_absent_wildcard(net: Net, netns: st
     assert "203.0.113.0/24" not in left and {"198.18.10.0/24", "198.18.11.0/24", "198.18.12.0/24"} <= left
     assert not [r for r in ip_json(netns, "-6", "route", "show") if r["dst"] == "2001:db8:2::/64"]
     assert has_link(netns, "eth3")
+
+
+@pytest.fixture
+async def onet(ovs):
+    n = Net(ovs.netns, ovs.sock)
+    yield n
+    await n.aclose()
+
+
+@pytest.mark.ovs
+async def test_ovs_bridge_options_internal_entry_and_port_vlans(onet: Net, ovs) -> None:
+    await onet.converge(load("ovs-bridge.yml"))
+    assert ovs.vsctl("list-br").split() == ["ovs-br0"]
+    assert set(ovs.vsctl("list-ports", "ovs-br0").split()) == {"eth5", "eth6", "ovs0"}
+
+    def col(table: str, row: str, column: str) -> str:
+        return ovs.vsctl("get", table, row, column).strip().strip('"')
+
+    assert [col("Bridge", "ovs-br0", c) for c in ("stp_enable", "rstp_enable", "mcast_snooping_enable", "fail_mode")] \
+        == ["false", "true", "true", "secure"]
+    assert (col("Port", "eth5", "tag"), col("Port", "eth5", "vlan_mode")) == ("100", "access")
+    assert (col("Port", "eth6", "trunks"), col("Port", "eth6", "vlan_mode")) == ("[101, 200, 201, 202, 203]", "trunk")
+    assert addrs_of(ovs.netns, "ovs-br0") == {"192.0.2.1/24"}
+    assert addrs_of(ovs.netns, "ovs0") == {"198.51.100.1/24"} and link(ovs.netns, "ovs0")["mtu"] == 1400
+    _desired, again = await onet.plan(load("ovs-bridge.yml"))
+    assert again == []
+    # Changing an option and a tag changes only those.
+    doc = load("ovs-bridge.yml")
+    doc["interfaces"][2]["bridge"]["options"]["fail-mode"] = "standalone"
+    doc["interfaces"][2]["bridge"]["port"][1]["vlan"]["tag"] = 200
+    _desired, changes = await onet.plan(doc)
+    assert [c.summary() for c in changes] and len(changes) == 2, [c.summary() for c in changes]
+    await onet.converge(doc)
+    assert (col("Bridge", "ovs-br0", "fail_mode"), col("Port", "eth5", "tag")) == ("standalone", "200")

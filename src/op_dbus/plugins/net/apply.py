@@ -288,6 +288,14 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
         elif op == "ovs_bridge_set":
             ops.append({"op": "update", "table": "Bridge", "where": [["name", "==", p["name"]]],
                         "row": {"datapath_type": p["datapath_type"]}})
+        elif op == "ovs_bridge_options":
+            row = {k: (oset([v] if v else []) if k == "fail_mode" else v) for k, v in p["row"].items()}
+            ops.append({"op": "update", "table": "Bridge", "where": [["name", "==", p["name"]]], "row": row})
+        elif op == "ovs_port_vlan":
+            r = p["row"]
+            ops.append({"op": "update", "table": "Port", "where": [["name", "==", p["name"]]],
+                        "row": {"tag": oset([] if r["tag"] is None else [r["tag"]]), "trunks": oset(r["trunks"]),
+                                "vlan_mode": oset([r["vlan_mode"]] if r["vlan_mode"] else [])}})
         elif op == "ovs_mtu":
             ops.append({"op": "update", "table": "Interface", "where": [["name", "==", p["name"]]],
                         "row": {"mtu_request": oset([p["mtu"]] if p.get("mtu") else [])}})

@@ -15,7 +15,18 @@ from typing import Any
 from op_dbus.errors import InvalidInput
 from op_dbus.plugin import Change
 
-from .model import KERNEL_KINDS, OVS_TYPES, BridgeOptions, BridgePort, Interface, IPConfig, NetSection, Route, StpOptions
+from .model import (
+    KERNEL_KINDS,
+    OVS_TYPES,
+    BridgeOptions,
+    BridgePort,
+    Interface,
+    IPConfig,
+    NetSection,
+    PortVlan,
+    Route,
+    StpOptions,
+)
 
 PLUGIN = "net"
 MAIN_TABLE = 254
@@ -359,11 +370,14 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
     if d.ports is None:
         if itype == "linux-bridge" and d.bridge is not None:
             _update_bridge(plan, d, c)
+        if itype == "ovs-bridge":
+            _update_ovs_bridge(plan, d, c)
         return
     have = set(c.ports or []) if c else set()
     want = set(d.ports)
     if itype == "ovs-bridge":
         if c is None:
+            _update_ovs_bridge(plan, d, c)
             return  # created with its ports
         for p in sorted(want - have):
             plan.add("ovs", f"port {p} of {name}", "add-port",
@@ -375,6 +389,7 @@ def _update_interface(plan: _Plan, d: Interface, c: Interface | None, itype: str
                 _drop_l3(plan, gone, cur_routes or _RouteIndex([]))  # the internal device goes with its port
             plan.add("ovs", f"port {p} of {name}", "remove-port", {"op": "ovs_port_del", "bridge": name, "name": p},
                      {"op": "ovs_port_add", "bridge": name, **_port_spec(p, cur.get(p))})
+        _update_ovs_bridge(plan, d, c)
     elif itype in ("linux-bridge", "bond"):
         masters = {p: i.name for i in cur.values() if i.type in ("linux-bridge", "bond") for p in i.ports or []}
         for p in sorted(want - have):
@@ -453,6 +468,63 @@ def _update_bridge(plan: _Plan, d: Interface, c: Interface | None) -> None:
                  {"op": "bridge_port_set", "ifname": port.name, "options": change},
                  {"op": "bridge_port_set", "ifname": port.name, "options": old} if old else None,
                  before=old or None, after=change)
+
+
+def ovs_bridge_row(o: BridgeOptions | None) -> dict[str, Any]:
+    """The Bridge columns an ovs-bridge's options set (only those given)."""
+    row: dict[str, Any] = {}
+    if o is None:
+        return row
+    if isinstance(o.stp, bool):
+        row["stp_enable"] = o.stp
+    if o.rstp is not None:
+        row["rstp_enable"] = o.rstp
+    if o.mcast_snooping_enable is not None:
+        row["mcast_snooping_enable"] = o.mcast_snooping_enable
+    if o.fail_mode is not None:
+        row["fail_mode"] = o.fail_mode
+    return row
+
+
+def ovs_port_row(v: PortVlan | None) -> dict[str, Any]:
+    """The Port columns of nmstate's port `vlan` (tag, trunks, vlan_mode); an empty vlan carries every VLAN."""
+    if v is None or v.mode is None:
+        return {"tag": None, "trunks": [], "vlan_mode": None}
+    if v.mode == "access":
+        return {"tag": v.tag, "trunks": [], "vlan_mode": "access"}
+    trunks: set[int] = set()
+    for t in v.trunk_tags or []:
+        if t.id is not None:
+            trunks.add(t.id)
+        if t.id_range is not None:
+            trunks |= set(range(t.id_range.get("min", 0), t.id_range.get("max", -1) + 1))
+    mode = "trunk" if v.tag is None else ("native-untagged" if v.enable_native else "native-tagged")
+    return {"tag": v.tag, "trunks": sorted(trunks), "vlan_mode": mode}
+
+
+def _update_ovs_bridge(plan: _Plan, d: Interface, c: Interface | None) -> None:
+    """ovs-bridge options and its ports' VLANs: only what the file gives, and only what differs."""
+    if d.bridge is None:
+        return
+    name = d.name
+    have = ovs_bridge_row(c.bridge.options if c is not None and c.bridge is not None else None)
+    want = {k: v for k, v in ovs_bridge_row(d.bridge.options).items() if c is None or have.get(k) != v}
+    if want:
+        old = {k: have[k] for k in want if k in have}
+        plan.add("ovs", f"interface {name}", "set", {"op": "ovs_bridge_options", "name": name, "row": want},
+                 {"op": "ovs_bridge_options", "name": name, "row": old} if c is not None and old else None,
+                 before=old or None, after=want)
+    cur_ports = {p.name: p for p in (c.bridge.port or [])} if c is not None and c.bridge is not None else {}
+    for port in d.bridge.port or []:
+        if port.vlan is None:
+            continue
+        now = cur_ports.get(port.name)
+        current = ovs_port_row(now.vlan if now is not None else None)
+        row = ovs_port_row(port.vlan)
+        if row == current:
+            continue
+        plan.add("ovs", f"port {port.name} of {name}", "set", {"op": "ovs_port_vlan", "name": port.name, "row": row},
+                 {"op": "ovs_port_vlan", "name": port.name, "row": current}, before=current, after=row)
 
 
 def _fields_json(fields: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from op_dbus.backends import netlink as nl
-from op_dbus.backends.ovsdb import Ovsdb, set_values
+from op_dbus.backends.ovsdb import Ovsdb, optional, set_values
 
 from .diff import DEFAULT_METRIC, MAIN_TABLE
 from .model import (
@@ -21,8 +21,10 @@ from .model import (
     IPConfig,
     MacvlanConfig,
     NetSection,
+    PortVlan,
     Route,
     StpOptions,
+    TrunkTag,
     VethConfig,
     VlanConfig,
     VxlanConfig,
@@ -38,7 +40,8 @@ _KIND_TO_TYPE = {"veth": "veth", "bridge": "linux-bridge", "vxlan": "vxlan", "ma
 class OvsView:
     """The OVS configuration that matters here: bridges with their ports, and which interfaces are internal."""
 
-    bridges: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {datapath_type, ports: [names]}
+    bridges: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {datapath_type, ports, options}
+    port_vlan: dict[str, PortVlan] = field(default_factory=dict)  # port name -> its VLAN settings, when it has any
     internal: set[str] = field(default_factory=set)
     # name -> uuid, for building transactions
     bridge_uuid: dict[str, str] = field(default_factory=dict)
@@ -47,8 +50,11 @@ class OvsView:
 
 async def read_ovs(db: Ovsdb) -> OvsView:
     res = await db.transact([
-        {"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "name", "ports", "datapath_type"]},
-        {"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "interfaces"]},
+        {"op": "select", "table": "Bridge", "where": [],
+         "columns": ["_uuid", "name", "ports", "datapath_type", "stp_enable", "rstp_enable", "mcast_snooping_enable",
+                     "fail_mode"]},
+        {"op": "select", "table": "Port", "where": [], "columns": ["_uuid", "name", "interfaces", "tag", "trunks",
+                                                                   "vlan_mode"]},
         {"op": "select", "table": "Interface", "where": [], "columns": ["_uuid", "name", "type"]},
     ])
     bridges, ports, ifaces = (r["rows"] for r in res)
@@ -56,11 +62,28 @@ async def read_ovs(db: Ovsdb) -> OvsView:
     port_name = {p["_uuid"][1]: p["name"] for p in ports}
     view.port_uuid = {p["name"]: p["_uuid"][1] for p in ports}
     view.internal = {i["name"] for i in ifaces if i["type"] == "internal"}
+    for p in ports:
+        vlan = port_vlan(optional(p["tag"]), [int(t) for t in set_values(p["trunks"])], optional(p["vlan_mode"]))
+        if vlan is not None:
+            view.port_vlan[p["name"]] = vlan
     for b in bridges:
         names = sorted(port_name[u[1]] for u in set_values(b["ports"]) if u[1] in port_name and port_name[u[1]] != b["name"])
-        view.bridges[b["name"]] = {"datapath_type": b["datapath_type"] or "system", "ports": names}
+        options = BridgeOptions(stp=bool(b["stp_enable"]), rstp=bool(b["rstp_enable"]),
+                                mcast_snooping_enable=bool(b["mcast_snooping_enable"]),
+                                fail_mode=optional(b["fail_mode"]) or "")
+        view.bridges[b["name"]] = {"datapath_type": b["datapath_type"] or "system", "ports": names, "options": options}
         view.bridge_uuid[b["name"]] = b["_uuid"][1]
     return view
+
+
+def port_vlan(tag: int | None, trunks: list[int], mode: str | None) -> PortVlan | None:
+    """OVSDB's tag/trunks/vlan_mode of a port in nmstate's terms (None: the port carries every VLAN untouched)."""
+    if tag is None and not trunks:
+        return None
+    if (mode or ("access" if tag is not None and not trunks else "trunk")) == "access":
+        return PortVlan(mode="access", tag=tag)
+    return PortVlan(mode="trunk", tag=tag, enable_native=mode == "native-untagged" if tag is not None else None,
+                    trunk_tags=[TrunkTag(id=t) for t in sorted(trunks)])
 
 
 def _type_of(link: nl.Link, ovs: OvsView | None) -> str:
@@ -88,6 +111,11 @@ def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfi
                                          key=lambda a: (ipaddress.ip_address(a.ip), a.prefix)),
         gateway=gateway,
     )
+
+
+def ovs_bridge_config(ovs: OvsView, name: str) -> BridgeConfig:
+    b = ovs.bridges[name]
+    return BridgeConfig(options=b["options"], port=[BridgePort(name=p, vlan=ovs.port_vlan.get(p)) for p in b["ports"]])
 
 
 def _seconds(hundredths: int | None) -> int | None:
@@ -171,6 +199,7 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
         elif itype == "ovs-bridge" and ovs is not None:
             data["ports"] = ovs.bridges[link.name]["ports"]
             data["datapath_type"] = ovs.bridges[link.name]["datapath_type"]
+            data["bridge"] = ovs_bridge_config(ovs, link.name)
         if itype == "veth" and link.link_netnsid is None and link.link in by_index:
             data["veth"] = VethConfig(peer=by_index[link.link].name)
         elif itype == "vxlan" and "id" in link.info:
@@ -194,7 +223,8 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
     if ovs is not None:
         for name, b in ovs.bridges.items():
             if name not in seen and (names is None or name in names):
-                ifaces.append(Interface(name=name, type="ovs-bridge", ports=b["ports"], datapath_type=b["datapath_type"]))
+                ifaces.append(Interface(name=name, type="ovs-bridge", ports=b["ports"], datapath_type=b["datapath_type"],
+                                        bridge=ovs_bridge_config(ovs, name)))
                 seen.add(name)
         for name in sorted(ovs.internal):
             if name not in seen and (names is None or name in names):
