@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,47 @@ async def test_ovs_bridge_options_internal_entry_and_port_vlans(onet: Net, ovs) 
     assert [c.summary() for c in changes] and len(changes) == 2, [c.summary() for c in changes]
     await onet.converge(doc)
     assert (col("Bridge", "ovs-br0", "fail_mode"), col("Port", "eth5", "tag")) == ("standalone", "200")
+
+
+def op_dbus(netns: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "op_dbus", "--state-dir", str(tmp / "state"), "--netns", netns,
+            "--ovsdb", str(tmp / "no-ovsdb.sock"), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+async def test_introspect_format_nmstate_round_trips(net: Net, netns: str, tmp_path: Path) -> None:
+    await net.converge(load("linux-bridge-stp.yml"))
+    await net.converge(load("static-routes.yml"))
+    res = op_dbus(netns, tmp_path, "introspect", "net", "--format", "nmstate")
+    assert res.returncode == 0, res.stderr
+    written = yaml.safe_load(res.stdout)
+    br0 = next(i for i in written["interfaces"] if i["name"] == "br0")
+    assert br0["bridge"]["options"]["stp"]["forward-delay"] == 10
+    assert br0["bridge"]["port"][0]["stp-path-cost"] == 150
+    assert br0["ipv4"]["address"] == [{"ip": "192.0.2.251", "prefix-length": 24}]
+    assert {"destination": "198.18.10.0/24", "metric": 0, "route-type": "blackhole"} in written["routes"]["config"]
+    # The nmstate file, unchanged under plugins.net, is what the system already is.
+    state = tmp_path / "state.yml"
+    state.write_text(yaml.safe_dump({"version": 1, "plugins": {"net": written}}))
+    state.chmod(0o600)
+    res = op_dbus(netns, tmp_path, "diff", str(state))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert op_dbus(netns, tmp_path, "introspect", "systemd", "--format", "nmstate").returncode == 2
+
+
+async def test_unimplemented_nmstate_is_refused_by_name_and_changes_nothing(net: Net, netns: str,
+                                                                            tmp_path: Path) -> None:
+    before = ip_json(netns, "link")
+    doc = load("vxlan.yml")
+    doc["dns-resolver"] = {"config": {"server": ["192.0.2.53"], "search": ["example.com"]}}
+    doc["interfaces"][0]["ethtool"] = {"feature": {"rx-gro": True}}
+    state = tmp_path / "state.yml"
+    state.write_text(yaml.safe_dump({"version": 1, "plugins": {"net": doc}}))
+    state.chmod(0o600)
+    res = op_dbus(netns, tmp_path, "apply", str(state))
+    assert res.returncode == 2, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "dns-resolver: valid nmstate syntax that op-dbus does not implement" in out
+    assert "interfaces[0].ethtool: valid nmstate syntax that op-dbus does not implement" in out
+    assert "Extra inputs" not in out and "unknown" not in out.lower()
+    assert ip_json(netns, "link") == before
