@@ -153,3 +153,26 @@ async def test_unimplemented_nmstate_is_refused_by_name_and_changes_nothing(net:
     assert "interfaces[0].ethtool: valid nmstate syntax that op-dbus does not implement" in out
     assert "Extra inputs" not in out and "unknown" not in out.lower()
     assert ip_json(netns, "link") == before
+
+
+def rules(netns: str, *args: str) -> list[dict]:
+    return [r for r in ip_json(netns, *args, "rule", "show") if r["priority"] not in (0, 32766, 32767)]
+
+
+async def test_route_rules_added_matched_and_removed(net: Net, netns: str) -> None:
+    await net.converge(load("policy-routing.yml"))
+    v4 = {(r["priority"], r.get("src"), r.get("dst"), r.get("fwmark"), r.get("fwmask"), r.get("table"),
+           r.get("action")) for r in rules(netns)}
+    assert v4 == {(1000, "192.168.3.2", None, None, None, "200", None),
+                  (1100, "all", "198.51.100.0", "0x10", "0xff", "200", None),
+                  (1200, "all", "203.0.113.0", None, None, "main", "prohibit")}
+    assert [(r["priority"], r["src"], r["srclen"], r["table"]) for r in rules(netns, "-6")] == \
+        [(1000, "2001:db8:b::", 64, "200")]
+    _desired, again = await net.plan(load("policy-routing.yml"))
+    assert again == []
+    # nmstate's absent entry: every rule looking up table 200, whatever else it selects on, in both families.
+    changes, undo = await net.converge({"route-rules": {"config": [{"route-table": 200, "state": "absent"}]}})
+    assert len(changes) == 3 and {c.action for c in changes} == {"remove-rule"}
+    assert [r["priority"] for r in rules(netns)] == [1200] and rules(netns, "-6") == []
+    await net.rollback(undo)
+    assert len(rules(netns)) == 3 and len(rules(netns, "-6")) == 1

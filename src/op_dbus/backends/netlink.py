@@ -48,6 +48,7 @@ NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
@@ -426,6 +427,77 @@ def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = 
     if add:
         return RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
     return RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+# --- policy routing rules (linux/fib_rules.h) ---
+
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 1, 2, 3, 6, 10, 15, 16, 21
+FR_ACT_TO_TBL = 1
+RULE_ACTIONS = {"blackhole": 6, "unreachable": 7, "prohibit": 8}
+_FIBRULE = struct.Struct("=BBBBBBBBI")
+
+
+@dataclass
+class Rule:
+    family: int
+    src: str | None
+    src_len: int
+    dst: str | None
+    dst_len: int
+    table: int
+    action: int
+    priority: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    iif: str | None = None
+    protocol: int = 0
+
+
+@encoder
+def rule_req(add: bool, family: int, *, src: str | None = None, src_len: int = 0, dst: str | None = None,
+             dst_len: int = 0, table: int = RT_TABLE_MAIN, action: int = FR_ACT_TO_TBL, priority: int | None = None,
+             fwmark: int | None = None, fwmask: int | None = None, iif: str | None = None) -> Request:
+    """RTM_NEWRULE / RTM_DELRULE: select by source, destination, mark and incoming interface; look up `table`."""
+    body = _FIBRULE.pack(family, dst_len, src_len, 0, table if table < 256 else 252, 0, 0, action, 0)
+    if src:
+        body += attr(FRA_SRC, _ip_bytes(src)[1])
+    if dst:
+        body += attr(FRA_DST, _ip_bytes(dst)[1])
+    if iif:
+        body += attr_str(FRA_IIFNAME, iif)
+    if priority is not None:
+        body += attr_u32(FRA_PRIORITY, priority)
+    if fwmark is not None:
+        body += attr_u32(FRA_FWMARK, fwmark)
+    if fwmask is not None:
+        body += attr_u32(FRA_FWMASK, fwmask)
+    if action == FR_ACT_TO_TBL:
+        body += attr_u32(FRA_TABLE, table)
+    if add:
+        return RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
+    return RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+def decode_rule(msg: bytes) -> Rule:
+    mv = memoryview(msg)
+    family, dst_len, src_len, _tos, table, _r1, _r2, action, _flags = _FIBRULE.unpack_from(mv, 0)
+    a = parse_attrs(mv, _FIBRULE.size, len(mv))
+    return Rule(
+        family=family,
+        src=_ip_str(family, a[FRA_SRC]) if FRA_SRC in a else None, src_len=src_len,
+        dst=_ip_str(family, a[FRA_DST]) if FRA_DST in a else None, dst_len=dst_len,
+        table=_u32(a[FRA_TABLE]) if FRA_TABLE in a else table,
+        action=action,
+        priority=_u32(a[FRA_PRIORITY]) if FRA_PRIORITY in a else None,
+        fwmark=_u32(a[FRA_FWMARK]) if FRA_FWMARK in a else None,
+        fwmask=_u32(a[FRA_FWMASK]) if FRA_FWMASK in a else None,
+        iif=_cstr(a[FRA_IIFNAME]) if FRA_IIFNAME in a else None,
+        protocol=a[FRA_PROTOCOL][0] if FRA_PROTOCOL in a else 0,
+    )
+
+
+def dump_rules(sock: Netlink, family: int = 0) -> list[Rule]:
+    return [decode_rule(m) for m in sock.dump(RTM_GETRULE, _FIBRULE.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))]
 
 
 # --- decoders ---

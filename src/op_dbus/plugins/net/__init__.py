@@ -69,7 +69,7 @@ from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 from . import apply as applier
 from .diff import diff as compute_diff
 from .model import KERNEL_KINDS, OVS_TYPES, Interface, NetSection
-from .query import build_state, read_ovs
+from .query import build_state, read_ovs, route_rules
 
 __all__ = ["NetPlugin", "NetSection"]
 
@@ -204,8 +204,11 @@ class NetPlugin(Plugin[NetSection]):
         except ServiceUnavailable:
             if scope is not None and any(i.type in OVS_TYPES for i in scope.interfaces):
                 raise
+        rules = route_rules(nl.dump_rules(sock)) if scope is None or scope.route_rules is not None else None
         if scope is None:
-            return build_state(links, addrs, routes, ovs)
+            state = build_state(links, addrs, routes, ovs)
+            state.route_rules = rules or None
+            return state
         names = {i.name for i in scope.interfaces}
         if ovs is not None:
             # A bridge's ports are part of it: removing or re-creating it needs to know what they are.
@@ -226,6 +229,7 @@ class NetPlugin(Plugin[NetSection]):
         state.interfaces.extend(Interface(name=i.name, type=i.type, state="absent")
                                 for i in scope.interfaces if i.name not in present)
         state.netns, state.ovsdb = scope.netns, scope.ovsdb
+        state.route_rules = rules
         return state
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:

@@ -43,6 +43,7 @@ def inverse(change: Change) -> Change | None:
     if undo is None:
         return None
     names = {"create": "remove", "remove": "create", "add-address": "remove-address", "remove-address": "add-address",
+             "add-rule": "remove-rule", "remove-rule": "add-rule",
              "add-route": "remove-route", "remove-route": "add-route", "add-port": "remove-port",
              "remove-port": "add-port", "start-dhcp": "stop-dhcp", "stop-dhcp": "start-dhcp"}
     return Change(change.plugin, change.object, names.get(change.action, change.action), before=change.after,
@@ -134,6 +135,12 @@ class _NetlinkRun:
             elif op == "link_add":
                 self.queue(change, self._link_add(p))
                 self.index.pop(p["ifname"], None)
+            elif op == "rule":
+                self.queue(change, nl.rule_req(
+                    p["add"], socket.AF_INET if p["family"] == 4 else socket.AF_INET6, src=p.get("src"),
+                    src_len=p["src_len"], dst=p.get("dst"), dst_len=p["dst_len"], table=p.get("table") or nl.RT_TABLE_MAIN,
+                    action=nl.RULE_ACTIONS.get(p.get("action") or "", nl.FR_ACT_TO_TBL), priority=p.get("priority"),
+                    fwmark=p.get("fwmark"), fwmask=p.get("fwmask"), iif=p.get("iif")))
             elif op == "bridge_set":
                 self.queue(change, nl.link_set_info(p["ifname"], "bridge", nl.bridge_data(p["options"])))
             elif op == "bridge_port_set":
@@ -196,6 +203,8 @@ def _already_gone(change: Change, reply: nl.Reply) -> bool:
         return reply.error == errno.EADDRNOTAVAIL
     if p["op"] == "route" and not p["add"]:
         return reply.error == errno.ESRCH
+    if p["op"] == "rule" and not p["add"]:
+        return reply.error == errno.ENOENT
     return False
 
 

@@ -25,6 +25,7 @@ from .model import (
     NetSection,
     PortVlan,
     Route,
+    RouteRule,
     StpOptions,
 )
 
@@ -98,8 +99,8 @@ def _default_route(family: int, gw: str, iface: str) -> Route:
 class _Plan:
     """Changes collected per phase, concatenated in phase order at the end."""
 
-    PHASES = ("route_del", "addr_del", "link_add", "link_set", "ovs", "ovs_link_set", "dhcp", "addr_add", "route_add",
-              "gateway_add", "link_del")
+    PHASES = ("rule_del", "route_del", "addr_del", "link_add", "link_set", "ovs", "ovs_link_set", "dhcp", "addr_add",
+              "route_add", "gateway_add", "rule_add", "link_del")
 
     def __init__(self, target: dict[str, Any]) -> None:
         self.target = target
@@ -275,7 +276,72 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
         _update_addresses(plan, d, c, cur_routes)
 
     _update_routes(plan, desired, cur_routes)
+    _update_rules(plan, desired.route_rules or [], current.route_rules or [])
     return plan.changes()
+
+
+_FULL_MASK = 0xFFFFFFFF
+
+
+def _rule_id(r: RouteRule) -> tuple[Any, ...]:
+    """What makes two rules the same rule, priority aside (the kernel fills in a mask for a mark given without one)."""
+    mask = (r.fwmask if r.fwmask is not None else _FULL_MASK) if r.fwmark is not None else None
+    table = (r.route_table or MAIN_TABLE) if r.action is None else None
+    return r.version(), r.ip_from, r.ip_to, r.fwmark, mask, r.iif, r.action, table
+
+
+def _rule_given_matches(absent: RouteRule, r: RouteRule) -> bool:
+    """An absent rule matches on every key it gives (as nmstate's does)."""
+    for key in ("ip_from", "ip_to", "priority", "fwmark", "fwmask", "iif", "action", "route_table"):
+        want = getattr(absent, key)
+        if want is not None and getattr(r, key) != want:
+            return False
+    return (absent.family is None and (absent.ip_from or absent.ip_to) is None) or absent.version() == r.version()
+
+
+def rule_op(r: RouteRule, add: bool) -> dict[str, Any]:
+    src, _, src_len = (r.ip_from or "").partition("/")
+    dst, _, dst_len = (r.ip_to or "").partition("/")
+    return {"op": "rule", "add": add, "family": r.version(), "src": src or None, "src_len": int(src_len or 0),
+            "dst": dst or None, "dst_len": int(dst_len or 0), "priority": r.priority, "fwmark": r.fwmark,
+            "fwmask": r.fwmask, "iif": r.iif, "action": r.action,
+            "table": (r.route_table or MAIN_TABLE) if r.action is None else None}
+
+
+def _rule_name(r: RouteRule) -> str:
+    parts = [f"from {r.ip_from or 'all'}"]
+    if r.ip_to:
+        parts.append(f"to {r.ip_to}")
+    if r.fwmark is not None:
+        parts.append(f"fwmark {r.fwmark:#x}" + (f"/{r.fwmask:#x}" if r.fwmask is not None else ""))
+    if r.iif:
+        parts.append(f"iif {r.iif}")
+    parts.append(r.action or f"lookup {r.route_table or MAIN_TABLE}")
+    if r.priority is not None:
+        parts.append(f"priority {r.priority}")
+    return f"rule ipv{r.version()} " + " ".join(parts)
+
+
+def _update_rules(plan: _Plan, desired: list[RouteRule], current: list[RouteRule]) -> None:
+    """nmstate's route-rules: listed rules are added when missing; an absent entry removes what it matches."""
+    by_id: dict[tuple[Any, ...], list[RouteRule]] = {}
+    for r in current:
+        by_id.setdefault(_rule_id(r), []).append(r)
+    removed: set[int] = set()
+    for r in desired:
+        if r.state == "absent":
+            for c in current:
+                if id(c) not in removed and _rule_given_matches(r, c):
+                    removed.add(id(c))
+                    plan.add("rule_del", _rule_name(c), "remove-rule", rule_op(c, False), rule_op(c, True),
+                             before=c.model_dump(mode="json", by_alias=True, exclude_none=True))
+            continue
+        same = [c for c in by_id.get(_rule_id(r), [])
+                if id(c) not in removed and (r.priority is None or c.priority == r.priority)]
+        if same:
+            continue
+        plan.add("rule_add", _rule_name(r), "add-rule", rule_op(r, True), rule_op(r, False),
+                 after=r.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def _iface_json(i: Interface) -> dict[str, Any]:

@@ -279,11 +279,73 @@ class Route(Section):
         return self
 
 
+def _network(v: str) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"not a network: {v!r}") from exc
+
+
+class RouteRule(_Hyphenated):
+    """nmstate's route rule: select by source, destination, fwmark and incoming interface; look up `route-table`."""
+
+    family: Literal["ipv4", "ipv6"] | None = None
+    ip_from: str | None = None
+    ip_to: str | None = None
+    priority: int | None = Field(default=None, ge=0, le=U32_MAX)
+    route_table: int | None = Field(default=None, ge=0, le=U32_MAX)
+    fwmark: int | None = Field(default=None, ge=0, le=U32_MAX)
+    fwmask: int | None = Field(default=None, ge=0, le=U32_MAX)
+    iif: IfName | None = None
+    action: Literal["blackhole", "unreachable", "prohibit"] | None = None
+    state: Literal["absent"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hex_marks(cls, data: Any) -> Any:
+        # nmstate takes a mark as an integer or a hex string ("0x10").
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("fwmark", "fwmask"):
+                if isinstance(data.get(key), str):
+                    try:
+                        data[key] = int(data[key], 16)
+                    except ValueError as exc:
+                        raise ValueError(f"{key}: not a number: {data[key]!r}") from exc
+            if data.get("route-table") == 0:
+                del data["route-table"]  # nmstate: the main table
+        return data
+
+    @field_validator("ip_from", "ip_to")
+    @classmethod
+    def _net(cls, v: str | None) -> str | None:
+        return v if v is None else _network(v)
+
+    @model_validator(mode="after")
+    def _one_family(self) -> RouteRule:
+        versions = {ipaddress.ip_network(n).version for n in (self.ip_from, self.ip_to) if n}
+        if self.family:
+            versions.add(4 if self.family == "ipv4" else 6)
+        if len(versions) > 1:
+            raise ValueError("a route rule mixes IPv4 and IPv6 (ip-from, ip-to, family)")
+        if self.action is not None and self.route_table is not None:
+            raise ValueError(f"a route rule with action {self.action} looks up no route-table")
+        return self
+
+    def version(self) -> int:
+        for n in (self.ip_from, self.ip_to):
+            if n:
+                return ipaddress.ip_network(n).version
+        return 6 if self.family == "ipv6" else 4
+
+
 class NetSection(Section):
     """`plugins.net`: interfaces (by name), routes, and where to act (`netns`, `ovsdb` socket)."""
 
     interfaces: list[Interface] = Field(default_factory=list)
     routes: list[Route] | None = None
+    route_rules: list[RouteRule] | None = Field(default=None, validation_alias=AliasChoices("route-rules", "route_rules"),
+                                                serialization_alias="route-rules")
     netns: str | None = None
     ovsdb: str | None = None
 

@@ -36,7 +36,7 @@ _NOT_IMPLEMENTED_BRIDGE_OPTS = {"group-addr", "hash-max", "multicast-last-member
                                 "multicast-query-response-interval", "multicast-query-use-ifaddr", "multicast-router",
                                 "multicast-startup-query-count", "multicast-startup-query-interval", "vlan-protocol",
                                 "datapath", "vlan-default-pvid"}
-_NOT_IMPLEMENTED_TOP = {"route-rules", "dns-resolver", "hostname", "ovs-db", "ovn", "dispatch"}
+_NOT_IMPLEMENTED_TOP = {"dns-resolver", "hostname", "ovs-db", "ovn", "dispatch"}
 
 
 def not_implemented(path: str, what: str = "") -> str:
@@ -63,6 +63,11 @@ def from_nmstate(data: dict[str, Any]) -> dict[str, Any]:
         out["routes"] = routes
     if isinstance(routes, list):
         out["routes"] = [_route(r, f"routes[{i}]", problems) if isinstance(r, dict) else r for i, r in enumerate(routes)]
+    rules = out.get("route-rules")
+    if isinstance(rules, dict):
+        if set(rules) - {"config", "running"}:
+            problems.append("route-rules: expected an array, or an object with `config`")
+        out["route-rules"] = rules.get("config", [])
     ifaces = out.get("interfaces")
     if isinstance(ifaces, list):
         out["interfaces"] = _merge_ovs_internal(
@@ -223,4 +228,6 @@ def to_nmstate(section: dict[str, Any]) -> dict[str, Any]:
                 r[long] = r.pop(short)
         routes.append(r)
     out["routes"] = {"config": routes}
+    if section.get("route-rules"):
+        out["route-rules"] = {"config": section["route-rules"]}
     return out

@@ -23,6 +23,7 @@ from .model import (
     NetSection,
     PortVlan,
     Route,
+    RouteRule,
     StpOptions,
     TrunkTag,
     VethConfig,
@@ -111,6 +112,25 @@ def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfi
                                          key=lambda a: (ipaddress.ip_address(a.ip), a.prefix)),
         gateway=gateway,
     )
+
+
+_RULE_ACTION_NAMES = {v: k for k, v in nl.RULE_ACTIONS.items()}
+
+
+def route_rules(rules: list[nl.Rule]) -> list[RouteRule]:
+    """Policy rules in nmstate's terms, without the kernel's own (local, main, default)."""
+    out = []
+    for r in rules:
+        if r.protocol == nl.RTPROT_KERNEL or (r.action != nl.FR_ACT_TO_TBL and r.action not in _RULE_ACTION_NAMES):
+            continue
+        fam = "ipv4" if r.family == socket.AF_INET else "ipv6"
+        out.append(RouteRule(
+            family=fam, ip_from=f"{r.src}/{r.src_len}" if r.src else None, ip_to=f"{r.dst}/{r.dst_len}" if r.dst else None,
+            priority=r.priority, route_table=r.table if r.action == nl.FR_ACT_TO_TBL else None,
+            fwmark=r.fwmark or None, fwmask=r.fwmask if r.fwmark else None, iif=r.iif,
+            action=_RULE_ACTION_NAMES.get(r.action)))
+    out.sort(key=lambda r: (r.priority or 0, r.family or "", r.ip_from or "", r.ip_to or ""))
+    return out
 
 
 def ovs_bridge_config(ovs: OvsView, name: str) -> BridgeConfig:
