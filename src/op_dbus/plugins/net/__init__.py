@@ -45,12 +45,12 @@ Semantics:
 - vlan, bond and dummy are supported where the kernel has them; `check` probes the kernel in a
   private namespace and reports a missing type before anything changes.
 
-Differences from nmstate: nmstate's spellings `prefix-length`, `next-hop-address`,
-`next-hop-interface`, `table-id` and `routes: {config: [...]}` are accepted and written back in the
-short form; OVS ports are listed in the bridge's `ports` (names) rather than
-`bridge.port[].name`; `veth.peer-netns`, `datapath-type` and `netns`/`ovsdb` are op-dbus
-additions; `ipv6.enabled: false` removes addresses but does not set the `disable_ipv6` sysctl;
-`dhcp` for IPv6 and `autoconf` are not managed; the query reports `dhcp: true` for IPv4 when an
+nmstate's own layout is read too (see `nmstate.py`): `bridge: {options, port: [...]}`, `mac-vlan`,
+`link-aggregation`, the OVS bridge's same-named `ovs-interface` entry, `routes: {config: [...]}`,
+`route-rules`, `prefix-length`, `next-hop-address`, `next-hop-interface`, `table-id`; a key nmstate
+defines that op-dbus does not implement is refused by name. `veth.peer-netns`, `datapath-type` and
+`netns`/`ovsdb` are op-dbus additions; `ipv6.enabled: false` removes addresses but does not set the
+`disable_ipv6` sysctl; `dhcp` for IPv6 is not managed; the query reports `dhcp: true` for IPv4 when an
 address has a finite lifetime.
 """
 

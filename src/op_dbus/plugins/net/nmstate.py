@@ -95,6 +95,9 @@ def _iface(d: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
         if itype in UNSUPPORTED_TYPES:
             problems.append(not_implemented(f"{path}.type", f"interface type {itype!r}"))
         d["type"] = TYPE_ALIASES.get(itype, itype)
+    if d.get("state") == "ignore":
+        problems.append(not_implemented(f"{path}.state", "state: ignore"))
+        del d["state"]
     for key in _QUERY_ONLY_IFACE & d.keys():
         del d[key]
     if d.get("accept-all-mac-addresses") is False:
