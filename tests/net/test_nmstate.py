@@ -61,6 +61,8 @@ async def test_static_routes_route_types_and_absent_wildcard(net: Net, netns: st
     assert [(r["dst"], r["gateway"], r["metric"]) for r in table200] == [("198.51.100.0/24", "192.0.2.1", 150)]
     main = {r["dst"]: r for r in routes(netns)}
     assert main["203.0.113.0/24"]["prefsrc"] == "192.0.2.10"
+    assert main["203.0.113.0/24"]["metrics"] == [
+        {"mtu": 1400, "cwnd": 10, "advmss": 1360, "initcwnd": 20, "initrwnd": 30, "quickack": 1}]
     assert {d: main[d].get("type") for d in ("198.18.10.0/24", "198.18.11.0/24", "198.18.12.0/24")} == {
         "198.18.10.0/24": "blackhole", "198.18.11.0/24": "unreachable", "198.18.12.0/24": "prohibit"}
     v6 = [r for r in ip_json(netns, "-6", "route", "show") if r["dst"] == "2001:db8:2::/64"]

@@ -88,7 +88,9 @@ IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 IFA_F_PERMANENT = 0x80
 
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
+# RTAX_* inside RTA_METRICS (linux/rtnetlink.h), each a u32.
+ROUTE_METRICS = {"mtu": 2, "cwnd": 7, "advmss": 8, "initcwnd": 11, "initrwnd": 14, "quickack": 15}
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 RTPROT_KERNEL = 2
@@ -241,6 +243,7 @@ class Route:
     oif: int = 0
     priority: int = 0
     prefsrc: str | None = None
+    metrics: dict[str, int] = field(default_factory=dict)  # the ROUTE_METRICS the kernel reports for it
 
 
 class NetlinkError(BackendError):
@@ -405,7 +408,8 @@ def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> 
 @encoder
 def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = None, gateway: str | None = None,
               oif: int = 0, priority: int | None = None, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_STATIC,
-              scope: int | None = None, rtype: int = RTN_UNICAST, prefsrc: str | None = None) -> Request:
+              scope: int | None = None, rtype: int = RTN_UNICAST, prefsrc: str | None = None,
+              metrics: dict[str, int] | None = None) -> Request:
     if family is None:
         family = _ip_bytes(dst)[0] if dst else _ip_bytes(gateway)[0] if gateway else socket.AF_INET
     if scope is None:
@@ -424,9 +428,22 @@ def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = 
         body += attr_u32(RTA_PRIORITY, priority)
     if table != RT_TABLE_MAIN:
         body += attr_u32(RTA_TABLE, table)
+    if metrics:
+        body += route_metrics(metrics)
     if add:
         return RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
     return RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+@encoder
+def route_metrics(values: dict[str, int]) -> bytes:
+    """RTA_METRICS: the per-route TCP and path settings (`values` keyed as ROUTE_METRICS)."""
+    return nested(RTA_METRICS, *(attr_u32(ROUTE_METRICS[k], v) for k, v in values.items()))
+
+
+def decode_route_metrics(v: memoryview) -> dict[str, int]:
+    found = parse_attrs(v, 0, len(v))
+    return {k: _u32(found[n]) for k, n in ROUTE_METRICS.items() if n in found and len(found[n]) >= 4}
 
 
 # --- policy routing rules (linux/fib_rules.h) ---
@@ -593,6 +610,7 @@ def decode_route(msg: bytes) -> Route:
         oif=_u32(a[RTA_OIF]) if RTA_OIF in a else 0,
         priority=_u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0,
         prefsrc=_ip_str(family, a[RTA_PREFSRC]) if RTA_PREFSRC in a else None,
+        metrics=decode_route_metrics(a[RTA_METRICS]) if RTA_METRICS in a else {},
     )
 
 

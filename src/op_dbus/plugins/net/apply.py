@@ -125,7 +125,8 @@ class _NetlinkRun:
                     p["add"], None if zero else dst, int(plen),
                     family=socket.AF_INET if ":" not in dst else socket.AF_INET6, gateway=p.get("gateway"),
                     oif=self.index[p["oif"]] if p.get("oif") else 0, priority=p["metric"], table=p["table"],
-                    rtype=nl.ROUTE_TYPES[p.get("type") or "unicast"], prefsrc=p.get("source")))
+                    rtype=nl.ROUTE_TYPES[p.get("type") or "unicast"], prefsrc=p.get("source"),
+                    metrics=p.get("metrics")))
             elif op == "link_set":
                 master = p.get("master")
                 if master:

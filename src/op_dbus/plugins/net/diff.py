@@ -62,6 +62,8 @@ def route_op(r: Route, add: bool, target: dict[str, Any]) -> dict[str, Any]:
         op["type"] = r.route_type
     if r.source:
         op["source"] = r.source
+    if r.metrics():
+        op["metrics"] = r.metrics()
     return op
 
 
@@ -659,7 +661,8 @@ def _update_routes(plan: _Plan, desired: NetSection, cur_routes: _RouteIndex) ->
         if r.next_hop is None and r.interface is None and r.route_type is None:
             raise InvalidInput(f"route {r.destination}: give `next-hop` or `interface` (or both), or a `route-type`")
         if any(c.next_hop == r.next_hop and (r.interface is None or c.interface == r.interface)
-               and c.route_type == r.route_type and (r.source is None or c.source == r.source) for c in same_key):
+               and c.route_type == r.route_type and (r.source is None or c.source == r.source)
+               and all(c.metrics().get(k) == v for k, v in r.metrics().items()) for c in same_key):
             continue
         for c in same_key:
             plan.remove_route(c)

@@ -252,6 +252,21 @@ class Route(Section):
     route_type: RouteType | None = Field(default=None, validation_alias=AliasChoices("route-type", "route_type"),
                                          serialization_alias="route-type")
     source: str | None = None
+    # Per-route metrics (RTA_METRICS), nmstate's names.
+    mtu: int | None = Field(default=None, ge=0, le=U32_MAX)
+    cwnd: int | None = Field(default=None, ge=0, le=U32_MAX)
+    initcwnd: int | None = Field(default=None, ge=0, le=U32_MAX)
+    initrwnd: int | None = Field(default=None, ge=0, le=U32_MAX)
+    advmss: int | None = Field(default=None, ge=0, le=U32_MAX)
+    quickack: bool | None = None
+
+    def metrics(self) -> dict[str, int]:
+        """The per-route metrics given, as the kernel's u32 values."""
+        out = {k: getattr(self, k) for k in ("mtu", "cwnd", "initcwnd", "initrwnd", "advmss")
+               if getattr(self, k) is not None}
+        if self.quickack is not None:
+            out["quickack"] = int(self.quickack)
+        return out
 
     @field_validator("destination")
     @classmethod

@@ -28,8 +28,7 @@ _NOT_IMPLEMENTED_IP = {"dhcp-client-id", "dhcp-duid", "addr-gen-mode", "token", 
 # Applied to DHCP-learned settings only; op-dbus's DHCP client applies everything it learns, as nmstate's defaults do.
 _AUTO_DEFAULTS: dict[str, Any] = {"auto-dns": True, "auto-gateway": True, "auto-routes": True,
                                   "auto-route-table-id": 0, "auto-route-metric": -1}
-_NOT_IMPLEMENTED_ROUTE = {"weight", "onlink", "initrwnd", "advmss", "quickack", "lock-cwnd", "lock-mtu", "vrf-name",
-                          "cwnd", "initcwnd", "mtu"}
+_NOT_IMPLEMENTED_ROUTE = {"weight", "onlink", "lock-cwnd", "lock-mtu", "vrf-name"}
 _NOT_IMPLEMENTED_BRIDGE_OPTS = {"group-addr", "hash-max", "multicast-last-member-count",
                                 "multicast-last-member-interval", "multicast-membership-interval", "multicast-querier",
                                 "multicast-querier-interval", "multicast-query-interval",
@@ -80,7 +79,7 @@ def from_nmstate(data: dict[str, Any]) -> dict[str, Any]:
 def _route(r: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
     r = dict(r)
     for key in sorted(_NOT_IMPLEMENTED_ROUTE & r.keys()):
-        problems.append(not_implemented(f"{path}.{key}", "per-route metrics"))
+        problems.append(not_implemented(f"{path}.{key}"))
     if r.get("metric") == -1:
         del r["metric"]  # nmstate: let the backend decide
     if r.get("table-id") == 0:

@@ -114,6 +114,13 @@ def _ipconfig(addrs: list[nl.Addr], gateway: str | None, family: int) -> IPConfi
     )
 
 
+def _route_metrics(m: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(m)
+    if "quickack" in out:
+        out["quickack"] = bool(out["quickack"])
+    return out
+
+
 _RULE_ACTION_NAMES = {v: k for k, v in nl.RULE_ACTIONS.items()}
 
 
@@ -191,7 +198,7 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
                 continue
         route = Route(destination=dst, next_hop=r.gateway, interface=oif, metric=r.priority,
                       table=None if r.table == MAIN_TABLE else r.table, route_type=_ROUTE_TYPE_NAMES[r.type],
-                      source=r.prefsrc)
+                      source=r.prefsrc, **_route_metrics(r.metrics))
         if names is not None and oif not in names and r.dst_len != 0 and (
                 route_keys is None or (route.destination, r.table) not in route_keys) and (
                 route_dsts is None or route.destination not in route_dsts) and (
