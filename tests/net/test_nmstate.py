@@ -35,6 +35,20 @@ async def test_linux_bridge_with_stp_and_port_options(net: Net, netns: str) -> N
     # Applying the same file again changes nothing.
     _desired, again = await net.plan(load("linux-bridge-stp.yml"))
     assert again == []
+    # Changed options and port settings are undone by the undo log.
+    doc = load("linux-bridge-stp.yml")
+    doc["interfaces"][2]["bridge"]["options"]["stp"]["enabled"] = False
+    doc["interfaces"][2]["bridge"]["options"]["mac-ageing-time"] = 600
+    doc["interfaces"][2]["bridge"]["port"][0]["stp-path-cost"] = 300
+    changes, undo = await net.converge(doc)
+    assert len(changes) == 2
+    info = link(netns, "br0")["linkinfo"]["info_data"]
+    assert (info["stp_state"], info["ageing_time"]) == (0, 60000)
+    assert link(netns, "eth1")["linkinfo"]["info_slave_data"]["cost"] == 300
+    await net.rollback(undo)
+    info = link(netns, "br0")["linkinfo"]["info_data"]
+    assert (info["stp_state"], info["ageing_time"]) == (1, 12000)
+    assert link(netns, "eth1")["linkinfo"]["info_slave_data"]["cost"] == 150
 
 
 async def test_mac_vlan_spelling_and_promiscuous_flag(net: Net, netns: str) -> None:
