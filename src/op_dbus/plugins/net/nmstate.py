@@ -34,7 +34,7 @@ _NOT_IMPLEMENTED_BRIDGE_OPTS = {"group-addr", "hash-max", "multicast-last-member
                                 "multicast-querier-interval", "multicast-query-interval",
                                 "multicast-query-response-interval", "multicast-query-use-ifaddr", "multicast-router",
                                 "multicast-startup-query-count", "multicast-startup-query-interval", "vlan-protocol",
-                                "datapath", "vlan-default-pvid"}
+                                "datapath", "vlan-default-pvid", "vlan-filtering", "vlans"}
 _NOT_IMPLEMENTED_TOP = {"dns-resolver", "hostname", "ovs-db", "ovn", "dispatch"}
 
 
@@ -148,8 +148,18 @@ def _bridge(d: dict[str, Any], path: str, problems: list[str]) -> None:
         if "group-fwd-mask" in opts:
             opts.setdefault("group-forward-mask", opts.pop("group-fwd-mask"))
         for key in sorted(_NOT_IMPLEMENTED_BRIDGE_OPTS & opts.keys()):
-            problems.append(not_implemented(f"{path}.bridge.options.{key}"))
+            why = "bridge VLAN filtering" if key.startswith("vlan") else ""
+            problems.append(not_implemented(f"{path}.bridge.options.{key}", why))
             del opts[key]
+        stp = opts.get("stp")
+        if d.get("type") == "ovs-bridge" and isinstance(stp, dict):
+            # nmstate also writes an OVS bridge's STP switch as {enabled: BOOL}.
+            for key in sorted(set(stp) - {"enabled"}):
+                problems.append(not_implemented(f"{path}.bridge.options.stp.{key}", "OVS STP timers"))
+            if "enabled" in stp:
+                opts["stp"] = stp["enabled"]
+            else:
+                del opts["stp"]
         bridge["options"] = opts
     ports = bridge.get("port", bridge.get("ports"))
     bridge.pop("ports", None)
@@ -161,6 +171,13 @@ def _bridge(d: dict[str, Any], path: str, problems: list[str]) -> None:
         for j, p in enumerate(ports):
             if not isinstance(p, dict):
                 continue
+            if p.get("type") in ("system", "internal"):
+                # Older nmstate marks an OVS port's kind; op-dbus takes it from the interface entries.
+                ports[j] = p = {k: v for k, v in p.items() if k != "type"}
+            elif "type" in p:
+                problems.append(not_implemented(f"{path}.bridge.port[{j}].type", f"OVS port type {p['type']!r}"))
+            if "vlans" in p:
+                problems.append(not_implemented(f"{path}.bridge.port[{j}].vlans", "bridge VLAN filtering"))
             if "link-aggregation" in p:
                 problems.append(not_implemented(f"{path}.bridge.port[{j}].link-aggregation", "OVS bonds"))
             if "vlan" in p and d.get("type") == "linux-bridge":
