@@ -157,7 +157,7 @@ async def test_unimplemented_nmstate_is_refused_by_name_and_changes_nothing(net:
                                                                             tmp_path: Path) -> None:
     before = ip_json(netns, "link")
     doc = load("vxlan.yml")
-    doc["dns-resolver"] = {"config": {"server": ["192.0.2.53"], "search": ["example.com"]}}
+    doc["hostname"] = {"config": "web1"}
     doc["interfaces"][0]["ethtool"] = {"feature": {"rx-gro": True}}
     state = tmp_path / "state.yml"
     state.write_text(yaml.safe_dump({"version": 1, "plugins": {"net": doc}}))
@@ -165,7 +165,7 @@ async def test_unimplemented_nmstate_is_refused_by_name_and_changes_nothing(net:
     res = op_dbus(netns, tmp_path, "apply", str(state))
     assert res.returncode == 2, res.stdout + res.stderr
     out = res.stdout + res.stderr
-    assert "dns-resolver: valid nmstate syntax that op-dbus does not implement" in out
+    assert "hostname: valid nmstate syntax that op-dbus does not implement" in out
     assert "interfaces[0].ethtool: valid nmstate syntax that op-dbus does not implement" in out
     assert "Extra inputs" not in out and "unknown" not in out.lower()
     assert ip_json(netns, "link") == before

@@ -67,6 +67,7 @@ from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 
 from . import apply as applier
+from . import dns
 from .diff import diff as compute_diff
 from .model import KERNEL_KINDS, OVS_TYPES, Interface, NetSection
 from .query import build_state, read_ovs, route_rules
@@ -160,7 +161,23 @@ class NetPlugin(Plugin[NetSection]):
             db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
             ovs_ports = set((await read_ovs(db)).port_uuid)
         problems += await self._missing_ports(desired, ctx, netns, ovs_ports)
+        if desired.dns_resolver is not None:
+            problems += await self._dns_problems(desired, ctx, netns)
         return problems
+
+    async def _dns_problems(self, desired: NetSection, ctx: Context, netns: str | None) -> list[Problem]:
+        path = "plugins.net.dns-resolver"
+        if netns is not None:
+            return [Problem(path, "systemd-resolved serves the host's own network namespace; dns-resolver cannot be "
+                                  f"set for network namespace {netns!r}")]
+        if dns.carrier(desired) is None:
+            return [Problem(path, "op-dbus sets DNS on a link through systemd-resolved; list an interface with static "
+                                  "addresses in this file to carry it (as nmstate does)")]
+        try:
+            missing = await dns.resolved_missing(await dns.client(ctx))
+        except ServiceUnavailable as exc:
+            missing = f"{exc.message}; op-dbus sets DNS only through systemd-resolved"
+        return [Problem(path, missing)] if missing else []
 
     async def _missing_ports(self, desired: NetSection, ctx: Context, netns: str | None,
                              ovs_ports: set[str]) -> list[Problem]:
@@ -230,7 +247,16 @@ class NetPlugin(Plugin[NetSection]):
                                 for i in scope.interfaces if i.name not in present)
         state.netns, state.ovsdb = scope.netns, scope.ovsdb
         state.route_rules = rules
+        if scope.dns_resolver is not None:
+            state.dns_resolver = await self._read_dns(scope, ctx, links)
         return state
+
+    async def _read_dns(self, scope: NetSection, ctx: Context, links: list[nl.Link]) -> Any:
+        name = dns.carrier(scope)
+        index = next((link.index for link in links if link.name == name), None)
+        if index is None:
+            return None  # the carrier is created by this file: nothing is set yet
+        return await dns.read(await dns.client(ctx), index)
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)
@@ -263,6 +289,8 @@ class NetPlugin(Plugin[NetSection]):
                     for name, reply in zip(bring_up, sock.batch([nl.link_set(n, up=True) for n in bring_up]), strict=True):
                         if reply.error:
                             raise nl.error_for(reply, f"net: bring up {name}")
+            elif backend == "dns":
+                await dns.run(await dns.client(ctx), await self._netlink(ctx, netns), group, undo)
             else:
                 applier.run_dhcp(group, undo, netns)
             i = j

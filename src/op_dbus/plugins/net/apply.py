@@ -35,6 +35,8 @@ def backend_of(change: Change) -> str:
     op = change.payload["op"]
     if op.startswith("ovs_"):
         return "ovs"
+    if op == "dns":
+        return "dns"
     return "dhcp" if op == "dhcp" else "netlink"
 
 

@@ -102,7 +102,7 @@ class _Plan:
     """Changes collected per phase, concatenated in phase order at the end."""
 
     PHASES = ("rule_del", "route_del", "addr_del", "link_add", "link_set", "ovs", "ovs_link_set", "dhcp", "addr_add",
-              "route_add", "gateway_add", "rule_add", "link_del")
+              "route_add", "gateway_add", "rule_add", "dns", "link_del")
 
     def __init__(self, target: dict[str, Any]) -> None:
         self.target = target
@@ -279,7 +279,28 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
 
     _update_routes(plan, desired, cur_routes)
     _update_rules(plan, desired.route_rules or [], current.route_rules or [])
+    _update_dns(plan, desired, current)
     return plan.changes()
+
+
+def _update_dns(plan: _Plan, desired: NetSection, current: NetSection) -> None:
+    """nmstate's dns-resolver.config, given, is the complete list of servers and of search domains."""
+    from .dns import carrier
+
+    want = desired.dns_resolver
+    if want is None:
+        return
+    name = carrier(desired)
+    if name is None:
+        raise InvalidInput("dns-resolver: op-dbus sets DNS on a link through systemd-resolved; list an interface with "
+                           "static addresses in this file to carry it")
+    have = current.dns_resolver
+    if have is not None and have.server == want.server and have.search == want.search:
+        return
+    old = have.model_dump(mode="json") if have is not None else {"server": [], "search": []}
+    new = want.model_dump(mode="json")
+    plan.add("dns", f"dns on {name}", "set", {"op": "dns", "ifname": name, **new}, {"op": "dns", "ifname": name, **old},
+             before=old, after=new)
 
 
 _FULL_MASK = 0xFFFFFFFF

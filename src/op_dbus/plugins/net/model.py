@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, ConfigDict, Field, field_validator, model_validator
@@ -354,6 +355,30 @@ class RouteRule(_Hyphenated):
         return 6 if self.family == "ipv6" else 4
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                     r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
+
+
+class DnsConfig(_Hyphenated):
+    """nmstate's `dns-resolver.config`: name servers and search domains, set through systemd-resolved."""
+
+    server: list[str] = Field(default_factory=list)
+    search: list[str] = Field(default_factory=list)
+
+    @field_validator("server")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        return [str(canonical_ip(s)) for s in v]
+
+    @field_validator("search")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _DOMAIN.fullmatch(name):
+                raise ValueError(f"not a domain name: {name!r}")
+        return [name.rstrip(".").lower() for name in v]
+
+
 class NetSection(Section):
     """`plugins.net`: interfaces (by name), routes, and where to act (`netns`, `ovsdb` socket)."""
 
@@ -361,6 +386,8 @@ class NetSection(Section):
     routes: list[Route] | None = None
     route_rules: list[RouteRule] | None = Field(default=None, validation_alias=AliasChoices("route-rules", "route_rules"),
                                                 serialization_alias="route-rules")
+    dns_resolver: DnsConfig | None = Field(default=None, validation_alias=AliasChoices("dns-resolver", "dns_resolver"),
+                                           serialization_alias="dns-resolver")
     netns: str | None = None
     ovsdb: str | None = None
 

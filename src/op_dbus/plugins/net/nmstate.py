@@ -35,7 +35,7 @@ _NOT_IMPLEMENTED_BRIDGE_OPTS = {"group-addr", "hash-max", "multicast-last-member
                                 "multicast-query-response-interval", "multicast-query-use-ifaddr", "multicast-router",
                                 "multicast-startup-query-count", "multicast-startup-query-interval", "vlan-protocol",
                                 "datapath", "vlan-default-pvid", "vlan-filtering", "vlans"}
-_NOT_IMPLEMENTED_TOP = {"dns-resolver", "hostname", "ovs-db", "ovn", "dispatch"}
+_NOT_IMPLEMENTED_TOP = {"hostname", "ovs-db", "ovn", "dispatch"}
 
 
 def not_implemented(path: str, what: str = "") -> str:
@@ -62,6 +62,16 @@ def from_nmstate(data: dict[str, Any]) -> dict[str, Any]:
         out["routes"] = routes
     if isinstance(routes, list):
         out["routes"] = [_route(r, f"routes[{i}]", problems) if isinstance(r, dict) else r for i, r in enumerate(routes)]
+    dns = out.get("dns-resolver")
+    if isinstance(dns, dict) and ("config" in dns or "running" in dns):
+        config = dns.get("config")
+        if config is None:
+            del out["dns-resolver"]  # only a query's running part
+        else:
+            if isinstance(config, dict) and "options" in config:
+                problems.append(not_implemented("dns-resolver.config.options", "resolver options"))
+                config = {k: v for k, v in config.items() if k != "options"}
+            out["dns-resolver"] = config
     rules = out.get("route-rules")
     if isinstance(rules, dict):
         if set(rules) - {"config", "running"}:
@@ -249,4 +259,6 @@ def to_nmstate(section: dict[str, Any]) -> dict[str, Any]:
     out["routes"] = {"config": routes}
     if section.get("route-rules"):
         out["route-rules"] = {"config": section["route-rules"]}
+    if section.get("dns-resolver") is not None:
+        out["dns-resolver"] = {"config": section["dns-resolver"]}
     return out
