@@ -192,3 +192,14 @@ async def test_route_rules_added_matched_and_removed(net: Net, netns: str) -> No
     assert [r["priority"] for r in rules(netns)] == [1200] and rules(netns, "-6") == []
     await net.rollback(undo)
     assert len(rules(netns)) == 3 and len(rules(netns, "-6")) == 1
+
+
+async def test_dns_resolver_in_a_namespace_is_refused_by_check(net: Net, netns: str) -> None:
+    from op_dbus.plugins.net import NetSection
+
+    doc = load("vxlan.yml")
+    doc["dns-resolver"] = {"config": {"server": ["192.0.2.53"], "search": ["example.com"]}}
+    problems = await net.plugin.check(NetSection.model_validate(doc), net.ctx)
+    assert [p.path for p in problems] == ["plugins.net.dns-resolver"]
+    assert "systemd-resolved serves the host's own network namespace" in problems[0].message
+    assert not has_link(netns, "vxlan102")
