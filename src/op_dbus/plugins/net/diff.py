@@ -49,7 +49,7 @@ def is_link_local(ip: str) -> bool:
 def route_key(r: Route) -> tuple[str, int, int]:
     """The kernel's identity of a route: destination, table, metric."""
     assert r.destination is not None  # only an absent entry leaves it out, and is matched by `_matches`
-    fam = ipaddress.ip_network(r.destination).version
+    fam = 6 if ":" in r.destination else 4  # canonical already: no second parse
     metric = r.metric if r.metric is not None else DEFAULT_METRIC[fam]
     return r.destination, r.table or MAIN_TABLE, metric
 

@@ -258,6 +258,6 @@ def build_state(links: list[nl.Link], addrs: list[nl.Addr], routes: list[nl.Rout
                 ifaces.append(Interface(name=name, type="ovs-interface"))
 
     ifaces.sort(key=lambda i: i.name)
-    route_list.sort(key=lambda r: (r.table or MAIN_TABLE, ipaddress.ip_network(r.destination).version, r.destination,
+    route_list.sort(key=lambda r: (r.table or MAIN_TABLE, 6 if ":" in (r.destination or "") else 4, r.destination or "",
                                    r.metric or 0, r.next_hop or "", r.interface or ""))
     return NetSection(interfaces=ifaces, routes=route_list)
