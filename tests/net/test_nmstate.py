@@ -203,3 +203,12 @@ async def test_dns_resolver_in_a_namespace_is_refused_by_check(net: Net, netns: 
     assert [p.path for p in problems] == ["plugins.net.dns-resolver"]
     assert "systemd-resolved serves the host's own network namespace" in problems[0].message
     assert not has_link(netns, "vxlan102")
+
+
+async def test_ethernet_spelling_of_a_veth(net: Net, netns: str) -> None:
+    # nmstate 1.x writes a veth as type ethernet, with or without its veth section.
+    await net.converge({"interfaces": [{"name": "veth1", "type": "ethernet", "state": "up",
+                                        "veth": {"peer": "veth1peer"}}]})
+    assert link(netns, "veth1")["linkinfo"]["info_kind"] == "veth"
+    await net.converge({"interfaces": [{"name": "veth1peer", "type": "ethernet", "state": "up", "mtu": 1400}]})
+    assert link(netns, "veth1peer")["mtu"] == 1400

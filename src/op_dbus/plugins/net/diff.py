@@ -238,8 +238,9 @@ def diff(desired: NetSection, current: NetSection) -> list[Change]:
             if c is not None:
                 _remove_interface(plan, c, current, cur_routes, des)
             continue
-        itype = d.type or (c.type if c else None)
-        if c is not None and d.type is not None and c.type != d.type:
+        itype = (c.type if c is not None and (d.type is None or d.type == "ethernet") else None) or d.type
+        # nmstate 1.x reports a veth as `ethernet`: that spelling names an existing veth too.
+        if c is not None and d.type is not None and c.type != d.type and not (d.type == "ethernet" and c.type == "veth"):
             raise InvalidInput(f"interface {d.name!r} exists as type {c.type!r}, not {d.type!r}; "
                                "declare it with state: absent first to replace it")
         if c is None:

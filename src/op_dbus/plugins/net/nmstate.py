@@ -113,6 +113,8 @@ def _iface(d: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
         del d["accept-all-mac-addresses"]  # the kernel's default
     for key in sorted((_NOT_IMPLEMENTED_IFACE | {"accept-all-mac-addresses"}) & d.keys()):
         problems.append(not_implemented(f"{path}.{key}"))
+    if d.get("type") == "ethernet" and "veth" in d:
+        d["type"] = "veth"  # nmstate 1.x's spelling of a veth it creates
     if "mac-vlan" in d:
         d["macvlan"] = d.pop("mac-vlan")
     if "link-aggregation" in d:
