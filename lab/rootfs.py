@@ -35,6 +35,7 @@ PACKAGES = (
     "python3",
     "python3-venv",
     "iproute2",
+    "systemd-resolved",
     "ethtool",
     "procps",
     "locales",
@@ -148,6 +149,9 @@ def mmdebstrap_options() -> list[str]:
         'echo lab > "$1/etc/hostname"',
         'chroot "$1" useradd -m -u 1000 -s /bin/bash labuser',
         'ln -sf /dev/null "$1/etc/systemd/system/console-getty.service"',
+        # Installed for the tests of DNS through its D-Bus API, which start it; off by default so other tests see
+        # the same boot as before.
+        'chroot "$1" systemctl disable systemd-resolved.service',
         "sed -i -E '"
         + "; ".join(f"s/^# ({name} )/\\1/" for name in escaped)
         + '\' "$1/etc/locale.gen" && chroot "$1" locale-gen',

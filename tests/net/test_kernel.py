@@ -331,3 +331,22 @@ async def test_undo_of_a_bridge_removal_restores_ports_addresses_routes(net: Net
     await net.rollback(undo)
     assert link(netns, "v0")["master"] == "lb0"
     assert net.plugin.dump(await net.query()) == before
+
+
+async def test_a_route_via_an_interface_nothing_provides_is_refused_by_check(net: Net, netns: str) -> None:
+    await net.converge(BRIDGE_DOC)
+    before = (links_summary(netns), routes(netns))
+    for doc, words in (
+        ({"interfaces": [{"name": "v0p", "mtu": 1400}],
+          "routes": [{"destination": "198.19.0.0/24", "next-hop-interface": "ghost0"}]}, "does not exist"),
+        ({"interfaces": [{"name": "lb0", "state": "absent"}],
+          "routes": [{"destination": "198.19.0.0/24", "next-hop-interface": "lb0"}]}, "is removed by this file"),
+    ):
+        problems = await net.plugin.check(NetSection.model_validate(doc), net.ctx)
+        assert [p.path for p in problems] == ["plugins.net.routes[0].interface"], problems
+        assert words in problems[0].message and "nothing was changed" in problems[0].message
+    # A route via an interface the same file creates passes.
+    ok = {"interfaces": [{"name": "v9", "type": "veth", "veth": {"peer": "v9p"}}],
+          "routes": [{"destination": "198.19.0.0/24", "next-hop-interface": "v9p"}]}
+    assert await net.plugin.check(NetSection.model_validate(ok), net.ctx) == []
+    assert (links_summary(netns), routes(netns)) == before

@@ -22,7 +22,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from op_dbus.errors import BackendError, InvalidInput, PermissionDenied, ServiceUnavailable
 
@@ -48,6 +48,7 @@ NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
@@ -71,14 +72,25 @@ VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 15, 16, 17
 IFLA_MACVLAN_MODE = 1
+IFLA_MACVLAN_FLAGS = 2
+MACVLAN_FLAG_NOPROMISC = 1
 IFLA_VLAN_ID = 1
 IFLA_BOND_MODE = 1
+IFLA_INFO_SLAVE_DATA = 5
+# linux/if_link.h IFLA_BR_* and IFLA_BRPORT_*: name -> (attribute, struct format). Times are in hundredths of a second.
+BRIDGE_ATTRS: dict[str, tuple[int, str]] = {
+    "forward_delay": (1, "=I"), "hello_time": (2, "=I"), "max_age": (3, "=I"), "ageing_time": (4, "=I"),
+    "stp_state": (5, "=I"), "priority": (6, "=H"), "group_fwd_mask": (9, "=H"), "mcast_snooping": (23, "=B"),
+}
+BRIDGE_PORT_ATTRS: dict[str, tuple[int, str]] = {"priority": (2, "=H"), "cost": (3, "=I"), "mode": (4, "=B")}
 
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 IFA_F_PERMANENT = 0x80
 
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
+# RTAX_* inside RTA_METRICS (linux/rtnetlink.h), each a u32.
+ROUTE_METRICS = {"mtu": 2, "cwnd": 7, "advmss": 8, "initcwnd": 11, "initrwnd": 14, "quickack": 15}
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 RTPROT_KERNEL = 2
@@ -87,6 +99,9 @@ RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
+RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT = 6, 7, 8
+ROUTE_TYPES = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE, "unreachable": RTN_UNREACHABLE,
+               "prohibit": RTN_PROHIBIT}
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 BOND_MODES = {"balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3, "802.3ad": 4,
@@ -104,6 +119,26 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 # --- attribute encoding ---
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def encoder(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Give a value that does not fit its wire field (a u32 metric of 2**40, a u16 port of 70000) as bad input.
+
+    Callers validate first; this is the codec's own guarantee that struct's exceptions never escape it.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (struct.error, OverflowError) as exc:
+            raise InvalidInput(f"netlink {func.__name__}: a value does not fit its field ({exc})") from exc
+
+    return wrapper
+
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
@@ -208,6 +243,7 @@ class Route:
     oif: int = 0
     priority: int = 0
     prefsrc: str | None = None
+    metrics: dict[str, int] = field(default_factory=dict)  # the ROUTE_METRICS the kernel reports for it
 
 
 class NetlinkError(BackendError):
@@ -240,11 +276,13 @@ class Reply:
 Request = tuple[int, int, bytes]
 
 
+@encoder
 def link_get(name: str) -> Request:
     return RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + attr_u32(
         IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
+@encoder
 def link_set(name: str, *, index: int = 0, up: bool | None = None, mtu: int | None = None, mac: str | None = None,
              master: int | None = None) -> Request:
     flags = change = 0
@@ -263,6 +301,7 @@ def link_set(name: str, *, index: int = 0, up: bool | None = None, mtu: int | No
     return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def link_add(name: str, kind: str, *, data: bytes = b"", link: int = 0, mtu: int | None = None, mac: str | None = None,
              up: bool = False, master: int = 0) -> Request:
     """Create `name` of `kind`; `data` is the already encoded IFLA_INFO_DATA payload."""
@@ -282,6 +321,7 @@ def link_add(name: str, kind: str, *, data: bytes = b"", link: int = 0, mtu: int
     return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
 
 
+@encoder
 def veth_data(peer: str, *, peer_netns_fd: int | None = None, peer_mtu: int | None = None) -> bytes:
     inner = _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer)
     if peer_netns_fd is not None:
@@ -291,6 +331,7 @@ def veth_data(peer: str, *, peer_netns_fd: int | None = None, peer_mtu: int | No
     return nested(VETH_INFO_PEER, inner)
 
 
+@encoder
 def vxlan_data(vni: int, *, remote: str | None = None, local: str | None = None, link: int = 0,
                port: int | None = None) -> bytes:
     out = attr_u32(IFLA_VXLAN_ID, vni)
@@ -307,11 +348,51 @@ def vxlan_data(vni: int, *, remote: str | None = None, local: str | None = None,
     return out
 
 
+@encoder
+def _knobs(table: dict[str, tuple[int, str]], values: dict[str, int]) -> bytes:
+    return b"".join(attr(table[k][0], struct.pack(table[k][1], v)) for k, v in values.items())
+
+
+def _knobs_decode(table: dict[str, tuple[int, str]], d: dict[int, memoryview]) -> dict[str, int]:
+    out = {}
+    for name, (kind, fmt) in table.items():
+        if kind in d and len(d[kind]) >= struct.calcsize(fmt):
+            out[name] = int(struct.unpack_from(fmt, d[kind])[0])
+    return out
+
+
+@encoder
+def bridge_data(values: dict[str, int]) -> bytes:
+    """IFLA_INFO_DATA of a bridge: `values` keyed as BRIDGE_ATTRS."""
+    return _knobs(BRIDGE_ATTRS, values)
+
+
+@encoder
+def link_set_info(name: str, kind: str, data: bytes = b"", *, port_kind: str | None = None,
+                  port_data: bytes = b"") -> Request:
+    """Change kind-specific settings of an existing link (IFLA_INFO_DATA), or of its role as a port (SLAVE_DATA)."""
+    body = _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)
+    info = b""
+    if data:
+        info += attr_str(IFLA_INFO_KIND, kind) + nested(IFLA_INFO_DATA, data)
+    if port_kind:
+        info += attr_str(IFLA_INFO_SLAVE_KIND, port_kind) + nested(IFLA_INFO_SLAVE_DATA, port_data)
+    body += nested(IFLA_LINKINFO, info)
+    return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+@encoder
+def bridge_port_data(values: dict[str, int]) -> bytes:
+    """IFLA_INFO_SLAVE_DATA of a bridge port: `values` keyed as BRIDGE_PORT_ATTRS."""
+    return _knobs(BRIDGE_PORT_ATTRS, values)
+
+
 def link_del(name: str, index: int = 0) -> Request:
     body = _IFINFO.pack(0, 0, index, 0, 0) + (b"" if index else attr_str(IFLA_IFNAME, name))
     return RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> Request:
     family, packed = _ip_bytes(ip)
     body = _IFADDR.pack(family, prefix, flags & 0xFF, 0, index) + attr(IFA_ADDRESS, packed)
@@ -324,31 +405,46 @@ def addr_req(add: bool, index: int, ip: str, prefix: int, *, flags: int = 0) -> 
     return RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, body
 
 
+@encoder
 def route_req(add: bool, dst: str | None, dst_len: int, *, family: int | None = None, gateway: str | None = None,
               oif: int = 0, priority: int | None = None, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_STATIC,
-              scope: int | None = None) -> Request:
+              scope: int | None = None, rtype: int = RTN_UNICAST, prefsrc: str | None = None,
+              metrics: dict[str, int] | None = None) -> Request:
     if family is None:
         family = _ip_bytes(dst)[0] if dst else _ip_bytes(gateway)[0] if gateway else socket.AF_INET
     if scope is None:
-        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        scope = RT_SCOPE_UNIVERSE if gateway or rtype != RTN_UNICAST else RT_SCOPE_LINK
     body = _RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, protocol if add else 0,
-                       scope if add else 255, RTN_UNICAST, 0)
+                       scope if add else 255, rtype, 0)
     if dst:
         body += attr(RTA_DST, _ip_bytes(dst)[1])
     if gateway:
         body += attr(RTA_GATEWAY, _ip_bytes(gateway)[1])
     if oif:
         body += attr_u32(RTA_OIF, oif)
+    if prefsrc:
+        body += attr(RTA_PREFSRC, _ip_bytes(prefsrc)[1])
     if priority is not None:
         body += attr_u32(RTA_PRIORITY, priority)
     if table != RT_TABLE_MAIN:
         body += attr_u32(RTA_TABLE, table)
+    if metrics:
+        body += route_metrics(metrics)
     if add:
         return RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
     return RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, body
 
 
-# --- decoders ---
+@encoder
+def route_metrics(values: dict[str, int]) -> bytes:
+    """RTA_METRICS: the per-route TCP and path settings (`values` keyed as ROUTE_METRICS)."""
+    return nested(RTA_METRICS, *(attr_u32(ROUTE_METRICS[k], v) for k, v in values.items()))
+
+
+def decode_route_metrics(v: memoryview) -> dict[str, int]:
+    found = parse_attrs(v, 0, len(v))
+    return {k: _u32(found[n]) for k, n in ROUTE_METRICS.items() if n in found and len(found[n]) >= 4}
+
 
 _Decoded = TypeVar("_Decoded")
 
@@ -373,6 +469,81 @@ def _decoder(what: str) -> Callable[[Callable[[bytes], _Decoded]], Callable[[byt
     return wrap
 
 
+# --- policy routing rules (linux/fib_rules.h) ---
+
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 1, 2, 3, 6, 10, 15, 16, 21
+FR_ACT_TO_TBL = 1
+RULE_ACTIONS = {"blackhole": 6, "unreachable": 7, "prohibit": 8}
+_FIBRULE = struct.Struct("=BBBBBBBBI")
+
+
+@dataclass
+class Rule:
+    family: int
+    src: str | None
+    src_len: int
+    dst: str | None
+    dst_len: int
+    table: int
+    action: int
+    priority: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    iif: str | None = None
+    protocol: int = 0
+
+
+@encoder
+def rule_req(add: bool, family: int, *, src: str | None = None, src_len: int = 0, dst: str | None = None,
+             dst_len: int = 0, table: int = RT_TABLE_MAIN, action: int = FR_ACT_TO_TBL, priority: int | None = None,
+             fwmark: int | None = None, fwmask: int | None = None, iif: str | None = None) -> Request:
+    """RTM_NEWRULE / RTM_DELRULE: select by source, destination, mark and incoming interface; look up `table`."""
+    body = _FIBRULE.pack(family, dst_len, src_len, 0, table if table < 256 else 252, 0, 0, action, 0)
+    if src:
+        body += attr(FRA_SRC, _ip_bytes(src)[1])
+    if dst:
+        body += attr(FRA_DST, _ip_bytes(dst)[1])
+    if iif:
+        body += attr_str(FRA_IIFNAME, iif)
+    if priority is not None:
+        body += attr_u32(FRA_PRIORITY, priority)
+    if fwmark is not None:
+        body += attr_u32(FRA_FWMARK, fwmark)
+    if fwmask is not None:
+        body += attr_u32(FRA_FWMASK, fwmask)
+    if action == FR_ACT_TO_TBL:
+        body += attr_u32(FRA_TABLE, table)
+    if add:
+        return RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body
+    return RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, body
+
+
+@_decoder("rtnetlink rule")
+def decode_rule(msg: bytes) -> Rule:
+    mv = memoryview(msg)
+    family, dst_len, src_len, _tos, table, _r1, _r2, action, _flags = _FIBRULE.unpack_from(mv, 0)
+    a = parse_attrs(mv, _FIBRULE.size, len(mv))
+    return Rule(
+        family=family,
+        src=_ip_str(family, a[FRA_SRC]) if FRA_SRC in a else None, src_len=src_len,
+        dst=_ip_str(family, a[FRA_DST]) if FRA_DST in a else None, dst_len=dst_len,
+        table=_u32(a[FRA_TABLE]) if FRA_TABLE in a else table,
+        action=action,
+        priority=_u32(a[FRA_PRIORITY]) if FRA_PRIORITY in a else None,
+        fwmark=_u32(a[FRA_FWMARK]) if FRA_FWMARK in a else None,
+        fwmask=_u32(a[FRA_FWMASK]) if FRA_FWMASK in a else None,
+        iif=_cstr(a[FRA_IIFNAME]) if FRA_IIFNAME in a else None,
+        protocol=a[FRA_PROTOCOL][0] if FRA_PROTOCOL in a else 0,
+    )
+
+
+def dump_rules(sock: Netlink, family: int = 0) -> list[Rule]:
+    return [decode_rule(m) for m in sock.dump(RTM_GETRULE, _FIBRULE.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))]
+
+
+# --- decoders ---
+
+
 @_decoder("rtnetlink link")
 def decode_link(msg: bytes) -> Link:
     mv = memoryview(msg)
@@ -390,6 +561,9 @@ def decode_link(msg: bytes) -> Link:
             info = _decode_info(kind, parse_attrs(data, 0, len(data)))
         if IFLA_INFO_SLAVE_KIND in la:
             info["slave_kind"] = _cstr(la[IFLA_INFO_SLAVE_KIND])
+            port = la.get(IFLA_INFO_SLAVE_DATA)
+            if info["slave_kind"] == "bridge" and port is not None:
+                info["bridge_port"] = _knobs_decode(BRIDGE_PORT_ATTRS, parse_attrs(port, 0, len(port)))
     return Link(
         index=index,
         name=_cstr(a[IFLA_IFNAME]) if IFLA_IFNAME in a else f"if{index}",
@@ -422,7 +596,11 @@ def _decode_info(kind: str, d: dict[int, memoryview]) -> dict[str, Any]:
         return out
     if kind in ("macvlan", "macvtap") and IFLA_MACVLAN_MODE in d:
         mode = _u32(d[IFLA_MACVLAN_MODE])
-        return {"mode": next((k for k, v in MACVLAN_MODES.items() if v == mode), str(mode))}
+        flags = struct.unpack_from("=H", d[IFLA_MACVLAN_FLAGS])[0] if IFLA_MACVLAN_FLAGS in d else 0
+        return {"mode": next((k for k, v in MACVLAN_MODES.items() if v == mode), str(mode)),
+                "promiscuous": not flags & MACVLAN_FLAG_NOPROMISC}
+    if kind == "bridge":
+        return {"bridge": _knobs_decode(BRIDGE_ATTRS, d)}
     if kind == "vlan" and IFLA_VLAN_ID in d:
         return {"id": struct.unpack_from("=H", d[IFLA_VLAN_ID])[0]}
     if kind == "bond" and IFLA_BOND_MODE in d:
@@ -460,6 +638,7 @@ def decode_route(msg: bytes) -> Route:
         oif=_u32(a[RTA_OIF]) if RTA_OIF in a else 0,
         priority=_u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0,
         prefsrc=_ip_str(family, a[RTA_PREFSRC]) if RTA_PREFSRC in a else None,
+        metrics=decode_route_metrics(a[RTA_METRICS]) if RTA_METRICS in a else {},
     )
 
 

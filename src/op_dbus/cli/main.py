@@ -140,20 +140,38 @@ def query(opts: Options, plugin: str | None, discover_all: bool, activate: bool,
 
 @cli.command()
 @click.argument("plugins", nargs=-1)
+@click.option("--format", "layout", type=click.Choice(["op-dbus", "nmstate"]), default="op-dbus", show_default=True,
+              help="nmstate: only the net section, in nmstate's own layout as YAML (with -o json: as JSON), for "
+                   "nmstatectl or to put unchanged under plugins.net.")
 @output_option
 @click.pass_obj
-def introspect(opts: Options, plugins: tuple[str, ...]) -> int:
+def introspect(opts: Options, plugins: tuple[str, ...], layout: str) -> int:
     """Print a state file of the current system (all plugins, or only PLUGINS).
 
     Applying the output changes nothing: `op-dbus introspect > state.json && op-dbus apply state.json`.
     """
     from op_dbus.engine import Engine
 
+    if layout == "nmstate" and plugins not in ((), ("net",)):
+        raise click.UsageError("--format nmstate describes the net section only: give no PLUGINS, or `net`")
+
     async def go() -> Any:
         async with opts.context() as ctx:
-            return await Engine(ctx).introspect(list(plugins) or None)
+            return await Engine(ctx).introspect(["net"] if layout == "nmstate" else list(plugins) or None)
 
-    _emit_json(_run(go()))
+    doc = _run(go())
+    if layout == "nmstate":
+        import yaml
+
+        from op_dbus.plugins.net.nmstate import to_nmstate
+
+        state = to_nmstate(doc["plugins"]["net"])
+        if opts.json:
+            _emit_json(state)
+        else:
+            click.echo(yaml.safe_dump(state, sort_keys=False, default_flow_style=False), nl=False)
+        return ExitCode.OK
+    _emit_json(doc)
     return ExitCode.OK
 
 

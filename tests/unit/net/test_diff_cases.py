@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from op_dbus.errors import InvalidInput
 from op_dbus.plugins.net import NetPlugin, NetSection
@@ -17,6 +18,11 @@ CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
 def test_case(path: Path) -> None:
     case = json.loads(path.read_text())
     plugin = NetPlugin()
+    if "invalid" in case:
+        # Refused when the file is read, before any state is looked at.
+        with pytest.raises(ValidationError, match=case["invalid"]):
+            NetSection.model_validate(case["desired"])
+        return
     current = NetSection.model_validate(case["current"])
     desired = NetSection.model_validate(case["desired"])
     if "error" in case:

@@ -45,12 +45,12 @@ Semantics:
 - vlan, bond and dummy are supported where the kernel has them; `check` probes the kernel in a
   private namespace and reports a missing type before anything changes.
 
-Differences from nmstate: nmstate's spellings `prefix-length`, `next-hop-address`,
-`next-hop-interface`, `table-id` and `routes: {config: [...]}` are accepted and written back in the
-short form; OVS ports are listed in the bridge's `ports` (names) rather than
-`bridge.port[].name`; `veth.peer-netns`, `datapath-type` and `netns`/`ovsdb` are op-dbus
-additions; `ipv6.enabled: false` removes addresses but does not set the `disable_ipv6` sysctl;
-`dhcp` for IPv6 and `autoconf` are not managed; the query reports `dhcp: true` for IPv4 when an
+nmstate's own layout is read too (see `nmstate.py`): `bridge: {options, port: [...]}`, `mac-vlan`,
+`link-aggregation`, the OVS bridge's same-named `ovs-interface` entry, `routes: {config: [...]}`,
+`route-rules`, `prefix-length`, `next-hop-address`, `next-hop-interface`, `table-id`; a key nmstate
+defines that op-dbus does not implement is refused by name. `veth.peer-netns`, `datapath-type` and
+`netns`/`ovsdb` are op-dbus additions; `ipv6.enabled: false` removes addresses but does not set the
+`disable_ipv6` sysctl; `dhcp` for IPv6 is not managed; the query reports `dhcp: true` for IPv4 when an
 address has a finite lifetime.
 """
 
@@ -67,9 +67,10 @@ from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 
 from . import apply as applier
+from . import dns
 from .diff import diff as compute_diff
 from .model import KERNEL_KINDS, OVS_TYPES, Interface, NetSection
-from .query import build_state, read_ovs
+from .query import build_state, read_ovs, route_rules
 
 __all__ = ["NetPlugin", "NetSection"]
 
@@ -160,30 +161,55 @@ class NetPlugin(Plugin[NetSection]):
             db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
             ovs_ports = set((await read_ovs(db)).port_uuid)
         problems += await self._missing_ports(desired, ctx, netns, ovs_ports)
+        if desired.dns_resolver is not None:
+            problems += await self._dns_problems(desired, ctx, netns)
         return problems
+
+    async def _dns_problems(self, desired: NetSection, ctx: Context, netns: str | None) -> list[Problem]:
+        path = "plugins.net.dns-resolver"
+        if netns is not None:
+            return [Problem(path, "systemd-resolved serves the host's own network namespace; dns-resolver cannot be "
+                                  f"set for network namespace {netns!r}")]
+        if dns.carrier(desired) is None:
+            return [Problem(path, "op-dbus sets DNS on a link through systemd-resolved; list an interface with static "
+                                  "addresses in this file to carry it (as nmstate does)")]
+        try:
+            missing = await dns.resolved_missing(await dns.client(ctx))
+        except ServiceUnavailable as exc:
+            missing = f"{exc.message}; op-dbus sets DNS only through systemd-resolved"
+        return [Problem(path, missing)] if missing else []
 
     async def _missing_ports(self, desired: NetSection, ctx: Context, netns: str | None,
                              ovs_ports: set[str]) -> list[Problem]:
-        """Ports no device, no OVS port and no entry of the file provides: refused before anything changes.
+        """Ports and route interfaces that no device, no OVS port and no entry of the file provides.
 
-        Otherwise the kernel or ovs-vswitchd would refuse them halfway through an apply, and the steps taken
-        before would have to be rolled back.
+        They are refused before anything changes; otherwise the kernel or ovs-vswitchd would refuse them halfway
+        through an apply, and the steps taken before would have to be rolled back.
         """
         controllers = [(i, d) for i, d in enumerate(desired.interfaces) if d.state != "absent" and d.ports]
-        if not controllers:
+        routed = [(i, r) for i, r in enumerate(desired.routes or []) if r.state != "absent" and r.interface]
+        if not controllers and not routed:
             return []
         provided = {d.name for d in desired.interfaces if d.state != "absent"}
         provided |= {d.veth.peer for d in desired.interfaces
                      if d.state != "absent" and d.veth is not None and d.veth.peer_netns is None}
+        removed = {d.name for d in desired.interfaces if d.state == "absent"}
         provided |= {link.name for link in (await self._netlink(ctx, netns)).links()} | ovs_ports
+        provided -= removed
+        where = f" in network namespace {netns!r}" if netns else ""
         problems = []
         for i, d in controllers:
             for j, port in enumerate(d.ports or []):
                 if port not in provided:
-                    where = f" in network namespace {netns!r}" if netns else ""
                     problems.append(Problem(f"plugins.net.interfaces[{i}].ports[{j}]",
                                             f"interface {d.name!r}: port {port!r} does not exist{where} and no entry "
                                             "of this file creates it; nothing was changed"))
+        for i, r in routed:
+            if r.interface not in provided:
+                gone = "is removed by this file" if r.interface in removed else \
+                    f"does not exist{where} and no entry of this file creates it"
+                problems.append(Problem(f"plugins.net.routes[{i}].interface",
+                                        f"route {r.destination}: interface {r.interface!r} {gone}; nothing was changed"))
         return problems
 
     async def query(self, ctx: Context, scope: NetSection | None = None) -> NetSection:
@@ -195,14 +221,24 @@ class NetPlugin(Plugin[NetSection]):
         except ServiceUnavailable:
             if scope is not None and any(i.type in OVS_TYPES for i in scope.interfaces):
                 raise
+        rules = route_rules(nl.dump_rules(sock)) if scope is None or scope.route_rules is not None else None
         if scope is None:
-            return build_state(links, addrs, routes, ovs)
+            state = build_state(links, addrs, routes, ovs)
+            state.route_rules = rules or None
+            return state
         names = {i.name for i in scope.interfaces}
         if ovs is not None:
             # A bridge's ports are part of it: removing or re-creating it needs to know what they are.
             names |= {p for b in names & ovs.bridges.keys() for p in ovs.bridges[b]["ports"]}
-        keys = {(r.destination, r.table or 254) for r in scope.routes or []}
-        state = build_state(links, addrs, routes, ovs, names=names, route_keys=keys)
+        given = scope.routes or []
+        keys = {(r.destination, r.table or 254) for r in given if r.destination is not None}
+        # nmstate's absent entries match on the keys they give: any table, or every route via an interface.
+        dsts = {r.destination for r in given if r.state == "absent" and r.destination is not None}
+        ifaces = {r.interface for r in given if r.state == "absent" and r.interface is not None}
+        if any(r.state == "absent" and r.destination is None and r.interface is None for r in given):
+            ifaces |= {link.name for link in links}
+        state = build_state(links, addrs, routes, ovs, names=names, route_keys=keys, route_ifaces=ifaces,
+                            route_dsts=dsts)
         # A declared interface that does not exist is recorded as absent, so that converging back to this
         # state (a rollback, or recovery after a crash) removes what was created since; the target settings
         # travel with it so the record alone says where to converge.
@@ -210,7 +246,17 @@ class NetPlugin(Plugin[NetSection]):
         state.interfaces.extend(Interface(name=i.name, type=i.type, state="absent")
                                 for i in scope.interfaces if i.name not in present)
         state.netns, state.ovsdb = scope.netns, scope.ovsdb
+        state.route_rules = rules
+        if scope.dns_resolver is not None:
+            state.dns_resolver = await self._read_dns(scope, ctx, links)
         return state
+
+    async def _read_dns(self, scope: NetSection, ctx: Context, links: list[nl.Link]) -> Any:
+        name = dns.carrier(scope)
+        index = next((link.index for link in links if link.name == name), None)
+        if index is None:
+            return None  # the carrier is created by this file: nothing is set yet
+        return await dns.read(await dns.client(ctx), index)
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)
@@ -243,6 +289,8 @@ class NetPlugin(Plugin[NetSection]):
                     for name, reply in zip(bring_up, sock.batch([nl.link_set(n, up=True) for n in bring_up]), strict=True):
                         if reply.error:
                             raise nl.error_for(reply, f"net: bring up {name}")
+            elif backend == "dns":
+                await dns.run(await dns.client(ctx), await self._netlink(ctx, netns), group, undo)
             else:
                 applier.run_dhcp(group, undo, netns)
             i = j

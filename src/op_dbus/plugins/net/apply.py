@@ -35,6 +35,8 @@ def backend_of(change: Change) -> str:
     op = change.payload["op"]
     if op.startswith("ovs_"):
         return "ovs"
+    if op == "dns":
+        return "dns"
     return "dhcp" if op == "dhcp" else "netlink"
 
 
@@ -43,6 +45,7 @@ def inverse(change: Change) -> Change | None:
     if undo is None:
         return None
     names = {"create": "remove", "remove": "create", "add-address": "remove-address", "remove-address": "add-address",
+             "add-rule": "remove-rule", "remove-rule": "add-rule",
              "add-route": "remove-route", "remove-route": "add-route", "add-port": "remove-port",
              "remove-port": "add-port", "start-dhcp": "stop-dhcp", "stop-dhcp": "start-dhcp"}
     return Change(change.plugin, change.object, names.get(change.action, change.action), before=change.after,
@@ -123,7 +126,9 @@ class _NetlinkRun:
                 self.queue(change, nl.route_req(
                     p["add"], None if zero else dst, int(plen),
                     family=socket.AF_INET if ":" not in dst else socket.AF_INET6, gateway=p.get("gateway"),
-                    oif=self.index[p["oif"]] if p.get("oif") else 0, priority=p["metric"], table=p["table"]))
+                    oif=self.index[p["oif"]] if p.get("oif") else 0, priority=p["metric"], table=p["table"],
+                    rtype=nl.ROUTE_TYPES[p.get("type") or "unicast"], prefsrc=p.get("source"),
+                    metrics=p.get("metrics")))
             elif op == "link_set":
                 master = p.get("master")
                 if master:
@@ -133,6 +138,17 @@ class _NetlinkRun:
             elif op == "link_add":
                 self.queue(change, self._link_add(p))
                 self.index.pop(p["ifname"], None)
+            elif op == "rule":
+                self.queue(change, nl.rule_req(
+                    p["add"], socket.AF_INET if p["family"] == 4 else socket.AF_INET6, src=p.get("src"),
+                    src_len=p["src_len"], dst=p.get("dst"), dst_len=p["dst_len"], table=p.get("table") or nl.RT_TABLE_MAIN,
+                    action=nl.RULE_ACTIONS.get(p.get("action") or "", nl.FR_ACT_TO_TBL), priority=p.get("priority"),
+                    fwmark=p.get("fwmark"), fwmask=p.get("fwmask"), iif=p.get("iif")))
+            elif op == "bridge_set":
+                self.queue(change, nl.link_set_info(p["ifname"], "bridge", nl.bridge_data(p["options"])))
+            elif op == "bridge_port_set":
+                self.queue(change, nl.link_set_info(p["ifname"], "", port_kind="bridge",
+                                                    port_data=nl.bridge_port_data(p["options"])))
             elif op == "link_del":
                 self.queue(change, nl.link_del(p["ifname"]))
                 self.index.pop(p["ifname"], None)
@@ -166,6 +182,8 @@ class _NetlinkRun:
             link = self.index[v["base-iface"]]
             if itype == "macvlan":
                 data = nl.attr_u32(nl.IFLA_MACVLAN_MODE, nl.MACVLAN_MODES[v.get("mode", "bridge")])
+                if v.get("promiscuous") is False:
+                    data += nl.attr(nl.IFLA_MACVLAN_FLAGS, nl.MACVLAN_FLAG_NOPROMISC.to_bytes(2, "little"))
             else:
                 data = nl.attr(nl.IFLA_VLAN_ID, int(v["id"]).to_bytes(2, "little"))
         elif itype == "bond" and p.get("bond"):
@@ -188,6 +206,8 @@ def _already_gone(change: Change, reply: nl.Reply) -> bool:
         return reply.error == errno.EADDRNOTAVAIL
     if p["op"] == "route" and not p["add"]:
         return reply.error == errno.ESRCH
+    if p["op"] == "rule" and not p["add"]:
+        return reply.error == errno.ENOENT
     return False
 
 
@@ -280,6 +300,14 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
         elif op == "ovs_bridge_set":
             ops.append({"op": "update", "table": "Bridge", "where": [["name", "==", p["name"]]],
                         "row": {"datapath_type": p["datapath_type"]}})
+        elif op == "ovs_bridge_options":
+            row = {k: (oset([v] if v else []) if k == "fail_mode" else v) for k, v in p["row"].items()}
+            ops.append({"op": "update", "table": "Bridge", "where": [["name", "==", p["name"]]], "row": row})
+        elif op == "ovs_port_vlan":
+            r = p["row"]
+            ops.append({"op": "update", "table": "Port", "where": [["name", "==", p["name"]]],
+                        "row": {"tag": oset([] if r["tag"] is None else [r["tag"]]), "trunks": oset(r["trunks"]),
+                                "vlan_mode": oset([r["vlan_mode"]] if r["vlan_mode"] else [])}})
         elif op == "ovs_mtu":
             ops.append({"op": "update", "table": "Interface", "where": [["name", "==", p["name"]]],
                         "row": {"mtu_request": oset([p["mtu"]] if p.get("mtu") else [])}})
