@@ -402,13 +402,22 @@ def supply(target: Any, values: Mapping[str, str]) -> list[Secret]:
     return missing
 
 
+def unknown_in(change: Any) -> list[str]:
+    """The secrets a change would set whose value is not known here (`plugin object: NAME`)."""
+    return [f"{change.plugin} {change.object}: {s.name or 'a secret'}" for s in walk(change.payload) if not s.known]
+
+
+def needed_message(changes: Iterable[Any]) -> str:
+    names = [name for c in changes for name in unknown_in(c)]
+    return ("the change needs secret value(s) that are not known here (the audit log keeps only their HMAC): "
+            + "; ".join(names))
+
+
 def require_known(changes: Iterable[Any]) -> None:
     """Refuse (exit 2, before anything changes) a plan that would set a secret whose value is not known."""
-    needed = [f"{c.plugin} {c.object}: {s.name or 'a secret'}" for c in changes for s in walk(c.payload)
-              if not s.known]
-    if needed:
-        raise SecretNeeded("the change needs secret value(s) that are not known here (the audit log keeps only "
-                           "their HMAC): " + "; ".join(needed), hint=SUPPLY_HINT)
+    blocked = [c for c in changes if unknown_in(c)]
+    if blocked:
+        raise SecretNeeded(needed_message(blocked), hint=SUPPLY_HINT)
 
 
 # -- showing changes to people ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ PW1 = "horse-battery-staple-1A"  # low entropy on purpose: a plain hash of it wo
 PW2 = "horse-battery-staple-2B"
 PW3 = "horse-battery-staple-3C"
 CONTEXT = b"op-dbus secret value v1\x00"  # the HMAC's domain separation prefix (op_dbus.secret)
+BLOCKS: dict[str, int] = {}  # password -> the block whose apply set it
 
 
 def section(templates: Templates, password: Any, **env: Any) -> dict[str, Any]:
@@ -88,6 +90,7 @@ def test_apply_gives_the_container_the_clear_value_and_shows_none(op: OpDbus, te
                                                                    podman: Podman) -> None:
     r = op("apply", str(op.state("pw1", section(templates, PW1))))
     assert r.code == 0, r.err
+    BLOCKS[PW1] = int(re.search(r"recorded block (\d+)", r.out).group(1))  # type: ignore[union-attr]
     assert_hidden(r.out + r.err, PW1)
     assert live_env(podman)["DB_PASSWORD"] == PW1
     assert podman.cli("exec", NAME, "/bin/sh", "-c", "echo $DB_PASSWORD").stdout.strip() == PW1
@@ -192,18 +195,8 @@ def test_verify_current_compares_the_recorded_hmac_with_the_live_value(op: OpDbu
     assert_hidden(r.out + r.err, PW1, PW2)
 
 
-def block_of(op: OpDbus, password: str) -> int:
-    """The last apply block whose recorded state holds `password`'s HMAC."""
-    for header in reversed(op("-o", "json", "blockchain", "list").json()):
-        block = op("-o", "json", "blockchain", "show", str(header["index"])).json()
-        env = (block["state"]["plugins"].get("containers", {}).get("containers", {}).get(NAME) or {}).get("env", {})
-        if env.get("DB_PASSWORD") == {"secret_hmac": hmac_of(op, password)}:
-            return int(header["index"])
-    raise AssertionError(f"no block records {password!r}'s HMAC")
-
-
 def test_rollback_to_another_secret_says_it_needs_the_value(op: OpDbus, podman: Podman) -> None:
-    target = block_of(op, PW1)
+    target = BLOCKS[PW1]
     size = len(op("-o", "json", "blockchain", "list").json())
     for args in ((), ("--dry-run",)):
         r = op("rollback", "--to-block", str(target), *args)
@@ -216,7 +209,7 @@ def test_rollback_to_another_secret_says_it_needs_the_value(op: OpDbus, podman: 
 
 def test_rollback_takes_the_secret_from_a_state_file_only_if_its_hmac_matches(op: OpDbus, templates: Templates,
                                                                                podman: Podman) -> None:
-    target = block_of(op, PW1)
+    target = BLOCKS[PW1]
     wrong = op("rollback", "--to-block", str(target), "--secrets", str(op.state("pw3", section(templates, PW3))))
     assert wrong.code == 2, wrong.out + wrong.err
     assert live_env(podman)["DB_PASSWORD"] == PW2
@@ -313,3 +306,37 @@ def test_an_unsafe_secret_file_is_refused_and_changes_nothing(op: OpDbus, templa
     assert_hidden(r.out + r.err, "attacker-chosen-6F")
     assert live_env(podman) == before
     assert len(op("-o", "json", "blockchain", "list").json()) == size
+
+
+def test_a_failed_apply_sets_the_old_secret_back_and_shows_none(op: OpDbus, templates: Templates,
+                                                                podman: Podman) -> None:
+    assert op("apply", str(op.state("pw1", section(templates, PW1)))).code == 0
+    doc = section(templates, PW2)
+    # the recreation with PW2 comes first; then this container cannot start, and everything is undone
+    doc["containers"]["broken-1"] = {"backend": "podman", "image": "one", "command": ["/nonexistent"]}
+    r = op("apply", str(op.state("broken", doc)))
+    assert r.code == 4, r.out + r.err
+    assert_hidden(r.out + r.err, PW1, PW2)
+    assert live_env(podman)["DB_PASSWORD"] == PW1
+    assert podman.inspect("broken-1") is None
+    assert_hidden(ledger_bytes(op).decode(errors="replace"), PW1, PW2)
+
+
+def test_a_crash_after_a_secret_changed_is_recovered_except_that_secret(op: OpDbus, templates: Templates,
+                                                                        podman: Podman) -> None:
+    """The intent record holds HMACs only, so the next command cannot set the old secret back: it says so."""
+    assert live_env(podman)["DB_PASSWORD"] == PW1
+    doomed = OpDbus(op.state_dir, {**op.env, "OP_DBUS_FAULTS": "after-plugin:containers"}, op.files)
+    r = doomed("apply", str(op.state("pw2", section(templates, PW2))))
+    assert r.code == -signal.SIGKILL, r.out + r.err
+    assert live_env(podman)["DB_PASSWORD"] == PW2
+    assert_hidden((op.state_dir / "transaction.json").read_text(), PW1, PW2)
+    listed = op("-o", "json", "blockchain", "list")
+    assert listed.code == 0, listed.err
+    assert "recovered an interrupted transaction" in listed.err and "DB_PASSWORD" in listed.err
+    assert_hidden(listed.out + listed.err, PW1, PW2)
+    last = op("-o", "json", "blockchain", "show", str(listed.json()[-1]["index"])).json()
+    assert last["kind"] == "failed"
+    assert any("containers sec-1: DB_PASSWORD" in e for e in last["meta"]["errors"])
+    assert live_env(podman)["DB_PASSWORD"] == PW2  # left as it was, and said so: re-applying sets it
+    assert_hidden(ledger_bytes(op).decode(errors="replace"), PW1, PW2)

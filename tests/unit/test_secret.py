@@ -83,7 +83,7 @@ def test_an_unsafe_key_file_is_refused(key_dir: Path, damage: str) -> None:
 
 def test_a_secret_renders_as_a_marker_everywhere(key_dir: Path) -> None:
     s = secret.Secret(PASSWORD)
-    shown = [repr(s), str(s), f"{s}", f"{s!r}", "%s" % s, json.dumps({"v": s}, default=str), repr([s]), repr({"k": s})]
+    shown = [repr(s), str(s), f"{s}", f"{s!r}", f"{s:>20}", json.dumps({"v": s}, default=str), repr([s]), repr({"k": s})]
     assert all(PASSWORD not in text for text in shown)
     state = ContainersState.model_validate({"containers": {"c": {"backend": "podman", "image": "i",
                                                                  "env": {"DB_PASSWORD": PASSWORD}}}})

@@ -263,8 +263,12 @@ class Engine:
         try:
             left, current = await self.drift(checkpoint)
             if left:
+                # a secret recorded only as its HMAC cannot be set back; everything else still is
+                blocked = {id(c) for c in left if secret.unknown_in(c)}
+                if blocked:
+                    errors.append(secret.needed_message(c for c in left if id(c) in blocked))
                 for name, plugin in plugins.items():
-                    steps = [c for c in left if c.plugin == name]
+                    steps = [c for c in left if c.plugin == name and id(c) not in blocked]
                     if steps:
                         await plugin.apply(steps, self.ctx, UndoLog())
                 left, current = await self.drift(checkpoint)
