@@ -174,7 +174,7 @@ class Secret:
 
     @property
     def digest(self) -> str:
-        return self._digest if self._clear is None else digest_of(self._clear)
+        return digest_of(self._clear) if self._clear is not None else self._digest or ""
 
     def reveal(self) -> str:
         """The clear value, for a backend that must set it. Raises SecretNeeded for a recorded secret."""

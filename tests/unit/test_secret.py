@@ -211,3 +211,16 @@ def test_a_plan_that_needs_an_unknown_secret_is_refused_naming_it(key_dir: Path)
     with pytest.raises(secret.SecretNeeded, match=r"containers db: DB_PASSWORD") as caught:
         secret.require_known([known, unknown])
     assert caught.value.exit_code == 2
+
+
+def test_a_backend_check_sees_every_env_name_but_no_secret_value() -> None:
+    from op_dbus.backends.containers.proxmox import ProxmoxBackend
+    from op_dbus.plugins.containers import spec_of, spec_to_check
+
+    state = ContainersState.model_validate({"containers": {"c": {"backend": "proxmox", "image": "i",
+                                                                 "env": {"DB_PASSWORD": PASSWORD}}}})
+    want = state.containers["c"]
+    assert spec_of("c", want).env == {}  # the apply step adds the value, nothing before it
+    checked = spec_to_check("c", want)
+    assert checked.env == {"DB_PASSWORD": ""}
+    assert any("env" in p for p in ProxmoxBackend(pct="/nonexistent/pct").check_spec(checked))

@@ -169,6 +169,12 @@ def spec_of(name: str, want: ContainerConfig, templates: dict[str, Template] | N
     )
 
 
+def spec_to_check(name: str, want: ContainerConfig) -> ContainerSpec:
+    """The spec a backend's `check_spec` judges: every env name, with secret values withheld (an empty string)."""
+    spec = spec_of(name, want)
+    return dataclasses.replace(spec, env={**spec.env, **dict.fromkeys(split_env(want.env)[1], "")})
+
+
 def with_secrets(spec: ContainerSpec, secrets: dict[str, Secret]) -> ContainerSpec:
     """The spec with its secret env values in clear, as the backend must write them: only ever while applying."""
     if not secrets:
@@ -452,7 +458,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 if want.image not in desired.templates and want.image not in imported:
                     problems.append(Problem(f"{path}.image", f"unknown image {want.image!r}: declare it under "
                                                              "templates, or import it first"))
-                problems += [Problem(path, msg) for msg in b.check_spec(spec_of(name, want))]
+                problems += [Problem(path, msg) for msg in b.check_spec(spec_to_check(name, want))]
         return problems
 
     # -- planning ------------------------------------------------------------------------------------------------
