@@ -47,6 +47,7 @@ from op_dbus.engine.journal import Journal
 from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, BackendError, LockHeld, OpDbusError, ServiceUnavailable
 from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Settings, WatchEvent, load_plugins
+from op_dbus.secret import collect, redact_record, supply
 from op_dbus.state import StateDocument, check_file_trust, load_document, parse_text, validate_document
 
 MODES = ("shadow", "enforce")
@@ -659,6 +660,8 @@ class Agent:
                            f"block {header.index} cannot be combined with the state file: {e}")
                 continue
             merged.probes = self.doc.probes
+            # both documents went through JSON, where secrets are HMACs: the state file's values are still here
+            supply(merged.sections, collect(self.doc.sections))
             self.doc = merged
             self.adopted.append(header.index)
             adopted = True
@@ -700,8 +703,8 @@ class Agent:
                            "latency_ms": round(latency, 1) if latency is not None else None}
         level = logging.WARNING if new else logging.INFO
         self._emit(level, "drift", summary, mode=self.mode, block=self.last_drift["block"],
-                   changes=[drift_record(c) for c in new], resolved=len(resolved), origin=burst.origin or None,
-                   sources=burst.sources, latency_ms=self.last_drift["latency_ms"])
+                   changes=[redact_record(drift_record(c)) for c in new], resolved=len(resolved),
+                   origin=burst.origin or None, sources=burst.sources, latency_ms=self.last_drift["latency_ms"])
         self._write_status()
         self.notify.status(self._sd_status())
         return block
@@ -720,7 +723,7 @@ class Agent:
             self._failed = keys
             self.last_error = f"repair failed: {e}"
             self._emit(logging.ERROR, "repair-failed", f"could not repair the drift: {e}",
-                       changes=[c.to_record() for c in changes])
+                       changes=[redact_record(c.to_record()) for c in changes])
             self._write_status()
             return
         self.metrics.inc("applies")
@@ -736,7 +739,7 @@ class Agent:
         self._emit(logging.WARNING, "repaired", f"repaired: {summarise(result.applied)}",
                    block=block.index if block is not None else None,
                    latency_ms=round(latency, 1) if latency is not None else None,
-                   changes=[c.to_record() for c in result.applied])
+                   changes=[redact_record(c.to_record()) for c in result.applied])
         self._write_status()
 
 

@@ -74,8 +74,9 @@ def verify_current(opts: Options) -> int:
 
     drift, _current = _run(go())
     if opts.json:
-        _emit_json({"ok": not drift, "block": head.index, "state_hash": head.state_hash,
-                    "drift": [c.to_record() for c in drift]})
+        from op_dbus.cli.render import records
+
+        _emit_json({"ok": not drift, "block": head.index, "state_hash": head.state_hash, "drift": records(drift)})
     elif not drift:
         click.echo(f"ok: the live system matches block {head.index} (state {head.state_hash[:16]})")
     else:
@@ -211,7 +212,8 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
                f"in {s['seconds']:.2f} s ({rate:.0f} objects/s)")
 
 
-def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None,
+             secrets_file: str | None = None) -> int:
     from op_dbus.engine import Engine, document_from_snapshot
 
     recover(opts)
@@ -224,6 +226,13 @@ def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | 
         raise InvalidInput(f"block {index}'s state snapshot was compacted away: only its hash is kept, so there is "
                            "nothing to roll back to", hint="roll back to a later block whose state is kept")
     doc = document_from_snapshot(block.state, f"block {index}")
+    if secrets_file is not None:
+        from op_dbus import secret
+        from op_dbus.state import load_document
+
+        secret.use_key_dir(opts.state_dir)
+        # the recorded secrets are HMACs: a value from FILE fills one only if it hashes to the same
+        secret.supply(doc.sections, secret.collect(load_document(secrets_file).sections))
     meta = {"to_block": index, "to_state": block.header.state_hash}
 
     async def go() -> Any:
@@ -234,8 +243,9 @@ def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | 
     result = _run(go())
     changes = result.plan.all_changes if dry_run else result.applied
     if opts.json:
-        _emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run,
-                    "changes": [c.to_record() for c in changes],
+        from op_dbus.cli.render import records
+
+        _emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run, "changes": records(changes),
                     "block": result.block.to_dict() if result.block is not None else None})
         return ExitCode.OK
     from op_dbus.cli.render import print_changes

@@ -193,7 +193,9 @@ def diff(opts: Options, file: str) -> int:
     plan = _run(go())
     changes = plan.all_changes
     if opts.json:
-        _emit_json({"file": file, "changes": [c.to_record() for c in changes], "count": len(changes)})
+        from op_dbus.cli.render import records
+
+        _emit_json({"file": file, "changes": records(changes), "count": len(changes)})
     else:
         from op_dbus.cli.render import print_changes
 
@@ -232,7 +234,9 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
     changes = result.plan.all_changes if dry_run else result.applied
     block = result.block
     if opts.json:
-        _emit_json({"file": file, "dry_run": dry_run, "changes": [c.to_record() for c in changes],
+        from op_dbus.cli.render import records
+
+        _emit_json({"file": file, "dry_run": dry_run, "changes": records(changes),
                     "block": block.to_dict() if block is not None else None, "confirm_by": result.confirm_by})
     else:
         from op_dbus.cli.render import print_changes
@@ -260,17 +264,21 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
 @click.option("--dry-run", is_flag=True, help="Prove block N and show the plan; change nothing.")
 @click.option("--confirm-timeout", metavar="SECONDS", type=click.FloatRange(min=1),
               help="As for apply: revert the rollback unless `op-dbus confirm` arrives in time.")
+@click.option("--secrets", "secrets_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="A state file holding the secret values block N needs (the log keeps only their HMACs); "
+                   "a value is used only where its HMAC matches the recorded one.")
 @output_option
 @click.pass_obj
-def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None) -> int:
+def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None, secrets_file: str | None) -> int:
     """Return the system to the state recorded in block N.
 
     Proves N's inclusion in the signed log and its state's hash first, then applies that state as a
     normal transaction and records a new block of kind `rollback` naming N. History is never truncated.
+    A secret that block N sets to another value than the live one needs --secrets (exit 2 without it).
     """
     from op_dbus.cli import commands
 
-    return commands.rollback(opts, index, dry_run, confirm_timeout)
+    return commands.rollback(opts, index, dry_run, confirm_timeout, secrets_file)
 
 
 @cli.command()

@@ -30,6 +30,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, NoReturn
 
+from op_dbus import secret
 from op_dbus.engine import faults, probes
 from op_dbus.engine.confirm import settings_from_record, settings_record, spawn_watchdog, watchdog_alive
 from op_dbus.engine.journal import Intent, Journal
@@ -111,6 +112,7 @@ class Engine:
         self.ctx = ctx
         self._open_ledger = ledger  # None: agent mode, no log is kept
         self._load = load
+        secret.use_key_dir(ctx.settings.state_dir)  # secrets are recorded as HMACs under this host's key
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -154,7 +156,9 @@ class Engine:
         note of the drift it repairs).
         """
         if dry_run:
-            return ApplyResult(await self.plan(doc), dry_run=True)
+            plan = await self.plan(doc)
+            secret.require_known(plan.all_changes)
+            return ApplyResult(plan, dry_run=True)
         state_dir = self._state_dir()
         with StateLock(state_dir).acquire(lock_wait), self._log() as ledger:
             await self._recover_locked(ledger)
@@ -164,6 +168,7 @@ class Engine:
                                "nothing else is applied meanwhile",
                                hint="run `op-dbus confirm` to keep that change or `op-dbus abort` to revert it")
             plan = await self.plan(doc)
+            secret.require_known(plan.all_changes)  # a recorded secret cannot be set back without its value
             return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
 
     async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
@@ -235,6 +240,8 @@ class Engine:
         undo_errors = await self.rollback(undo)
         undo_errors += [f"{c.summary()} cannot be undone" for c in undo.irreversible_steps]
         checkpoint = document_from_snapshot(intent.checkpoint, f"checkpoint of {intent.id}", self._load)
+        # the checkpoint records secrets as HMACs; the values read before the change are still in memory
+        secret.supply(checkpoint.sections, secret.collect(plan.current, plan.document.sections))
         state = await self._converge_back(checkpoint, undo_errors)
         message = str(error) if isinstance(error, OpDbusError) else f"{type(error).__name__}: {error}"
         if ledger is not None:
@@ -256,8 +263,12 @@ class Engine:
         try:
             left, current = await self.drift(checkpoint)
             if left:
+                # a secret recorded only as its HMAC cannot be set back; everything else still is
+                blocked = {id(c) for c in left if secret.unknown_in(c)}
+                if blocked:
+                    errors.append(secret.needed_message(c for c in left if id(c) in blocked))
                 for name, plugin in plugins.items():
-                    steps = [c for c in left if c.plugin == name]
+                    steps = [c for c in left if c.plugin == name and id(c) not in blocked]
                     if steps:
                         await plugin.apply(steps, self.ctx, UndoLog())
                 left, current = await self.drift(checkpoint)

@@ -19,6 +19,7 @@ after its tarball's sha256 has been checked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import sys
@@ -40,6 +41,7 @@ from op_dbus.backends.containers import (
 )
 from op_dbus.errors import ApplyFailed, BackendError, InvalidInput, Problem
 from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog
+from op_dbus.secret import Env, Secret, live_env, split_env
 
 BACKENDS = ("podman", "docker", "nspawn", "lxc", "proxmox")
 BackendName = Literal["podman", "docker", "nspawn", "lxc", "proxmox"]
@@ -127,7 +129,7 @@ class ContainerConfig(Section):
     autostart: bool | None = None
     boot: bool | None = None
     command: list[str] | None = None
-    env: dict[str, str] | None = None
+    env: Env | None = None  # a value may be secret: see op_dbus.secret
     mounts: list[MountConfig] | None = None
     network: NetworkConfig | None = None
     limits: Limits | None = None
@@ -152,11 +154,12 @@ ACTION_ORDER = {"import": 0, "remove": 1, "recreate": 2, "create": 3, "stop": 4,
 # -- conversion between the state model and the backend contract ----------------------------------------------
 
 def spec_of(name: str, want: ContainerConfig, templates: dict[str, Template] | None = None) -> ContainerSpec:
+    """The backend spec of a declared container, without its secret env values (`with_secrets` adds them)."""
     net = want.network or NetworkConfig()
     template = (templates or {}).get(want.image or "")
     limits = want.limits or Limits()
     return ContainerSpec(
-        name=name, image=want.image or "", command=want.command, env=dict(want.env or {}),
+        name=name, image=want.image or "", command=want.command, env=split_env(want.env)[0],
         mounts=sorted((Mount(m.source, m.target, m.read_only) for m in want.mounts or []), key=lambda m: m.target),
         autostart=bool(want.autostart), boot=bool(want.boot),
         memory=parse_size(limits.memory) if limits.memory else None,
@@ -164,6 +167,19 @@ def spec_of(name: str, want: ContainerConfig, templates: dict[str, Template] | N
         addresses=[f"{a.ip}/{a.prefix}" for a in (net.ipv4.address if net.ipv4 else [])],
         image_sha256=template.sha256 if template else None,
     )
+
+
+def spec_to_check(name: str, want: ContainerConfig) -> ContainerSpec:
+    """The spec a backend's `check_spec` judges: every env name, with secret values withheld (an empty string)."""
+    spec = spec_of(name, want)
+    return dataclasses.replace(spec, env={**spec.env, **dict.fromkeys(split_env(want.env)[1], "")})
+
+
+def with_secrets(spec: ContainerSpec, secrets: dict[str, Secret]) -> ContainerSpec:
+    """The spec with its secret env values in clear, as the backend must write them: only ever while applying."""
+    if not secrets:
+        return spec
+    return dataclasses.replace(spec, env={**spec.env, **{k: s.reveal() for k, s in secrets.items()}})
 
 
 def config_of(backend: str, info: ContainerInfo, want: ContainerConfig | None,
@@ -193,7 +209,7 @@ def config_of(backend: str, info: ContainerInfo, want: ContainerConfig | None,
         # the image and the manager add variables of their own: report the keys the state declares, or declared
         # when the container was created, so a key dropped from the file shows as a difference
         keys = set(info.env_keys) | set((want.env or {}) if want is not None else ())
-        env = {k: v for k, v in sorted(info.env.items()) if k in keys}
+        env = live_env({k: v for k, v in sorted(info.env.items()) if k in keys}, want.env if want is not None else None)
         if want is not None or env:
             values["env"] = env
     if named("mounts") and (want is not None or info.mounts):
@@ -244,6 +260,10 @@ def _dump(value: Any) -> Any:
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, list):
         return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, Secret):
+        return value.to_json()  # the log and the plan hold its HMAC, never the value
     return value
 
 
@@ -438,7 +458,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 if want.image not in desired.templates and want.image not in imported:
                     problems.append(Problem(f"{path}.image", f"unknown image {want.image!r}: declare it under "
                                                              "templates, or import it first"))
-                problems += [Problem(path, msg) for msg in b.check_spec(spec_of(name, want))]
+                problems += [Problem(path, msg) for msg in b.check_spec(spec_to_check(name, want))]
         return problems
 
     # -- planning ------------------------------------------------------------------------------------------------
@@ -456,7 +476,7 @@ class ContainersPlugin(Plugin[ContainersState]):
         for name, want in desired.containers.items():
             have = current.containers.get(name)
             spec = spec_of(name, want, desired.templates) if want.state != "absent" else None
-            payload = {"backend": want.backend, "spec": spec}
+            payload: dict[str, Any] = {"backend": want.backend, "spec": spec}
             if want.state == "absent":
                 if have is not None:
                     changes.append(Change(self.name, name, "remove", {"state": have.state}, {"state": "absent"},
@@ -465,7 +485,7 @@ class ContainersPlugin(Plugin[ContainersState]):
             if have is None:
                 after = want.model_dump(mode="json", exclude_none=True)
                 changes.append(Change(self.name, name, "create", {"state": "absent"}, after,
-                                      {**payload, "start": want.state == "running"}))
+                                      {**payload, "secrets": split_env(want.env)[1], "start": want.state == "running"}))
                 continue
             differ = [f for f in FIXED if getattr(want, f) is not None
                       and canonical(f, getattr(want, f)) != canonical(f, getattr(have, f))]
@@ -473,7 +493,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 before = {f: _dump(getattr(have, f)) for f in differ} | {"state": have.state}
                 after = {f: _dump(getattr(want, f)) for f in differ} | {"state": want.state}
                 changes.append(Change(self.name, name, "recreate", before, after,
-                                      {**payload, "start": want.state == "running"}))
+                                      {**payload, "secrets": split_env(want.env)[1], "start": want.state == "running"}))
             elif have.state != want.state:
                 action = "start" if want.state == "running" else "stop"
                 changes.append(Change(self.name, name, action, {"state": have.state}, {"state": want.state}, payload))
@@ -530,6 +550,8 @@ class ContainersPlugin(Plugin[ContainersState]):
         b = await backend(ctx, c.payload["backend"])
         name = c.object
         spec: ContainerSpec | None = c.payload.get("spec")
+        if spec is not None:
+            spec = with_secrets(spec, c.payload.get("secrets") or {})  # before anything is removed
         if c.action in ("start", "stop"):
             undo.record(Change(self.name, name, "stop" if c.action == "start" else "start", c.after, c.before,
                                c.payload))

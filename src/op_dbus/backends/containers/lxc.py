@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.backends.containers import (
     ContainerBackend,
     ContainerInfo,
@@ -214,7 +215,9 @@ class LxcBackend(ContainerBackend):
             script = delta / INIT.lstrip("/")
             script.write_text("#!/bin/sh\nexec " + shlex.join(spec.command) + "\n")
             script.chmod(0o755)
-        self.config_file(spec.name).write_text(render_config(spec, self.lxcpath, template, cgroup_v1_memory()))
+        # 0600, atomic, never through a link: the config carries the environment, secrets included
+        files.atomic_write(self.config_file(spec.name),
+                           render_config(spec, self.lxcpath, template, cgroup_v1_memory()).encode(), 0o600)
 
     async def start(self, name: str) -> None:
         await self._run(*self._tool("lxc-start", name, "-d"))

@@ -24,6 +24,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError
 
+from op_dbus import files
 from op_dbus.backends import dbus
 from op_dbus.backends.containers import (
     ContainerBackend,
@@ -315,7 +316,8 @@ class NspawnBackend(ContainerBackend):
         client = await self.client()
         settings = self.settings_file(spec.name)
         settings.parent.mkdir(parents=True, exist_ok=True)
-        settings.write_text(render_settings(spec))
+        # 0600, atomic, never through a link: the settings carry the environment, secrets included
+        files.atomic_write(settings, render_settings(spec).encode(), 0o600)
         limits = render_limits(spec)
         if limits:
             self.limits_file(spec.name).parent.mkdir(parents=True, exist_ok=True)
