@@ -53,7 +53,8 @@ def test_any_yaml_anchor_or_alias_is_refused(text: bytes) -> None:
 def test_netns_that_ip_netns_would_refuse_is_invalid_input(tmp_path: Path, name: str) -> None:
     r = op_dbus(tmp_path, "--netns", name, "query", "net")
     assert r.returncode == 2, r.stderr
-    assert "--netns" in r.stderr and "not a valid name" in r.stderr or "control characters" in r.stderr, r.stderr
+    assert "--netns" in r.stderr, r.stderr
+    assert "not a valid name" in r.stderr or "control characters" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/ns/net").exists(), reason="no namespace files in /proc")
