@@ -469,6 +469,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 problems.append(Problem(f'plugins.containers.templates["{tname}"].sha256',
                                         "a sha256 can only be checked for a tarball, not a directory"))
         by_backend: dict[str, list[str]] = {}
+        imported_by: dict[str, dict[str, Any]] = {}
         for name, want in desired.containers.items():
             by_backend.setdefault(want.backend, []).append(name)
         for bname, names in by_backend.items():
@@ -498,6 +499,27 @@ class ContainersPlugin(Plugin[ContainersState]):
                     problems.append(Problem(f"{path}.image", f"unknown image {want.image!r}: declare it under "
                                                              "templates, or import it first"))
                 problems += [Problem(path, msg) for msg in b.check_spec(spec_of(name, want))]
+            imported_by[bname] = imported
+        problems += await self._check_template_hashes(desired, imported_by)
+        return problems
+
+    async def _check_template_hashes(self, desired: ContainersState,
+                                     imported_by: dict[str, dict[str, Any]]) -> list[Problem]:
+        """A template that would be imported must match its declared sha256 now, before anything changes.
+
+        A tarball already imported with that hash into every backend that uses it is not read again.
+        """
+        problems: list[Problem] = []
+        for tname, backends in self._template_backends(desired).items():
+            t = desired.templates[tname]
+            if t.sha256 is None or not os.path.isfile(t.source):
+                continue
+            if all(getattr(imported_by.get(b, {}).get(tname), "sha256", None) == t.sha256 for b in backends):
+                continue
+            got = await asyncio.to_thread(sha256_file, Path(t.source), tty_progress(f"checking {tname}"))
+            if got != t.sha256:
+                problems.append(Problem(f'plugins.containers.templates["{tname}"].sha256',
+                                        f"{t.source} has sha256 {got}, the state expects {t.sha256}"))
         return problems
 
     # -- planning ------------------------------------------------------------------------------------------------
