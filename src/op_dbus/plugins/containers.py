@@ -84,7 +84,7 @@ def control_characters(value: str) -> str | None:
 
 
 def _text_problems(fields: list[tuple[str, str]]) -> list[str]:
-    problems = []
+    problems: list[str] = []
     for where, value in fields:
         bad = control_characters(value)
         if bad:
@@ -170,7 +170,7 @@ class ContainerConfig(Section):
     def _no_injection(self) -> ContainerConfig:
         """Every string that reaches a backend's file or command line is one line of plain text."""
         fields = [(f"command[{i}]", arg) for i, arg in enumerate(self.command or [])]
-        problems = []
+        problems: list[str] = []
         for key, value in (self.env or {}).items():
             if not _ENV_NAME.fullmatch(key):
                 problems.append(f"env[{key!r}]: not an environment variable name (letters, digits, _; not a digit "

@@ -198,7 +198,7 @@ class LxcBackend(ContainerBackend):
             return ["network.ipv4 needs network.bridge: the address is set on the container's end of the veth"]
         if not spec.boot and not spec.command:
             return ["an lxc container that does not boot needs a command"]
-        problems = []
+        problems: list[str] = []
         # LXC trims a config value and splits a mount entry into fstab fields at whitespace
         for key, value in sorted(spec.env.items()):
             if value != value.strip():
