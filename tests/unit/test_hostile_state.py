@@ -3,6 +3,7 @@ once, and changes nothing."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from op_dbus.errors import StateFileError
-from op_dbus.state import parse_text
+from op_dbus.state import parse_text, validate_document
 
 # 386 bytes that expand to 9^9 (387 million) leaves when a loader follows its aliases
 BILLION_LAUGHS = b"""version: 1
@@ -26,9 +27,14 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
 
 
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
 def op_dbus(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "op_dbus", "--state-dir", str(tmp_path / "state"), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    # this checkout's op_dbus, not whichever one the interpreter has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def test_yaml_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
@@ -66,3 +72,17 @@ def test_netns_path_that_is_not_a_namespace_is_invalid_input(tmp_path: Path) -> 
         r = op_dbus(tmp_path, "--netns", "/etc/passwd", *args)
         assert r.returncode == 2, r.stderr
         assert "/etc/passwd is not a network namespace" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("section", [
+    {"systemd": {"units": {"nginx.service\n": {"active_state": "active"}}}},
+    {"login1": {"users": {"root\n": {"linger": True}}}},
+    {"dbus": {"org.freedesktop.hostname1\n": {"/org/freedesktop/hostname1": {
+        "org.freedesktop.hostname1": {"StaticHostname": "x"}}}}},
+    {"containers": {"containers": {"web-1\n": {"backend": "podman", "image": "base"}}}},
+], ids=["systemd unit", "login1 user", "dbus service", "container"])
+def test_a_name_with_a_trailing_newline_is_refused(section: dict[str, object]) -> None:
+    # `$` in a pattern matches before a final newline; every name is matched whole
+    with pytest.raises(StateFileError) as exc:
+        validate_document({"version": 1, "plugins": section}, "t.json")
+    assert "\\n" in str(exc.value.problems), exc.value.problems
