@@ -12,7 +12,8 @@
 #                        DIR/requirements.txt: every wheel as NAME==VERSION --hash=sha256:... (pip --require-hashes;
 #                        `python -m lab wheels` writes it)
 #   --requirements FILE  with --wheelhouse: the pinned requirements file, if it is not DIR/requirements.txt
-#   --source SPEC        what pip installs (default: this checkout if install.sh sits in one, else `op-dbus`)
+#   --source SPEC        what pip installs without --wheelhouse (default: this checkout if install.sh sits in one,
+#                        else `op-dbus`)
 #   --mode shadow|enforce  the agent's mode (default shadow: record drift, change nothing)
 #   --user NAME          run the agent as system user NAME (created if missing; a-z, 0-9, _ and -, at most 32) and
 #                        install the D-Bus policy
