@@ -16,8 +16,7 @@
 #                        else `op-dbus`)
 #   --mode shadow|enforce  the agent's mode (default shadow: record drift, change nothing)
 #   --user NAME          run the agent as system user NAME (created if missing; a-z, 0-9, _ and -, at most 32) and
-#                        install the D-Bus policy
-#                        file for it (/etc/dbus-1/system.d/op-dbus.conf); default: root
+#                        install the D-Bus policy file for it (/etc/dbus-1/system.d/op-dbus.conf); default: root
 #   --interval SECONDS   full reconciliation interval (default 300)
 #   --metrics HOST:PORT  serve Prometheus metrics on loopback
 #   --watchdog SECONDS   WatchdogSec of the service (default 30)
