@@ -8,11 +8,15 @@
 #   ./install.sh --uninstall [--purge]
 #
 # Other options:
-#   --wheelhouse DIR     install offline from a directory of wheels (pip --no-index --find-links DIR)
-#   --source SPEC        what pip installs (default: this checkout if install.sh sits in one, else `op-dbus`)
+#   --wheelhouse DIR     install offline from a directory of wheels (pip --no-index --find-links DIR), pinned by
+#                        DIR/requirements.txt: every wheel as NAME==VERSION --hash=sha256:... (pip --require-hashes;
+#                        `python -m lab wheels` writes it)
+#   --requirements FILE  with --wheelhouse: the pinned requirements file, if it is not DIR/requirements.txt
+#   --source SPEC        what pip installs without --wheelhouse (default: this checkout if install.sh sits in one,
+#                        else `op-dbus`)
 #   --mode shadow|enforce  the agent's mode (default shadow: record drift, change nothing)
-#   --user NAME          run the agent as system user NAME (created if missing) and install the D-Bus policy
-#                        file for it (/etc/dbus-1/system.d/op-dbus.conf); default: root
+#   --user NAME          run the agent as system user NAME (created if missing; a-z, 0-9, _ and -, at most 32) and
+#                        install the D-Bus policy file for it (/etc/dbus-1/system.d/op-dbus.conf); default: root
 #   --interval SECONDS   full reconciliation interval (default 300)
 #   --metrics HOST:PORT  serve Prometheus metrics on loopback
 #   --watchdog SECONDS   WatchdogSec of the service (default 30)
@@ -20,7 +24,10 @@
 #   --purge              with --uninstall: also remove the audit log, /etc/op-dbus and the user
 #
 # Idempotent: running it again upgrades the package, rewrites the unit and keeps state.json and the log.
+# Every argument is checked against a strict pattern before anything is written: they end up in the unit, the
+# environment file and the D-Bus policy, where a stray character would change what they say.
 set -eu
+umask 077   # what this writes is root's; files others must read are opened up one by one below
 
 PREFIX=/opt/op-dbus
 ETC=/etc/op-dbus
@@ -37,6 +44,7 @@ read_only=false
 mode=shadow
 user=root
 wheelhouse=
+requirements=
 source=
 interval=300
 metrics=
@@ -57,6 +65,7 @@ while [ $# -gt 0 ]; do
         --enforce) mode=enforce ;;
         --user) user=${2:?--user needs a name}; shift ;;
         --wheelhouse) wheelhouse=${2:?--wheelhouse needs a directory}; shift ;;
+        --requirements) requirements=${2:?--requirements needs a file}; shift ;;
         --source) source=${2:?--source needs a pip requirement or path}; shift ;;
         --interval) interval=${2:?}; shift ;;
         --metrics) metrics=${2:?}; shift ;;
@@ -70,8 +79,36 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-[ "$(id -u)" = 0 ] || die "run as root (it installs a system service)"
+# -- arguments: each must match its pattern whole (case patterns match the whole word; a newline never passes) ---
 case "$mode" in shadow|enforce) ;; *) die "--mode must be shadow or enforce" ;; esac
+case "$user" in
+    ""|*[!a-z0-9_-]*|[!a-z_]*) die "--user: not a user name: a-z, 0-9, _ and -, starting with a letter or _" ;;
+esac
+[ "${#user}" -le 32 ] || die "--user: at most 32 characters"
+positive() {  # NAME VALUE MAX: a whole number of seconds from 1 to MAX
+    case "$2" in ""|*[!0-9]*|0*) die "$1: expected a whole number of seconds (1 to $3), got '$2'" ;; esac
+    [ "${#2}" -le 7 ] && [ "$2" -le "$3" ] || die "$1: expected a whole number of seconds (1 to $3), got '$2'"
+}
+positive --interval "$interval" 86400
+positive --watchdog "$watchdog" 3600
+if [ -n "$metrics" ]; then
+    port=${metrics##*:}
+    case "$metrics" in
+        127.0.0.1:*|localhost:*|"[::1]":*) ;;
+        *) die "--metrics: expected 127.0.0.1:PORT, localhost:PORT or [::1]:PORT (loopback only), got '$metrics'" ;;
+    esac
+    case "$port" in ""|*[!0-9]*|0*) die "--metrics: not a port: '$port'" ;; esac
+    [ "${#port}" -le 5 ] && [ "$port" -le 65535 ] || die "--metrics: not a port: '$port'"
+fi
+printable() {  # NAME VALUE: no control characters, no leading '-' (it would read as an option)
+    case "$2" in *[![:print:]]*|-*) die "$1: control characters or a leading '-' are not allowed: '$2'" ;; esac
+}
+[ -z "$wheelhouse" ] || printable --wheelhouse "$wheelhouse"
+[ -z "$requirements" ] || printable --requirements "$requirements"
+[ -z "$source" ] || printable --source "$source"
+[ -z "$requirements" ] || [ -n "$wheelhouse" ] || die "--requirements goes with --wheelhouse"
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs a system service)"
 
 have_systemd() { [ -d /run/systemd/system ]; }
 
@@ -115,6 +152,8 @@ fi
 python=$(command -v python3 || true)
 [ -n "$python" ] || die "python3 is needed (>= 3.11)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 is needed"
+# The venv is readable by everyone (the agent may run as its own user), writable by root only.
+umask 022
 if [ ! -x "$PREFIX/bin/python" ]; then
     "$python" -m venv "$PREFIX" || die "cannot create a venv in $PREFIX (is python3-venv installed?)"
 fi
@@ -124,13 +163,19 @@ fi
 pip="$PREFIX/bin/pip install -q --disable-pip-version-check --root-user-action=ignore --upgrade"
 if [ -n "$wheelhouse" ]; then
     [ -d "$wheelhouse" ] || die "no wheelhouse at $wheelhouse"
-    $pip --no-index --find-links "$wheelhouse" "$source" || die "pip could not install $source from $wheelhouse"
+    requirements=${requirements:-$wheelhouse/requirements.txt}
+    [ -f "$requirements" ] || die "no pinned requirements at $requirements: an offline install takes every wheel's \
+version and sha256 from it (NAME==VERSION --hash=sha256:HEX per line; \`python -m lab wheels\` writes one)"
+    # --require-hashes: a wheel that is not the one pinned (another version, other bytes) is refused
+    $pip --no-index --find-links "$wheelhouse" --require-hashes -r "$requirements" \
+        || die "pip could not install the pinned requirements $requirements from $wheelhouse"
 else
     $pip "$source" || die "pip could not install $source"
 fi
 ln -sf "$PREFIX/bin/op-dbus" /usr/local/bin/op-dbus
 mkdir -p "$PREFIX/share/doc/op-dbus"
 [ -f "$HERE/README.md" ] && cp "$HERE/README.md" "$PREFIX/share/doc/op-dbus/README.md"
+umask 077
 say "installed $("$PREFIX/bin/op-dbus" --version) in $PREFIX"
 
 # -- the user, directories and the D-Bus policy --------------------------------------------------------
@@ -143,7 +188,7 @@ install -d -m 0755 -o root -g root "$ETC"
 install -d -m 0700 "$STATE_DIR"
 chown "$user" "$STATE_DIR"
 if [ "$user" != root ]; then
-    sed "s/@USER@/$user/g" "$HERE/packaging/op-dbus.conf.in" > "$POLICY.tmp"
+    sed "s/@USER@/$user/g" "$HERE/packaging/op-dbus.conf.in" > "$POLICY.tmp"   # $user: checked above
     chmod 0644 "$POLICY.tmp"
     mv "$POLICY.tmp" "$POLICY"
     have_systemd && { systemctl reload dbus.service >/dev/null 2>&1 || true; }
@@ -197,14 +242,21 @@ cat > "$ETC/agent.env.tmp" <<EOF
 # Options of \`op-dbus run\` (written by install.sh; layer: $layer). Restart op-dbus after a change.
 OP_DBUS_RUN_ARGS="$run_args"
 EOF
+chmod 0600 "$ETC/agent.env.tmp"
 mv "$ETC/agent.env.tmp" "$ETC/agent.env"
 caps=
 if [ "$user" != root ] && [ "$read_only" = false ]; then
     caps="AmbientCapabilities=CAP_NET_ADMIN"
 fi
+# The sandbox profile: what this mode needs opened or may close (packaging/sandbox-*.conf, pasted into the unit).
+if [ "$read_only" = true ]; then profile=read-only
+elif [ "$layer" = full ]; then profile=containers
+else profile=standalone
+fi
 sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@STATE_FILE@|$STATE_FILE|g" \
     -e "s|@USER@|$user|g" -e "s|@WATCHDOG_SEC@|$watchdog|g" -e "s|@MODE_TEXT@|$mode_text|g" \
-    -e "s|@CAPABILITIES@|$caps|g" "$HERE/packaging/op-dbus.service.in" > "$UNIT.tmp"
+    -e "s|@CAPABILITIES@|$caps|g" -e "/@SANDBOX@/{r $HERE/packaging/sandbox-$profile.conf" -e "d}" \
+    "$HERE/packaging/op-dbus.service.in" > "$UNIT.tmp"
 chmod 0644 "$UNIT.tmp"
 mv "$UNIT.tmp" "$UNIT"
 
@@ -216,6 +268,7 @@ user=$user
 created_user=$created_user
 state_sha256=$state_sha
 EOF
+chmod 0600 "$MANIFEST"
 
 if have_systemd; then
     systemctl daemon-reload

@@ -138,6 +138,20 @@ def project_wheel(venv: Path, into: Path) -> Path:
     return target
 
 
+def pin_requirements(wheelhouse: Path) -> Path:
+    """`requirements.txt` beside the wheels: each as NAME==VERSION with its sha256, for `pip --require-hashes`."""
+    lines = []
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        lines.append(f"{name}=={version} --hash=sha256:{digest}\n")
+    target = wheelhouse / "requirements.txt"
+    temp = target.with_name(".requirements.txt.tmp")
+    temp.write_text("".join(lines))
+    temp.replace(target)
+    return target
+
+
 def build() -> Path:
     """Make the wheelhouse (dependency wheels + this checkout's op-dbus wheel) and return its directory."""
     started = time.monotonic()
@@ -156,5 +170,6 @@ def build() -> Path:
             if not target.exists() or target.stat().st_size != source.stat().st_size:
                 shutil.copy2(source, target)
         project_wheel(venv, WHEELHOUSE)
+        pin_requirements(WHEELHOUSE)
     log(f"wheelhouse ready: {WHEELHOUSE} ({len(list(WHEELHOUSE.glob('*.whl')))} wheels, {time.monotonic() - started:.1f} s)")
     return WHEELHOUSE

@@ -217,7 +217,15 @@ def _parse_yaml(text: str, source: str) -> Any:
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # Anchors and aliases are refused outright: a few hundred bytes of nested aliases ("billion laughs")
+            # expand to billions of nodes, and a state file has no need to share subtrees.
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                mark = event.start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "anchors and aliases (&name, *name) are not allowed in a state file", mark)
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = set()

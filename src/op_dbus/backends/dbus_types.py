@@ -37,7 +37,7 @@ INT_RANGES = {
     "x": (-(2**63), 2**63 - 1),
     "t": (0, 2**64 - 1),
 }
-_OBJECT_PATH = re.compile(r"^/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?$")
+_OBJECT_PATH = re.compile(r"/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?")
 
 
 class SignatureMismatch(ValueError):
@@ -101,7 +101,7 @@ def _from(t: SignatureType, value: Any, path: str, errors: list[tuple[str, str]]
             return None
         if token == "s" and "\0" in value:
             errors.append((path, "a D-Bus string cannot contain NUL"))
-        if token == "o" and not _OBJECT_PATH.match(value):
+        if token == "o" and not _OBJECT_PATH.fullmatch(value):
             errors.append((path, f"{value!r} is not a D-Bus object path"))
         if token == "g":
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_mod
+import fcntl
 import functools
 import ipaddress
 import os
@@ -644,18 +645,52 @@ def decode_route(msg: bytes) -> Route:
 
 # --- namespaces ---
 
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace fd: its CLONE_NEW* type (ENOTTY on any other file)
+NAME_MAX = 255
+
+
+def netns_name_problem(netns: str) -> str | None:
+    """Why `netns` is not a namespace name `ip netns` accepts (nor an absolute path), or None when it is fine."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in netns):
+        return f"network namespace {netns!r}: control characters are not allowed in a name"
+    if netns.startswith("/"):
+        return None  # a namespace file by path (/proc/PID/ns/net); checked to be one when opened
+    if not netns or netns in (".", "..") or "/" in netns or len(netns.encode()) > NAME_MAX:
+        return (f"network namespace {netns!r} is not a valid name (as for `ip netns`: 1 to {NAME_MAX} bytes, "
+                "no '/', not '.' or '..'), nor an absolute path")
+    return None
+
+
 def netns_path(netns: str) -> str:
     return netns if netns.startswith("/") else f"/run/netns/{netns}"
 
 
 def open_netns(netns: str) -> int:
-    """An fd on the named namespace (`/run/netns/NAME`, or a path such as `/proc/PID/ns/net`)."""
+    """An fd on the named namespace (`/run/netns/NAME`, or a path such as `/proc/PID/ns/net`).
+
+    The name is checked as `ip netns` checks it, and the file opened must be a network namespace: a name such as
+    `../../etc/passwd` is invalid input, not a failed setns() later.
+    """
+    problem = netns_name_problem(netns)
+    if problem:
+        raise InvalidInput(problem, hint="name a namespace of /run/netns (`ip netns list`)")
     path = netns_path(netns)
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise InvalidInput(f"network namespace {netns!r} does not exist ({path})",
                            hint="create it with `ip netns add NAME`, or fix the netns setting") from exc
+    except OSError as exc:
+        raise InvalidInput(f"network namespace {netns!r}: cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise InvalidInput(f"network namespace {netns!r}: {path} is not a network namespace",
+                           hint="name a namespace of /run/netns (`ip netns list`)")
+    return fd
 
 
 def _setns(fd: int) -> None:

@@ -56,6 +56,17 @@ def output_option(f: Any) -> Any:
                         callback=set_output, is_eager=False, help="Output format (text, or json for scripts).")(f)
 
 
+def _check_netns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--netns` names a namespace as `ip netns` does (or is an absolute path): refused at once otherwise (exit 2)."""
+    if value is not None:
+        from op_dbus.backends.netlink import netns_name_problem
+
+        problem = netns_name_problem(value)
+        if problem:
+            raise click.BadParameter(problem)
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EXIT_CODES_HELP)
 @click.option("--bus", metavar="ADDRESS", envvar="OP_DBUS_BUS",
@@ -64,7 +75,7 @@ def output_option(f: Any) -> Any:
               help="Where the audit log and keys live.")
 @click.option("--job-timeout", metavar="SECONDS", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
               help="How long to wait for one systemd job or backend operation.")
-@click.option("--netns", metavar="NAME", envvar="OP_DBUS_NETNS",
+@click.option("--netns", metavar="NAME", envvar="OP_DBUS_NETNS", callback=_check_netns,
               help="Manage the network inside this network namespace (/run/netns/NAME) [net plugin].")
 @click.option("--ovsdb", metavar="unix:PATH", envvar="OP_DBUS_OVSDB",
               help="OVSDB socket [default: unix:/var/run/openvswitch/db.sock] [net plugin].")

@@ -195,7 +195,9 @@ class Engine:
                     faults.point(f"after-plugin:{name}")
             after = await self._verify(plan)
             await probes.require(required, self.ctx)
-        except (OpDbusError, OSError, asyncio.CancelledError) as error:
+        except BaseException as error:
+            # ANY exception rolls back, not only the expected ones: a bug in a plugin (struct.error), Ctrl-C
+            # (KeyboardInterrupt) or a cancelled task must not leave half a change behind. _fail raises ApplyFailed.
             await self._fail(plan, undo, error, ledger, intent)
         faults.point("before-append")
         meta: dict[str, Any] = {**extra, "txid": intent.id}
@@ -272,7 +274,7 @@ class Engine:
                     if steps:
                         await plugin.apply(steps, self.ctx, UndoLog())
                 left, current = await self.drift(checkpoint)
-        except OpDbusError as e:
+        except Exception as e:  # whatever broke, the attempt is still recorded and reported
             errors.append(f"could not restore the state before the change: {e}")
             return {"version": 1, "plugins": {}}
         if left:
@@ -384,8 +386,8 @@ class Engine:
         for name, group in groupby(reversed(undo.entries), key=lambda c: c.plugin):
             try:
                 await plugins[name].apply(list(group), self.ctx, UndoLog())
-            except OpDbusError as e:
-                errors.append(f"{name}: {e}")
+            except Exception as e:  # one plugin's failed undo must not stop the others' (a bug included)
+                errors.append(f"{name}: {e}" if isinstance(e, OpDbusError) else f"{name}: {type(e).__name__}: {e}")
         return errors
 
     def _state_dir(self) -> Path:

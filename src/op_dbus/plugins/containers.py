@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
@@ -46,9 +47,9 @@ from op_dbus.secret import Env, Secret, live_env, split_env
 BACKENDS = ("podman", "docker", "nspawn", "lxc", "proxmox")
 BackendName = Literal["podman", "docker", "nspawn", "lxc", "proxmox"]
 
-_SIZE = re.compile(r"^([0-9]+)([KMGT]?)$")
+_SIZE = re.compile(r"([0-9]+)([KMGT]?)")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _name(value: str) -> str:
@@ -58,15 +59,40 @@ def _name(value: str) -> str:
 
 
 def _size(value: str) -> str:
-    if not _SIZE.match(value):
+    if not _SIZE.fullmatch(value):
         raise ValueError(f"not a size: {value!r} (a whole number with an optional K, M, G or T suffix, e.g. 512M)")
     return value
 
 
 def _sha(value: str) -> str:
-    if not _SHA256.match(value):
+    if not _SHA256.fullmatch(value):
         raise ValueError("not a sha256: expected 64 lower-case hex digits")
     return value
+
+
+# What no name or value may carry into a backend's config file or command line: C0 and C1 control characters (a
+# newline would start a line of its own: `lxc.hook.pre-start = ...`, `Privileged=yes`), DEL, and the Unicode line
+# separators that Python's own line splitting honours.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a bridge is a kernel interface: at most 15 bytes, no '/', ':' or whitespace, not '.' or '..'
+_IFNAME = re.compile(r"[^/:\s]{1,15}")
+
+
+def control_characters(value: str) -> str | None:
+    """The first control character in `value`, named for a message (`U+000A`), or None."""
+    found = _CONTROL.search(value)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+def _text_problems(fields: list[tuple[str, str]]) -> list[str]:
+    problems: list[str] = []
+    for where, value in fields:
+        bad = control_characters(value)
+        if bad:
+            problems.append(f"{where}: control character {bad} is not allowed (names and values reach config files "
+                            "and command lines)")
+    return problems
 
 
 Name = Annotated[str, AfterValidator(_name)]
@@ -74,7 +100,7 @@ Size = Annotated[str, AfterValidator(_size)]
 
 
 def parse_size(value: str) -> int:
-    number, unit = _SIZE.match(value).groups()  # type: ignore[union-attr]
+    number, unit = _SIZE.fullmatch(value).groups()  # type: ignore[union-attr]
     return int(number) * _UNITS[unit]
 
 
@@ -94,6 +120,8 @@ class Template(Section):
     def _absolute(self) -> Template:
         if not self.source.startswith("/"):
             raise ValueError("source must be an absolute path (a rootfs tarball or directory)")
+        if problems := _text_problems([("source", self.source)]):
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -138,6 +166,37 @@ class ContainerConfig(Section):
     def _image_needed(self) -> ContainerConfig:
         if self.state != "absent" and self.image is None:
             raise ValueError("image is required unless state is absent")
+        return self
+
+    @model_validator(mode="after")
+    def _no_injection(self) -> ContainerConfig:
+        """Every string that reaches a backend's file or command line is one line of plain text."""
+        fields = [(f"command[{i}]", arg) for i, arg in enumerate(self.command or [])]
+        problems: list[str] = []
+        for key, value in (self.env or {}).items():
+            if not _ENV_NAME.fullmatch(key):
+                problems.append(f"env[{key!r}]: not an environment variable name (letters, digits, _; not a digit "
+                                "first)")
+            if isinstance(value, str):
+                fields.append((f"env[{key!r}]", value))
+        for i, m in enumerate(self.mounts or []):
+            fields += [(f"mounts[{i}].source", m.source), (f"mounts[{i}].target", m.target)]
+            if not m.source.startswith("/") or not m.target.startswith("/"):
+                problems.append(f"mounts[{i}]: source and target must be absolute paths")
+        net = self.network
+        if net is not None and net.bridge is not None:
+            if not _IFNAME.fullmatch(net.bridge) or net.bridge in (".", "..") or len(net.bridge.encode()) > 15:
+                problems.append(f"network.bridge: {net.bridge!r} is not an interface name (1 to 15 bytes, no '/', "
+                                "':' or whitespace)")
+            fields.append(("network.bridge", net.bridge))
+        for i, a in enumerate(net.ipv4.address if net is not None and net.ipv4 is not None else []):
+            try:
+                ipaddress.IPv4Address(a.ip)
+            except ValueError:
+                problems.append(f"network.ipv4.address[{i}].ip: not an IPv4 address: {a.ip!r}")
+        problems += _text_problems(fields)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -430,6 +489,7 @@ class ContainersPlugin(Plugin[ContainersState]):
                 problems.append(Problem(f'plugins.containers.templates["{tname}"].sha256',
                                         "a sha256 can only be checked for a tarball, not a directory"))
         by_backend: dict[str, list[str]] = {}
+        imported_by: dict[str, dict[str, Any]] = {}
         for name, want in desired.containers.items():
             by_backend.setdefault(want.backend, []).append(name)
         for bname, names in by_backend.items():
@@ -459,6 +519,27 @@ class ContainersPlugin(Plugin[ContainersState]):
                     problems.append(Problem(f"{path}.image", f"unknown image {want.image!r}: declare it under "
                                                              "templates, or import it first"))
                 problems += [Problem(path, msg) for msg in b.check_spec(spec_to_check(name, want))]
+            imported_by[bname] = imported
+        problems += await self._check_template_hashes(desired, imported_by)
+        return problems
+
+    async def _check_template_hashes(self, desired: ContainersState,
+                                     imported_by: dict[str, dict[str, Any]]) -> list[Problem]:
+        """A template that would be imported must match its declared sha256 now, before anything changes.
+
+        A tarball already imported with that hash into every backend that uses it is not read again.
+        """
+        problems: list[Problem] = []
+        for tname, backends in self._template_backends(desired).items():
+            t = desired.templates[tname]
+            if t.sha256 is None or not os.path.isfile(t.source):
+                continue
+            if all(getattr(imported_by.get(b, {}).get(tname), "sha256", None) == t.sha256 for b in backends):
+                continue
+            got = await asyncio.to_thread(sha256_file, Path(t.source), tty_progress(f"checking {tname}"))
+            if got != t.sha256:
+                problems.append(Problem(f'plugins.containers.templates["{tname}"].sha256',
+                                        f"{t.source} has sha256 {got}, the state expects {t.sha256}"))
         return problems
 
     # -- planning ------------------------------------------------------------------------------------------------

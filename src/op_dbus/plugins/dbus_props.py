@@ -50,15 +50,15 @@ from op_dbus.state import format_path
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 
-_BUS_NAME = re.compile(r"^[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+$")
-_INTERFACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_OBJECT_PATH = re.compile(r"^/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?$")
-_MEMBER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BUS_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+")
+_INTERFACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_OBJECT_PATH = re.compile(r"/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?")
+_MEMBER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _matching(pattern: re.Pattern[str], what: str) -> Any:
     def check(value: str) -> str:
-        if len(value) > 255 or not pattern.match(value):
+        if len(value) > 255 or not pattern.fullmatch(value):
             raise ValueError(f"not a D-Bus {what}: {value!r}")
         return value
 

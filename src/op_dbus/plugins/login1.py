@@ -58,13 +58,13 @@ LINGER_DIR = "/var/lib/systemd/linger"  # logind's flag files, one per lingering
 # What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
 FACTS_FLAG = "read_only_facts"
 
-_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}\$?$")
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}\$?")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _pattern(pattern: re.Pattern[str], what: str) -> Any:
     def check(value: str) -> str:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise ValueError(f"not a {what}: {value!r}")
         return value
 

@@ -37,14 +37,14 @@ MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 
 UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope")
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(" + "|".join(UNIT_TYPES) + r")$")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,250}\.(" + "|".join(UNIT_TYPES) + r")")
 # Types `introspect` writes out: the ones a sysadmin declares. Devices, scopes, slices and mounts are
 # created by the system itself and would only add noise that goes stale.
 INTROSPECT_TYPES = ("service", "socket", "timer", "path")
 
 
 def _unit_name(name: str) -> str:
-    if not _UNIT_NAME.match(name):
+    if not _UNIT_NAME.fullmatch(name):
         raise ValueError(f"not a unit name: {name!r} (expected NAME.TYPE, TYPE one of {', '.join(UNIT_TYPES)})")
     return name
 

@@ -33,14 +33,14 @@ TEMPLATE = "op-dbus.template"  # marker on a template image: its name
 TEMPLATE_SHA256 = "op-dbus.sha256"  # ... and the sha256 of the tarball it was imported from
 TEMPLATE_SOURCE = "op-dbus.source"
 
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total) while a template is imported
 
 
 def valid_name(name: str) -> bool:
     """A name every backend accepts for a container or template (podman's rule, 63 characters)."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))  # fullmatch: `$` would accept a trailing newline
 
 
 class UnsupportedFeature(BackendError):

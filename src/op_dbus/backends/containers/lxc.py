@@ -199,7 +199,17 @@ class LxcBackend(ContainerBackend):
             return ["network.ipv4 needs network.bridge: the address is set on the container's end of the veth"]
         if not spec.boot and not spec.command:
             return ["an lxc container that does not boot needs a command"]
-        return []
+        problems: list[str] = []
+        # LXC trims a config value and splits a mount entry into fstab fields at whitespace
+        for key, value in sorted(spec.env.items()):
+            if value != value.strip():
+                problems.append(f"env[{key!r}]: an lxc environment value cannot start or end with whitespace "
+                                "(lxc.environment trims it)")
+        for m in spec.mounts:
+            if any(c.isspace() or c == "\\" for c in m.source + m.target):
+                problems.append(f"mounts: {m.source} -> {m.target}: an lxc mount path cannot hold whitespace or "
+                                "'\\' (lxc.mount.entry is an fstab line)")
+        return problems
 
     async def create(self, spec: ContainerSpec) -> None:
         template = self._template_rootfs(spec.image)

@@ -308,6 +308,16 @@ class NspawnBackend(ContainerBackend):
                             "leave network.ipv4 out")
         if not spec.boot and not spec.command:
             problems.append("an nspawn container that does not boot needs a command")
+        # .nspawn settings are split into words and unescaped by systemd: a value is written as is only when it
+        # holds none of the characters that would change its meaning there
+        for key, value in sorted(spec.env.items()):
+            if any(c.isspace() or c in "\"'\\" for c in value):
+                problems.append(f"env[{key!r}]: an nspawn environment value cannot hold whitespace, quotes or "
+                                "backslashes (Environment= in the .nspawn file splits and unescapes them)")
+        for m in spec.mounts:
+            if any(c in ":\\" for c in m.source + m.target):
+                problems.append(f"mounts: {m.source} -> {m.target}: an nspawn bind mount path cannot hold ':' or "
+                                "'\\' (Bind= separates and unescapes with them)")
         return problems
 
     async def create(self, spec: ContainerSpec) -> None:

@@ -164,6 +164,11 @@ class ProxmoxBackend(ContainerBackend):
             problems.append("Proxmox configures one IPv4 address per interface")
         if spec.addresses and not spec.bridge:
             problems.append("network.ipv4 needs network.bridge (net0 is a veth on that bridge)")
+        # --net0 and --mpN are property strings (key=value,key=value): a ',' or '=' in a value would add keys
+        for what, value in [("network.bridge", spec.bridge or ""),
+                            *((f"mounts: {m.source}", m.source + m.target) for m in spec.mounts)]:
+            if "," in value or "=" in value:
+                problems.append(f"{what}: Proxmox property strings cannot hold ',' or '=' in a value")
         return problems
 
     async def create(self, spec: ContainerSpec) -> None:

@@ -350,21 +350,38 @@ def find_dhcp_client() -> str | None:
     return None
 
 
-def _pidfile(ifname: str, family: int) -> str:
-    return f"/run/op-dbus-dhcp{family}-{ifname}.pid"
+def netns_inode(netns: str | None) -> int:
+    """The namespace's inode: the same however it is named (by name or path), different for every namespace."""
+    return os.stat(nl.netns_path(netns) if netns else "/proc/thread-self/ns/net").st_ino
+
+
+def _pidfile(ifname: str, family: int, netns_ino: int) -> str:
+    # keyed by namespace: the same interface name in two namespaces has two clients
+    return f"/run/op-dbus-dhcp{family}-net{netns_ino}-{ifname}.pid"
+
+
+def _stop_client(pidfile: str, netns_ino: int) -> None:
+    """SIGTERM to the client the pid file names, only if that process lives in the namespace the file is for."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        if pid > 0 and os.stat(f"/proc/{pid}/ns/net").st_ino == netns_ino:
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass  # no client, or it is gone: nothing to stop
 
 
 def run_dhcp(changes: list[Change], undo: UndoLog, netns: str | None) -> None:
+    try:
+        netns_ino = netns_inode(netns)
+    except OSError as exc:
+        raise BackendError(f"network namespace {netns!r}: {exc.strerror or exc}") from exc
     for change in changes:
         p = change.payload
         ifname, family = p["ifname"], p["family"]
-        pidfile = _pidfile(ifname, family)
+        pidfile = _pidfile(ifname, family, netns_ino)
         if not p["start"]:
-            try:
-                with open(pidfile) as f:
-                    os.kill(int(f.read().strip()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
+            _stop_client(pidfile, netns_ino)
             continue
         client = find_dhcp_client()
         if client is None:
