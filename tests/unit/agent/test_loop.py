@@ -324,7 +324,7 @@ async def test_without_a_log_drift_goes_to_the_log_stream_only(tmp_path: Path, s
         assert not (h.state_dir / "ledger.db").exists()
         (drift,) = h.events("drift")
         assert drift["changes"][0]["object"] == "x" and drift["block"] is None
-        assert h.events("repaired")
+        await until(lambda: h.events("repaired"))  # logged just after the repair lands
 
 
 async def test_a_failing_repair_is_not_retried_on_every_event(tmp_path: Path) -> None:
