@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from op_dbus import files
 from op_dbus.ledger import _linkcheck, keys, merkle, note
 from op_dbus.ledger.store import VerifyReport, as_bytes
 
@@ -208,7 +209,8 @@ def _read_verifier_state(
     key_file = verifier_dir / TRUSTED_KEY
     if key_file.exists():
         try:
-            trusted = note.Verifier.from_vkey(key_file.read_text())
+            trusted = note.Verifier.from_vkey(
+                files.read_checked(key_file, "trusted key", limit=keys.MAX_KEY_FILE, error=keys.KeyFileError).decode())
             pinned = True
         except (note.NoteError, UnicodeDecodeError, OSError) as exc:
             problems.add(None, f"the trusted key {key_file} is unreadable ({exc}); nothing can be checked against it")
@@ -222,7 +224,9 @@ def _read_verifier_state(
     cp_file = verifier_dir / LAST_CHECKPOINT
     if cp_file.exists():
         try:
-            opened = note.open_note(cp_file.read_bytes(), [trusted])
+            opened = note.open_note(
+                files.read_checked(cp_file, "last checkpoint", limit=keys.MAX_KEY_FILE, error=keys.KeyFileError),
+                [trusted])
             last = note.parse_checkpoint(opened.text)
         except (note.NoteError, OSError) as exc:
             problems.add(
@@ -400,9 +404,7 @@ def _check_tree_cache(db: Any, levels: list[list[bytes]], problems: _Problems) -
 def _save_verifier_state(
     verifier_dir: Path, trusted: note.Verifier, pinned: bool, latest: str | None, notes: list[str]
 ) -> None:
-    if not verifier_dir.exists():
-        verifier_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys.check_directory(verifier_dir, "verifier directory")
+    files.trusted_dir(verifier_dir, "verifier directory", error=keys.KeyFileError)
     if not pinned:
         keys.write_private_file(verifier_dir / TRUSTED_KEY, trusted.vkey + "\n")
         notes.append(f"trusted key pinned on first use: {trusted.name} ({trusted.key_id.hex()})")
@@ -413,7 +415,8 @@ def _save_verifier_state(
 def read_last_seen(verifier_dir: Path) -> str | None:
     """The checkpoint note this verifier accepted last, if any."""
     try:
-        return (verifier_dir / LAST_CHECKPOINT).read_text()
+        return files.read_checked(verifier_dir / LAST_CHECKPOINT, "last checkpoint", limit=keys.MAX_KEY_FILE,
+                                  error=keys.KeyFileError).decode()
     except FileNotFoundError:
         return None
 
