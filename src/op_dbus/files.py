@@ -172,11 +172,11 @@ def trusted_dir(path: Path | str, what: str = "state directory", *, create: bool
     """The state directory (or another of op-dbus's own directories), created 0700 when missing and `create`
     is set, then checked like every trusted file. Returns the path, absolute."""
     p = Path(path).absolute()
-    if create and not p.exists():
+    if create:
         try:
             p.mkdir(mode=0o700, parents=True, exist_ok=True)
         except PermissionError:
-            raise error(f"cannot create the {what} {p}: permission denied (running as uid {os.geteuid()})",
+            raise error(f"cannot create or reach the {what} {p}: permission denied (running as uid {os.geteuid()})",
                         hint="run op-dbus as root (sudo), or pass a --state-dir this user owns") from None
         except OSError as exc:
             raise error(f"cannot create the {what} {p}: {exc.strerror}") from None
