@@ -142,7 +142,7 @@ def test_a_symlinked_lock_is_a_clear_error(state_dir: Path, tmp_path: Path) -> N
     target = tmp_path / "root-only"
     target.write_text("keep me")
     (state_dir / "lock").symlink_to(target)
-    with pytest.raises(InvalidInput, match="lock file .* is a symbolic link") as err:
+    with pytest.raises(InvalidInput, match=r"lock file .* is a symbolic link") as err:
         StateLock(state_dir).acquire()
     assert err.value.exit_code == 2 and err.value.hint
     assert target.read_text() == "keep me"
@@ -174,10 +174,11 @@ def _use(state_dir: Path, name: str) -> None:
     elif name == "transaction.json":
         Journal(state_dir).begin(Intent.new("test", {}, [], {}))
     else:
-        from op_dbus.agent.core import AGENT_LOCK
+        from op_dbus.agent.core import AGENT_LOCK, Agent, AgentConfig
+        from op_dbus.plugin import Settings
 
-        assert AGENT_LOCK == name
-        files.open_checked(state_dir / name, "agent lock file", flags=os.O_RDWR | os.O_CREAT)
+        assert name == AGENT_LOCK
+        Agent(AgentConfig(state_dir / "state.json"), Settings(state_dir=state_dir))._hold_agent_lock()
 
 
 def test_a_symlinked_intent_record_is_neither_read_nor_truncated(state_dir: Path, tmp_path: Path) -> None:
