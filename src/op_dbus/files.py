@@ -193,17 +193,25 @@ def fsync_dir(path: Path | str) -> None:
 
 
 def atomic_write(path: Path | str, data: bytes, mode: int = 0o600, *, durable: bool = True, replace: bool = True,
-                 what: str = "file", error: type[UnsafeFile] = UnsafeFile) -> None:
+                 check_dir: bool = True, what: str = "file", error: type[UnsafeFile] = UnsafeFile) -> None:
     """Replace `path` with `data` so a reader (or a crash) sees the old file or the new one, never a mix.
 
     The directory is checked and held open; the data goes to a new private file there (O_EXCL|O_NOFOLLOW, a
     random name, so nothing planted is written through), then takes the target's name with rename(2), which
     replaces a link at `path` rather than what it points to. `durable` fsyncs the file and the directory;
-    `replace=False` refuses to replace an existing file (FileExistsError) instead.
+    `replace=False` refuses to replace an existing file (FileExistsError) instead. `check_dir=False` is for a file
+    handed to the user (an export to a path they chose, e.g. in their home): every step works relative to the
+    directory opened once, so no link is followed even in a directory another user owns.
     """
     target = Path(path)
-    dir_fd, _ = open_checked(target.parent, f"directory of {what} {target}", directory=True, follow=True,
-                             sticky_ok=True, error=error)
+    if check_dir:
+        dir_fd, _ = open_checked(target.parent, f"directory of {what} {target}", directory=True, follow=True,
+                                 sticky_ok=True, error=error)
+    else:
+        try:
+            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise error(f"cannot write {what} {target}: {exc.strerror}") from None
     try:
         tmp = f".{target.name}.{secrets.token_hex(8)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)

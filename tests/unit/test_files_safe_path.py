@@ -227,3 +227,18 @@ def test_the_writer_refuses_a_directory_others_can_write(tmp_path: Path) -> None
     with pytest.raises(InvalidInput, match="writable by group or others"):
         files.atomic_write(open_dir / "x", b"x")
     assert not any(open_dir.iterdir())
+
+
+def test_an_export_may_go_to_a_directory_its_user_owns_without_writing_through_links(shared: Path) -> None:
+    """`sudo op-dbus export-blockchain --file ~/audit.json`: the user's own directory is fine for a file handed to
+    them, and a link they planted there is replaced, not followed."""
+    home = shared / "home"
+    home.mkdir(mode=0o755)
+    give_to_nobody(home)
+    target = shared / "root-only"
+    target.write_text("keep\n")
+    (home / "audit.json").symlink_to(target)
+    files.atomic_write(home / "audit.json", b"{}", 0o644, check_dir=False, what="export")
+    assert target.read_text() == "keep\n" and (home / "audit.json").read_bytes() == b"{}"
+    with pytest.raises(InvalidInput, match="owned by uid 65534"):
+        files.atomic_write(home / "state.json", b"{}")  # op-dbus's own files: never there
