@@ -100,7 +100,9 @@ def open_checked(path: Path | str, what: str, *, flags: int = os.O_RDONLY, mode:
     what was found and what to do.
     """
     text = os.fspath(path)
-    open_flags = flags | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW) | (os.O_DIRECTORY if directory else 0)
+    # O_NONBLOCK: a FIFO or device in a file's place must be refused by the checks below, not wait in open(2)
+    open_flags = (flags | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+                  | (os.O_DIRECTORY if directory else os.O_NONBLOCK))
     try:
         fd = os.open(text, open_flags, mode)
     except FileNotFoundError:

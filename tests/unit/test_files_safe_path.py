@@ -242,3 +242,10 @@ def test_an_export_may_go_to_a_directory_its_user_owns_without_writing_through_l
     assert target.read_text() == "keep\n" and (home / "audit.json").read_bytes() == b"{}"
     with pytest.raises(InvalidInput, match="owned by uid 65534"):
         files.atomic_write(home / "state.json", b"{}")  # op-dbus's own files: never there
+
+
+def test_a_fifo_in_place_of_a_state_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "state.json"
+    os.mkfifo(fifo, 0o644)
+    with pytest.raises(InvalidInput, match="is not a regular file"):
+        load_document(fifo)
