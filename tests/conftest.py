@@ -15,6 +15,7 @@ from lab import LabError
 from lab import rootfs as lab_rootfs
 from lab import wheels as lab_wheels
 from lab.machine import TIMINGS, LabMachine, reap_orphans
+from tests.testing_switch import switch_on_testing
 
 _TOOLS = ("systemd-nspawn", "unshare", "nsenter", "busctl")
 
@@ -69,6 +70,13 @@ def lab(lab_assets: LabAssets, request: pytest.FixtureRequest) -> Iterator[LabMa
         yield machine
     finally:
         machine.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def testing_switch() -> None:
+    """Every op-dbus the suite starts on this machine honours OP_DBUS_FAULTS / OP_DBUS_PCT (without root there is no
+    root-owned marker, and the tests that need one say so)."""
+    os.environ.update(switch_on_testing())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

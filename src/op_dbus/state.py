@@ -298,10 +298,14 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
     return StateDocument(version=int(version), sections=sections, source=source, probes=probes)
 
 
-def check_file_trust(path: Path) -> None:
-    """Refuse a state file that someone other than root (or us) could have written, as sshd's StrictModes does."""
-    files.check_file(path.stat(), path, "state file", secret=False)
-    files.check_parent(path)
+def read_state_file(path: Path) -> bytes:
+    """The bytes of a state file, read from the one descriptor whose owner, mode and directories were checked
+    (sshd's StrictModes, done as OpenSSH's safe_path): what is parsed is exactly what was checked."""
+    try:
+        data = files.read_checked(path, "state file", limit=MAX_DOCUMENT_BYTES, follow=True)
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    return data  # more than MAX_DOCUMENT_BYTES is refused by parse_text, with the size in its message
 
 
 def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocument:
@@ -311,17 +315,16 @@ def load_document(path: str | Path, *, trust_check: bool = True) -> StateDocumen
 
         return validate_document(parse_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
     p = Path(path)
-    try:
-        if trust_check:
-            check_file_trust(p)
-        with p.open("rb") as f:
-            data = f.read(MAX_DOCUMENT_BYTES + 1)
-    except FileNotFoundError:
-        raise InvalidInput(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{p}: is a directory, expected a state file") from None
-    except files.UnsafeFile:
-        raise
-    except PermissionError:
-        raise InvalidInput(f"{p}: permission denied") from None
+    if trust_check:
+        data = read_state_file(p)
+    else:
+        try:
+            with p.open("rb") as f:
+                data = f.read(MAX_DOCUMENT_BYTES + 1)
+        except FileNotFoundError:
+            raise InvalidInput(f"{p}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"{p}: is a directory, expected a state file") from None
+        except PermissionError:
+            raise InvalidInput(f"{p}: permission denied") from None
     return validate_document(parse_text(data, str(p)), str(p))

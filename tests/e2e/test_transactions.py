@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import install_unit, systemctl
+from tests.testing_switch import switch_on_testing
 
 STATE = "/etc/op-dbus/state.json"
 BROKEN = "[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n"
@@ -39,8 +40,10 @@ def op(lab: Any) -> Any:
     install_unit(lab, "broken.service", BROKEN)
     install_unit(lab, "flaky.service", FLAKY)
 
+    testing = switch_on_testing(lambda argv: lab.run(argv))  # fault points work only with the switch on
+
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
-        return lab.run([exe, *args], check=False, env=env, timeout=timeout)
+        return lab.run([exe, *args], check=False, env={**testing, **env} if env else None, timeout=timeout)
 
     run.exe = exe  # type: ignore[attr-defined]
     return run

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.agent import logs
 from op_dbus.agent.merge import overlay_document
 from op_dbus.agent.metrics import Metrics
@@ -48,7 +49,7 @@ from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, BackendError, LockHeld, OpDbusError, ServiceUnavailable
 from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Settings, WatchEvent, load_plugins
 from op_dbus.secret import collect, redact_record, supply
-from op_dbus.state import StateDocument, check_file_trust, load_document, parse_text, validate_document
+from op_dbus.state import StateDocument, load_document, parse_text, read_state_file, validate_document
 
 MODES = ("shadow", "enforce")
 SUBSCRIBE_TIMEOUT = 10.0
@@ -210,8 +211,7 @@ class Agent:
         if self._load is load_plugins:
             doc = load_document(path)
         else:  # plugins given by the caller (tests, embedding): validate against those
-            check_file_trust(path)
-            doc = validate_document(parse_text(path.read_bytes(), str(path)), str(path), self._load)
+            doc = validate_document(parse_text(read_state_file(path), str(path)), str(path), self._load)
         self.file_doc, self.doc, self.adopted = doc, doc, []
         self.known.clear()
         return doc
@@ -227,7 +227,7 @@ class Agent:
     # -- running -------------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.trusted_dir(self.settings.state_dir)  # in every mode, --no-log included: agent.json and the locks live there
         self._hold_agent_lock()
         loop = asyncio.get_running_loop()
         for sig, item in ((signal.SIGTERM, ("stop", "SIGTERM")), (signal.SIGINT, ("stop", "SIGINT")),
@@ -311,7 +311,7 @@ class Agent:
         """One agent per state directory (two would record every drift twice and race to repair it). A separate
         lock from the apply lock, held for the agent's life and dropped by the kernel when it dies."""
         path = self.settings.state_dir / AGENT_LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd, _ = files.open_checked(path, "agent lock file", flags=os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

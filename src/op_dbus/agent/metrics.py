@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import socket
+from collections.abc import Callable
 
 from op_dbus.errors import InvalidInput
 
@@ -80,26 +83,119 @@ class Metrics:
             lines += [f"# HELP {metric} {text}", f"# TYPE {metric} histogram", *hist.lines(metric)]
         return "\n".join(lines) + "\n"
 
-    async def serve(self, listen: str) -> asyncio.AbstractServer:
+    async def serve(self, listen: str) -> MetricsServer:
         host, port = parse_listen(listen)
+        server = MetricsServer(self.render)
+        try:
+            server.listen(host, port)
+        except OSError as exc:
+            raise InvalidInput(f"--metrics {listen!r}: cannot listen there ({exc.strerror})",
+                               hint="choose a free loopback port") from None
+        return server
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+# Limits of the metrics endpoint: a scraper sends one small request and reads a few kilobytes, so anything slower,
+# larger or more numerous is cut off rather than allowed to hold the agent's file descriptors.
+MAX_CONNECTIONS = 16  # at once; more wait in the kernel's accept queue (and beyond it are refused by the kernel)
+REQUEST_DEADLINE = 5.0  # seconds from accept to the end of the response, whatever the client does
+MAX_HEADER_BYTES = 8192  # the request line and headers together
+FD_RESERVE = 64  # descriptors kept free below RLIMIT_NOFILE for the agent's own sources (netlink, D-Bus, inotify)
+BACKLOG = 16
+
+
+def free_descriptors() -> int:
+    """How many more files this process may open (its soft RLIMIT_NOFILE less those open now)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return soft
+    return soft - used
+
+
+class MetricsServer:
+    """The HTTP endpoint: its own accept loop, so that a connection is taken only when a slot is free and the
+    process has file descriptors to spare; asyncio's server would accept everything the kernel queued."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        self.render = render
+        self.sockets: list[socket.socket] = []
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._acceptor: asyncio.Task[None] | None = None
+
+    def listen(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sockets = [sock]
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept(sock), name="metrics")
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            while free_descriptors() < FD_RESERVE:
+                await asyncio.sleep(0.5)  # leave the queue to the kernel until the agent has descriptors to spare
             try:
-                request = await asyncio.wait_for(reader.readline(), 5)
-                while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                    pass  # headers are not needed
+                conn, _ = await loop.sock_accept(sock)
+            except OSError:
+                self._slots.release()
+                await asyncio.sleep(0.5)  # e.g. EMFILE caused elsewhere: retry later, never in a busy loop
+                continue
+            task = loop.create_task(self._serve_one(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_one(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            conn.setblocking(False)
+            async with asyncio.timeout(REQUEST_DEADLINE):
+                head = b""
+                while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                    chunk = await loop.sock_recv(conn, 2048)
+                    if not chunk:
+                        return
+                    head += chunk
+                    if len(head) > MAX_HEADER_BYTES:
+                        await loop.sock_sendall(conn, b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                                      b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                        # read the rest (within the deadline) so that closing does not reset the answer away
+                        conn.shutdown(socket.SHUT_WR)
+                        while await loop.sock_recv(conn, 65536):
+                            pass
+                        return
+                request = head.split(b"\n", 1)[0]
                 ok = request.split(b" ")[1:2] in ([b"/metrics"], [b"/"])
                 body = self.render().encode() if ok else b"not found\n"
-                head = "200 OK" if ok else "404 Not Found"
-                writer.write(f"HTTP/1.1 {head}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-                await writer.drain()
-            except (TimeoutError, OSError, IndexError):
-                pass
-            finally:
-                writer.close()
+                status = "200 OK" if ok else "404 Not Found"
+                await loop.sock_sendall(conn, f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                                        + body)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            conn.close()
+            self._slots.release()
 
-        return await asyncio.start_server(handle, host, port)
+    def close(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -111,6 +207,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         raise InvalidInput(f"--metrics {listen!r}: expected HOST:PORT") from None
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"--metrics {listen!r}: port {port} is out of range (1-65535)")
     if not loopback:
         raise InvalidInput(f"--metrics {listen!r}: the metrics endpoint listens on loopback only (127.0.0.1, ::1)")
     return host, port

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from op_dbus import files
 
 STATUS_NAME = "agent.json"
 
@@ -18,17 +19,17 @@ def status_path(state_dir: Path) -> Path:
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
     """Replace the status file atomically. It is rewritten often and describes a running process, so it is
     not fsynced: after a crash a stale file is recognised by its pid."""
-    path = status_path(state_dir)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=1, default=str))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    files.atomic_write(status_path(state_dir), json.dumps(status, indent=1, default=str).encode(), 0o644,
+                       durable=False, what="agent status file")
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:
     """The last status the agent wrote, with `running` telling whether that process is still alive."""
     try:
-        status: dict[str, Any] = json.loads(status_path(state_dir).read_text())
+        status: dict[str, Any] = json.loads(files.read_checked(status_path(state_dir), "agent status file",
+                                                               limit=1 << 20))
+    except files.UnsafeFile:
+        raise
     except (OSError, ValueError):
         return None
     status["running"] = _alive(status.get("pid"))

@@ -32,7 +32,7 @@ def export(opts: Options, span: str | None, records: bool, path: str | None) -> 
     else:
         from op_dbus import files
 
-        files.atomic_write(Path(path), "".join(chunks).encode(), 0o644)
+        files.atomic_write(Path(path), "".join(chunks).encode(), 0o644, check_dir=False, what="export")
         click.echo(f"exported blocks {first}..{last} (tree size {view.tree_size}) to {path}", err=True)
     return ExitCode.OK
 

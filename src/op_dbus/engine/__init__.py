@@ -30,7 +30,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, NoReturn
 
-from op_dbus import secret
+from op_dbus import files, secret
 from op_dbus.engine import faults, probes
 from op_dbus.engine.confirm import settings_from_record, settings_record, spawn_watchdog, watchdog_alive
 from op_dbus.engine.journal import Intent, Journal
@@ -391,9 +391,7 @@ class Engine:
         return errors
 
     def _state_dir(self) -> Path:
-        state_dir = self.ctx.settings.state_dir
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return state_dir
+        return files.trusted_dir(self.ctx.settings.state_dir)
 
     @contextlib.contextmanager
     def _log(self) -> Iterator[Any]:

@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.plugin import Settings
 
 WATCHDOG_LOG = "watchdog.log"
@@ -33,7 +34,7 @@ def settings_from_record(record: dict[str, Any], current: Settings) -> Settings:
 
 def spawn_watchdog(settings: Settings, txid: str) -> int:
     log = settings.state_dir / WATCHDOG_LOG
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    fd, _ = files.open_checked(log, "watchdog log", flags=os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "op_dbus", "--state-dir", str(settings.state_dir), "_watchdog", txid],

@@ -19,7 +19,6 @@ tidies it away.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -28,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.errors import LedgerError
-from op_dbus.files import atomic_write, fsync_dir
 
 JOURNAL_NAME = "transaction.json"
+MAX_RECORD = 256 * 1024 * 1024  # a checkpoint of every object a plan touches; far above any real one
 
 
 @dataclass
@@ -61,12 +61,18 @@ class Journal:
 
     def read(self) -> Intent | None:
         try:
-            raw = self.path.read_bytes()
+            raw = files.read_checked(self.path, "intent record", limit=MAX_RECORD)
+            if len(raw) > MAX_RECORD:  # never mistaken for a torn write below
+                raise LedgerError(f"the intent record {self.path} is larger than {MAX_RECORD} bytes; an interrupted "
+                                  "apply may need attention",
+                                  hint="compare the system with `op-dbus verify --current`, then empty the file")
             if not raw.strip():
                 return None
             data = json.loads(raw)
         except FileNotFoundError:
             return None
+        except (files.UnsafeFile, LedgerError):
+            raise
         except ValueError:
             if raw.lstrip().startswith(b"{") and not raw.rstrip().endswith(b"}"):
                 return None  # torn while it was being written: the apply had not started
@@ -92,7 +98,7 @@ class Journal:
         """Write a new transaction's record in place (see the module docstring for why this is safe)."""
         data = json.dumps(vars(intent), separators=(",", ":")).encode()
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd, _ = files.open_checked(self.path, "intent record", flags=os.O_WRONLY | os.O_CREAT)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
@@ -100,11 +106,18 @@ class Journal:
         finally:
             os.close(fd)
         if created:
-            fsync_dir(self.path.parent)
+            files.fsync_dir(self.path.parent)
 
     def write(self, intent: Intent) -> None:
-        atomic_write(self.path, json.dumps(vars(intent), separators=(",", ":")).encode(), 0o600)
+        files.atomic_write(self.path, json.dumps(vars(intent), separators=(",", ":")).encode(), 0o600,
+                           what="intent record")
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(self.path, 0)
+        try:  # through a checked descriptor: truncating by path would follow a link planted in its place
+            fd, _ = files.open_checked(self.path, "intent record", flags=os.O_WRONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.errors import LockHeld
 
 LOCK_NAME = "lock"
@@ -26,12 +27,14 @@ class StateLock:
 
     def holder(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text() or "{}")  # type: ignore[no-any-return]
+            return json.loads(files.read_checked(self.path, "lock file", limit=4096) or "{}")  # type: ignore[no-any-return]
         except (OSError, ValueError):
             return {}
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # Checked like every trusted file: a lock another user owns, can write or has replaced by a link is refused
+        # (exit 2) rather than reused.
+        fd, _ = files.open_checked(self.path, "lock file", flags=os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -17,9 +17,7 @@ A kill at any point leaves either the old database or the new one, and an archiv
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,8 +130,8 @@ def archive(ledger: Ledger, before: str, path: Path | None = None) -> Outcome:
             raise InvalidInput(f"{path} exists already and is not an archive of these blocks; "
                                "choose another --file or move it away")
     else:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_new(path, text.encode())
+        files.trusted_dir(path.parent, "archive directory")
+        files.atomic_write(path, text.encode(), 0o600, replace=False, what="archive")
 
     with ledger._transaction("archive", write=True) as db:
         rows = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx").fetchall()
@@ -152,7 +150,7 @@ def _same_archive(path: Path, view: Any, vkey: str) -> bool:
     from op_dbus import audit_verify
 
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(files.read_checked(path, "archive", limit=1 << 34))
         report = audit_verify.verify_export(doc, vkey)
         leaves = [b.get("leaf_hash") for b in doc["blocks"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, audit_verify.Unreadable):
@@ -163,26 +161,3 @@ def _same_archive(path: Path, view: Any, vkey: str) -> bool:
     from op_dbus.ledger import merkle
 
     return leaves == [merkle.leaf_hash(b.leaf).hex() for b in view.blocks]
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write a new file durably: a temp file beside it, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces an archive that appeared meanwhile
-    finally:
-        os.unlink(tmp)
-    files.fsync_dir(path.parent)

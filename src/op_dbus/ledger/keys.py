@@ -33,18 +33,7 @@ def check_file(st: os.stat_result, path: Path, what: str, *, secret: bool) -> No
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise KeyFileError(f"cannot open host key {path}: {exc.strerror}") from None
-    try:
-        check_file(os.fstat(fd), path, "host key", secret=True)
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
+    data = files.read_checked(path, "host key", limit=MAX_KEY_FILE, secret=True, error=KeyFileError)
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -61,22 +50,8 @@ def _create_private_key(path: Path) -> None:
     """Write a new key so that no reader ever sees a partial file: a private temp file, then link(2)."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process created the key first; theirs wins
-    except FileExistsError:
-        pass
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    files.fsync_dir(path.parent)
+    with contextlib.suppress(FileExistsError):  # another process created the key first; theirs wins
+        files.atomic_write(path, pem, 0o600, replace=False, what="host key", error=KeyFileError)
 
 
 def create_private_key(path: Path) -> None:
@@ -101,9 +76,9 @@ def load_or_create_private_key(path: Path, *, create: bool) -> tuple[Ed25519Priv
 
 def write_public_file(path: Path, text: str) -> None:
     """Write a public file atomically (mode 0644)."""
-    files.atomic_write(path, text.encode(), 0o644)
+    files.atomic_write(path, text.encode(), 0o644, error=KeyFileError)
 
 
 def write_private_file(path: Path, text: str) -> None:
     """Write a file atomically (mode 0600)."""
-    files.atomic_write(path, text.encode(), 0o600)
+    files.atomic_write(path, text.encode(), 0o600, error=KeyFileError)

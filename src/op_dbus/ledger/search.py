@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from op_dbus import files
 from op_dbus.errors import InvalidInput, LedgerError
+from op_dbus.ledger import keys
 from op_dbus.ledger.store import BlockHeader, Ledger
 
 INDEX_NAME = "search.db"
@@ -163,7 +165,7 @@ class SearchIndex:
     def open(cls, ledger: Ledger, path: Path | str | None = None) -> SearchIndex:
         path = Path(path) if path is not None else ledger.state_dir / INDEX_NAME
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd, _ = files.open_checked(path, "search index", flags=os.O_RDWR | os.O_CREAT, error=keys.KeyFileError)
             os.close(fd)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode = WAL")

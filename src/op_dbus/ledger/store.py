@@ -292,11 +292,9 @@ class Ledger:
         waits for another process's append.
         """
         state_dir = Path(state_dir).absolute()
-        if not state_dir.exists():
-            if not create:
-                raise LedgerError(f"no audit log at {state_dir}: the directory does not exist")
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keys.check_directory(state_dir, "state directory")
+        if not state_dir.exists() and not create:
+            raise LedgerError(f"no audit log at {state_dir}: the directory does not exist")
+        files.trusted_dir(state_dir, "state directory", error=keys.KeyFileError)
         db_path = state_dir / DB_NAME
         _prepare_db_file(db_path, create=create)
         key_path = Path(key_path).absolute() if key_path is not None else state_dir / KEY_NAME
@@ -748,14 +746,11 @@ def _corrupt(db_path: Path, exc: BaseException) -> LedgerCorrupt:
 def _prepare_db_file(db_path: Path, *, create: bool) -> None:
     """Create the database file 0600 before SQLite does (SQLite gives its -wal/-shm files the same mode)."""
     try:
-        fd = os.open(db_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+        fd, st = files.open_checked(db_path, "audit log database", flags=os.O_RDWR | (os.O_CREAT if create else 0),
+                                    error=keys.KeyFileError)
     except FileNotFoundError:
         raise LedgerError(f"no audit log at {db_path}") from None
-    except OSError as exc:
-        raise LedgerError(f"cannot open {db_path}: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        keys.check_file(st, db_path, "audit log database", secret=False)
         if st.st_size == 0 and stat.S_IMODE(st.st_mode) != 0o600:
             os.fchmod(fd, 0o600)
     finally:

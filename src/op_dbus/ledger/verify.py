@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from op_dbus import files
 from op_dbus.ledger import _linkcheck, keys, merkle, note
 from op_dbus.ledger.store import VerifyReport, as_bytes
 
@@ -288,14 +289,13 @@ def _read_verifier_state(
     if not key_file.exists():
         return None, None
     try:
-        pinned = note.Verifier.from_vkey(key_file.read_text())
+        pinned = note.Verifier.from_vkey(
+            files.read_checked(key_file, "trusted key", limit=keys.MAX_KEY_FILE, error=keys.KeyFileError).decode())
     except (note.NoteError, UnicodeDecodeError, OSError) as exc:
         problems.add(None, f"the trusted key {key_file} is unreadable ({exc}); nothing can be checked against it")
         return current, None
     try:
-        last = (verifier_dir / LAST_CHECKPOINT).read_text()
-    except FileNotFoundError:
-        last = None
+        last = read_last_seen(verifier_dir)
     except (OSError, UnicodeDecodeError) as exc:
         problems.add(None, f"the last checkpoint this verifier saw ({verifier_dir / LAST_CHECKPOINT}) is unreadable: "
                            f"{exc}")
@@ -322,7 +322,8 @@ def _check_keys(
         problems.add(None, f"the host key ({host.key_id.hex()}, in host.key) is not the key that signs the log "
                            f"({current.key_id.hex()}): host.key was replaced without `op-dbus key rotate`")
     try:
-        published = pub_file.read_text().strip()
+        published = files.read_checked(pub_file, "host public key", limit=keys.MAX_KEY_FILE,
+                                       error=keys.KeyFileError).decode().strip()
     except FileNotFoundError:
         return
     except (OSError, UnicodeDecodeError) as exc:
@@ -521,9 +522,7 @@ def _open_last_seen(
 def _save_verifier_state(
     verifier_dir: Path, trusted: note.Verifier, pinned: note.Verifier | None, latest: str | None, notes: list[str]
 ) -> None:
-    if not verifier_dir.exists():
-        verifier_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys.check_directory(verifier_dir, "verifier directory")
+    files.trusted_dir(verifier_dir, "verifier directory", error=keys.KeyFileError)
     if pinned is None:
         keys.write_private_file(verifier_dir / TRUSTED_KEY, trusted.vkey + "\n")
         notes.append(f"trusted key pinned on first use: {trusted.name} ({trusted.key_id.hex()})")
@@ -537,7 +536,8 @@ def _save_verifier_state(
 def read_last_seen(verifier_dir: Path) -> str | None:
     """The checkpoint note this verifier accepted last, if any."""
     try:
-        return (verifier_dir / LAST_CHECKPOINT).read_text()
+        return files.read_checked(verifier_dir / LAST_CHECKPOINT, "last checkpoint", limit=keys.MAX_KEY_FILE,
+                                  error=keys.KeyFileError).decode()
     except FileNotFoundError:
         return None
 

@@ -144,11 +144,11 @@ at = sys.argv[3]
 if at == "in-transaction":
     mod._drop = pause(mod._drop)  # the records are NULL in the open transaction; COMMIT has not run
 elif at == "temp-written":
-    mod.os.fsync = pause(os.fsync)  # the temp file is complete; the archive file is not in place yet
+    os.fsync = pause(os.fsync)  # the temp file is complete; the archive file is not in place yet
 elif at == "linked":
-    mod.os.link = pause(os.link)  # the archive file is in place; its temp name not yet removed
+    os.link = pause(os.link)  # the archive file is in place; its temp name not yet removed
 elif at == "archive-written":
-    mod.files.fsync_dir = pause(mod.files.fsync_dir)
+    mod.files.atomic_write = pause(mod.files.atomic_write)  # written and its directory fsynced
 with Ledger.open(sys.argv[1]) as log:
     print("ready", flush=True)
     if sys.argv[2] == "compact":
