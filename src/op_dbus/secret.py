@@ -22,7 +22,6 @@ needs one is refused before anything happens (`require_known`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import os
@@ -117,21 +116,7 @@ def _load_or_create_key(path: Path) -> bytes:
 
 
 def _read_key(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except PermissionError:
-        raise InvalidInput(f"cannot read the secret key {path}: permission denied",
-                           hint="run op-dbus as root, or give a --state-dir you own") from None
-    except OSError as exc:
-        raise files.UnsafeFile(f"cannot open the secret key {path}: {exc.strerror}",
-                               hint=f"remove {path} if it is a symbolic link") from None
-    try:
-        files.check_file(os.fstat(fd), path, "secret key", secret=True)
-        data = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
+    data = files.read_checked(path, "secret key", limit=KEY_BYTES, secret=True)
     if len(data) != KEY_BYTES:
         raise files.UnsafeFile(f"secret key {path} is not {KEY_BYTES} bytes long",
                                hint="restore it from a backup; without it recorded secrets cannot be compared")
@@ -248,27 +233,13 @@ def read_secret_file(path_text: str) -> str:
     if not path.is_absolute():
         raise ValueError(f"secret_file must be an absolute path, got {path_text!r}")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        data = files.read_checked(path, "secret file", limit=MAX_SECRET_FILE, secret=True)
     except FileNotFoundError:
         raise ValueError(f"secret file {path}: no such file") from None
-    except PermissionError:
-        raise ValueError(f"secret file {path}: permission denied (run as root)") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
-            raise ValueError(f"secret file {path} is a symbolic link; refusing it (name the file itself)") from None
-        raise ValueError(f"secret file {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        try:
-            files.check_file(st, path, "secret file", secret=True)
-            files.check_parent(path)
-        except files.UnsafeFile as exc:
-            raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
-        if st.st_size > MAX_SECRET_FILE:
-            raise ValueError(f"secret file {path} is larger than {MAX_SECRET_FILE} bytes")
-        data = os.read(fd, MAX_SECRET_FILE + 1)
-    finally:
-        os.close(fd)
+    except files.UnsafeFile as exc:
+        raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ValueError(f"secret file {path} is larger than {MAX_SECRET_FILE} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
