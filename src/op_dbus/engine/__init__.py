@@ -238,10 +238,10 @@ class Engine:
         state = await self._converge_back(checkpoint, undo_errors)
         message = str(error) if isinstance(error, OpDbusError) else f"{type(error).__name__}: {error}"
         if ledger is not None:
-            ledger.append("failed", intent.changes, state, actor=actor(),
+            undone = [{**c.to_record(), "undone": True} for c in reversed(undo.entries)]
+            ledger.append("failed", intent.changes + undone, state, actor=actor(),
                           summary=f"failed, {'partly ' if undo_errors else ''}rolled back: {message.splitlines()[0][:200]}",
-                          meta={"txid": intent.id, "error": message, "rolled_back": not undo_errors,
-                                "undo_errors": undo_errors, "undone": [c.to_record() for c in reversed(undo.entries)]})
+                          meta=failure_meta(intent.id, message, undo_errors, len(undone)))
         self.journal.remove()
         if undo_errors:
             raise ApplyFailed(f"apply failed: {message}\nrollback incomplete: " + "; ".join(undo_errors)) from None
@@ -401,6 +401,26 @@ class Engine:
             raise
         except Exception as e:
             raise LedgerError(f"cannot open the audit log: {e}") from e
+
+
+# A failed block's meta stays well under the log's meta limit whatever the size of the failure: the steps
+# undone go into the block's change records (marked "undone"), and long texts are cut here.
+FAILURE_TEXT = 4096
+FAILURE_ERRORS = 8
+
+
+def failure_meta(txid: str, message: str, undo_errors: list[str], undone: int) -> dict[str, Any]:
+    """The meta of a `failed` block: the error, what could not be undone (bounded), and how many steps were undone."""
+
+    def cut(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit] + f" ... ({len(text)} characters in all)"
+
+    meta: dict[str, Any] = {"txid": txid, "error": cut(message, FAILURE_TEXT), "rolled_back": not undo_errors,
+                            "undo_errors": [cut(e, FAILURE_TEXT // FAILURE_ERRORS) for e in undo_errors[:FAILURE_ERRORS]],
+                            "undone": undone}
+    if len(undo_errors) > FAILURE_ERRORS:
+        meta["undo_errors_total"] = len(undo_errors)
+    return meta
 
 
 def document_from_snapshot(snapshot: dict[str, Any], source: str,
