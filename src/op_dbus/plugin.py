@@ -34,7 +34,6 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -229,6 +228,8 @@ def _load(spec: str) -> type[Plugin[Any]]:
 
 def plugin_specs() -> dict[str, str]:
     """name -> "module:Class" for every installed plugin (entry points win over the built-in table)."""
+    from importlib.metadata import entry_points  # about 10 ms: only when plugins are looked up
+
     specs = dict(BUILTIN_PLUGINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         specs[ep.name] = ep.value
