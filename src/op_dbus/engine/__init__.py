@@ -212,14 +212,17 @@ class Engine:
 
     async def _verify(self, plan: Plan) -> dict[str, Section]:
         """Re-read and compare, with bounded retries; a pass must still hold after the plugins' settle time."""
+        # The plugins' settle windows end at `settle_by`; a read that began before then does not count as settled.
         settle = max((p.settle_time(plan.changes[n]) for n, p in plan.plugins.items()), default=0.0)
+        settle_by = time.monotonic() + settle
         mismatches: list[Change] = []
         for delay in VERIFY_DELAYS:
             if delay:
                 await asyncio.sleep(delay)
             current, mismatches = await self._compare(plan)
             if not mismatches and settle:
-                await asyncio.sleep(settle)
+                # Only what is left of the window: the read above counted towards it.
+                await asyncio.sleep(max(0.0, settle_by - time.monotonic()))
                 settle = 0.0
                 current, mismatches = await self._compare(plan)
             if not mismatches:
