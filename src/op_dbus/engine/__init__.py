@@ -126,11 +126,19 @@ class Engine:
 
     async def plan(self, doc: StateDocument) -> Plan:
         plugins = self._load(list(doc.sections))
-        problems = await asyncio.gather(*(p.check(doc.sections[n], self.ctx) for n, p in plugins.items()))
-        found: list[Problem] = [p for ps in problems for p in ps]
+        # check and query read the same things (a unit's UnitFileState, the links): they run together, and a
+        # problem check finds still wins over an error the query ran into.
+        checked, queried = await asyncio.gather(
+            asyncio.gather(*(p.check(doc.sections[n], self.ctx) for n, p in plugins.items())),
+            self._query_scoped(plugins, doc), return_exceptions=True)
+        if isinstance(checked, BaseException):
+            raise checked
+        found: list[Problem] = [p for ps in checked for p in ps]
         if found:
             raise StateFileError(doc.source, found)
-        current = await self._query_scoped(plugins, doc)
+        if isinstance(queried, BaseException):
+            raise queried
+        current = queried
         changes = {n: p.diff(doc.sections[n], current[n]) for n, p in plugins.items()}
         return Plan(doc, plugins, current, changes)
 
