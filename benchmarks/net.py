@@ -324,7 +324,9 @@ def sweep_batch(kind: str, n: int) -> str:
 
 def op_dbus(ns: str, state_dir: Path, *args: str) -> None:
     """One whole `op-dbus` process, as a user runs it (exit 0 required)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # As installed: bytecode cached (the first run writes it), whatever this shell's PYTHONDONTWRITEBYTECODE says.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(SRC), PYTHONPYCACHEPREFIX=str(state_dir.parent / "pycache"))
     subprocess.run([sys.executable, "-m", "op_dbus", "--state-dir", str(state_dir), "--netns", ns, *args],
                    check=True, stdout=subprocess.DEVNULL, env=env)
 
@@ -345,6 +347,11 @@ async def bench_sweep(sizes: list[int], kinds: list[str], rounds: int, res: Resu
     try:
         empty = work / "empty.json"
         empty.write_text('{"version": 1, "plugins": {"net": {}}}')
+        warm = new_netns()
+        try:
+            op_dbus(warm, work / "warm-up", "diff", str(empty))  # writes the bytecode cache, untimed
+        finally:
+            sh("ip", "netns", "del", warm)
         for kind in kinds:
             for n in sizes:
                 state = work / f"state-{n}.json"
