@@ -1,15 +1,22 @@
 """Benchmark: the net plugin's netlink and OVSDB paths against what a user would otherwise run (ip, ovs-vsctl).
 
-Run as root from the repository root:  python benchmarks/net.py [--rounds N]
+Run as root from the repository root:  python benchmarks/net.py [--rounds N] [--sweep 10,100,1000,3000,10000]
+                                        python benchmarks/net.py --smoke   (one round, tiny sizes, seconds)
 Everything happens inside network namespaces and a private OVS instance that the benchmark creates
 and removes. Variants run interleaved in the same rounds; medians and ratios are printed. Timing is
 reported, never asserted.
+
+The sweep applies N addresses, N routes and N veth pairs three ways, each into a fresh namespace: the
+whole `op-dbus apply` as a process (and the no-op `op-dbus diff` after it), the same check/query/diff/
+apply/verify in this process (no interpreter start, imports or audit log), and `ip -batch` with the
+same objects. The whole-process fixed cost is measured as `op-dbus diff` of an empty net section.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -19,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from op_dbus.plugin import Context, Settings, UndoLog
 from op_dbus.plugins.net import NetPlugin, NetSection
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def sh(*argv: str, stdin: str | None = None) -> None:
@@ -203,7 +212,7 @@ async def bench_ovs(ns: str, rounds: int, res: Results) -> None:
             res.add("transact add-br + wait", await atimed(lambda: db.transact_and_wait(bridge_ops("xb"), 30)))
             await del_bridges()
 
-        for r in range(max(3, rounds // 3)):
+        for r in range(max(min(3, rounds), rounds // 3)):
             await db.transact_and_wait(bridge_ops("pb"), 30)
             res.add("ovs-vsctl --no-wait 100 add-port", timed(lambda: ovs.vsctl("--no-wait", *vsctl_ports[1:])))
             await del_bridges()
@@ -244,7 +253,7 @@ async def bench_whole_apply(ns: str, ovs: PrivateOvs, rounds: int, res: Results)
     doc = whole_doc()
     absent = {"interfaces": [{"name": i["name"], "state": "absent"} for i in doc["interfaces"]]}
     n_changes = 0
-    for _ in range(max(3, rounds // 3)):
+    for _ in range(max(min(3, rounds), rounds // 3)):
         plugin = NetPlugin()
         ctx = Context(Settings(netns=ns, ovsdb=ovs.sock, job_timeout=60))
         db = await plugin._ovsdb(ctx, ovs.sock)
@@ -265,7 +274,7 @@ async def bench_whole_apply(ns: str, ovs: PrivateOvs, rounds: int, res: Results)
         changes = plugin.diff(desired, await plugin.query(ctx, desired))
         n_changes = len(changes)
         await plugin.apply(changes, ctx, UndoLog())
-        left = await plugin.verify(desired, ctx)
+        left = plugin.diff(desired, await plugin.query(ctx, desired))
         total = time.perf_counter() - t0
         assert left == [], [c.summary() for c in left]
         res.add("whole apply, end to end", total)
@@ -278,11 +287,141 @@ async def bench_whole_apply(ns: str, ovs: PrivateOvs, rounds: int, res: Results)
     res.samples["changes"] = [n_changes]
 
 
+# --- the scale sweep: whole process and in-process next to `ip -batch` ---
+
+KINDS = ("addresses", "routes", "veth pairs")
+
+
+def _ip4(base: int, i: int) -> str:
+    return f"198.{base}.{i // 250 % 256}.{i % 250 + 1}" if i < 64000 else f"198.{base + 1}.{i // 250 % 256}.{i % 250 + 1}"
+
+
+def sweep_state(kind: str, n: int) -> dict[str, Any]:
+    """The net section of N objects of `kind` (addresses and routes on one veth)."""
+    if kind == "veth pairs":
+        return {"interfaces": [{"name": f"p{i}", "type": "veth", "veth": {"peer": f"p{i}q"}} for i in range(n)]}
+    iface: dict[str, Any] = {"name": "v0", "type": "veth", "state": "up", "veth": {"peer": "v0p"}}
+    if kind == "addresses":
+        iface["ipv4"] = {"address": [{"ip": _ip4(18, i), "prefix": 32} for i in range(n)]}
+        return {"interfaces": [iface]}
+    iface["ipv4"] = {"address": [{"ip": "198.18.0.1", "prefix": 16}]}
+    return {"interfaces": [iface],
+            "routes": [{"destination": f"{_ip4(20, i)}/32", "next-hop-interface": "v0"} for i in range(n)]}
+
+
+def sweep_batch(kind: str, n: int) -> str:
+    """The same objects as an `ip -batch` script."""
+    if kind == "veth pairs":
+        return "".join(f"link add p{i} type veth peer name p{i}q\n" for i in range(n))
+    lines = ["link add v0 type veth peer name v0p", "link set v0 up"]
+    if kind == "addresses":
+        lines += [f"addr add {_ip4(18, i)}/32 dev v0" for i in range(n)]
+    else:
+        lines.append("addr add 198.18.0.1/16 dev v0")
+        lines += [f"route add {_ip4(20, i)}/32 dev v0" for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+def op_dbus(ns: str, state_dir: Path, *args: str) -> None:
+    """One whole `op-dbus` process, as a user runs it (exit 0 required)."""
+    # As installed: bytecode cached (the first run writes it), whatever this shell's PYTHONDONTWRITEBYTECODE says.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(SRC), PYTHONPYCACHEPREFIX=str(state_dir.parent / "pycache"))
+    subprocess.run([sys.executable, "-m", "op_dbus", "--state-dir", str(state_dir), "--netns", ns, *args],
+                   check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+async def in_process(ns: str, doc: dict[str, Any]) -> None:
+    """check, query, diff, apply and verify, as the engine does, without the process and the audit log."""
+    plugin = NetPlugin()
+    async with Context(Settings(netns=ns, job_timeout=600)) as ctx:
+        desired = NetSection.model_validate(doc)
+        assert not await plugin.check(desired, ctx)
+        await plugin.apply(plugin.diff(desired, await plugin.query(ctx, desired)), ctx, UndoLog())
+        left = plugin.diff(desired, await plugin.query(ctx, desired))
+        assert left == [], [c.summary() for c in left[:5]]
+
+
+async def bench_sweep(sizes: list[int], kinds: list[str], rounds: int, res: Results) -> None:
+    work = Path(tempfile.mkdtemp(prefix="opdb-sweep-"))
+    try:
+        empty = work / "empty.json"
+        empty.write_text('{"version": 1, "plugins": {"net": {}}}')
+        warm = new_netns()
+        try:
+            op_dbus(warm, work / "warm-up", "diff", str(empty))  # writes the bytecode cache, untimed
+        finally:
+            sh("ip", "netns", "del", warm)
+        for kind in kinds:
+            for n in sizes:
+                state = work / f"state-{n}.json"
+                state.write_text(json.dumps({"version": 1, "plugins": {"net": sweep_state(kind, n)}}))
+                script = work / f"batch-{n}"
+                script.write_text(sweep_batch(kind, n))
+                for _ in range(rounds):
+                    key = f"{kind}:{n}"
+                    ns = new_netns()
+                    try:
+                        res.add(f"{key}:ip", timed(partial(sh, "ip", "-n", ns, "-batch", str(script))))
+                    finally:
+                        sh("ip", "netns", "del", ns)
+                    ns = new_netns()
+                    state_dir = work / f"sd-{uuid.uuid4().hex[:6]}"
+                    try:
+                        res.add(f"{key}:apply", timed(partial(op_dbus, ns, state_dir, "apply", str(state))))
+                        res.add(f"{key}:diff", timed(partial(op_dbus, ns, state_dir, "diff", str(state))))
+                        if kind == kinds[0] and n == sizes[0]:
+                            res.add("fixed", timed(partial(op_dbus, ns, state_dir, "diff", str(empty))))
+                    finally:
+                        sh("ip", "netns", "del", ns)
+                        shutil.rmtree(state_dir, ignore_errors=True)
+                    ns = new_netns()
+                    try:
+                        res.add(f"{key}:inproc", await atimed(partial(in_process, ns, sweep_state(kind, n))))
+                    finally:
+                        sh("ip", "netns", "del", ns)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_sweep(sizes: list[int], kinds: list[str], rounds: int, res: Results) -> None:
+    print(f"scale sweep: medians of {rounds} interleaved round(s), milliseconds; each variant into a fresh namespace")
+    fixed = res.median_ms("fixed")
+    print(f"  fixed cost of one op-dbus command (`op-dbus diff` of an empty net section): {fixed:.0f} ms")
+    print(f"  {'kind':<11} {'N':>6}  {'op-dbus apply':>13} {'no-op diff':>10} {'in-process':>10} {'ip -batch':>9}"
+          f"  {'apply/(ip+fixed)':>16}  {'in-proc/ip':>10}")
+    for kind in kinds:
+        for n in sizes:
+            key = f"{kind}:{n}"
+            apply_ms, diff_ms = res.median_ms(f"{key}:apply"), res.median_ms(f"{key}:diff")
+            inproc, ip = res.median_ms(f"{key}:inproc"), res.median_ms(f"{key}:ip")
+            print(f"  {kind:<11} {n:>6}  {apply_ms:>13.0f} {diff_ms:>10.0f} {inproc:>10.0f} {ip:>9.0f}"
+                  f"  {apply_ms / (ip + fixed):>16.2f}  {inproc / ip:>10.2f}")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--sweep", metavar="N,N,...", default="10,100,1000,3000,10000",
+                    help="object counts of the scale sweep ('' skips it)")
+    ap.add_argument("--sweep-rounds", type=int, default=3, help="rounds of the sweep (each round applies every N)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"what the sweep applies: {', '.join(KINDS)}")
+    ap.add_argument("--only-sweep", action="store_true", help="run the scale sweep alone")
+    ap.add_argument("--smoke", action="store_true", help="one round, tiny sizes: proves the benchmark runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.sweep, args.sweep_rounds = 1, "10", 1
+    sizes = [int(x) for x in args.sweep.split(",") if x]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        sys.exit(f"unknown kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     res = Results()
+    if sizes:
+        await bench_sweep(sizes, kinds, args.sweep_rounds, res)
+    if args.only_sweep:
+        print_sweep(sizes, kinds, args.sweep_rounds, res)
+        return
     ns = new_netns()
     ns_ovs = new_netns()
     try:
@@ -315,6 +454,8 @@ async def main() -> None:
         print(f"whole apply of {int(res.samples['changes'][0])} changes (check, query, diff, apply, verify)")
         for name in ("whole apply, end to end", "whole apply, vswitchd wait", "whole apply, without vswitchd wait"):
             print(f"  {name:<58} {res.median_ms(name):9.3f} ms" + ("   (bar: < 300 ms)" if "without" in name else ""))
+    if sizes:
+        print_sweep(sizes, kinds, args.sweep_rounds, res)
 
 
 if __name__ == "__main__":

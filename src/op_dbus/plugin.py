@@ -30,11 +30,11 @@ One optional verb serves the agent (`op-dbus run`):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -144,16 +144,29 @@ class Context:
 
     async def resource(self, key: str, opener: Callable[[], Awaitable[Any]],
                        closer: Callable[[Any], Awaitable[None] | None] | None = None) -> Any:
-        if key not in self._resources:
-            value = await opener()
-            self._resources[key] = value
-            if closer is not None:
-                async def _close(v: Any = value) -> None:
-                    result = closer(v)
-                    if result is not None:
-                        await result
-                self._stack.push_async_callback(_close)
-        return self._resources[key]
+        # One future per key: callers that ask at the same time (check and query run together) share one
+        # connection instead of each opening its own. A failed open is forgotten, so a later caller retries.
+        future = self._resources.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._open(key, opener, closer))
+            self._resources[key] = future
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if future.done() and (future.cancelled() or future.exception() is not None):
+                self._resources.pop(key, None)
+            raise
+
+    async def _open(self, key: str, opener: Callable[[], Awaitable[Any]],
+                    closer: Callable[[Any], Awaitable[None] | None] | None) -> Any:
+        value = await opener()
+        if closer is not None:
+            async def _close(v: Any = value) -> None:
+                result = closer(v)
+                if result is not None:
+                    await result
+            self._stack.push_async_callback(_close)
+        return value
 
     async def aclose(self) -> None:
         self._resources.clear()
@@ -229,6 +242,8 @@ def _load(spec: str) -> type[Plugin[Any]]:
 
 def plugin_specs() -> dict[str, str]:
     """name -> "module:Class" for every installed plugin (entry points win over the built-in table)."""
+    from importlib.metadata import entry_points  # about 10 ms: only when plugins are looked up
+
     specs = dict(BUILTIN_PLUGINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         specs[ep.name] = ep.value

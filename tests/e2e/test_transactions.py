@@ -226,3 +226,16 @@ def test_access_denied_explains_the_policy_fix(lab: Any, op: Any) -> None:
     assert r.returncode == 4, r.stdout + r.stderr
     assert "access denied" in r.stderr.lower() and "D-Bus policy" in r.stderr
     assert systemctl(lab, "is-active", "app-backend.service") == ["inactive"]
+
+
+def test_unit_that_dies_inside_the_settle_window_is_rolled_back(lab: Any, op: Any) -> None:
+    # Type=simple is "active" once forked; this one exits 0.1 s later, while the settle window (counted from the
+    # end of its start job) is still open: the apply must not verify, and everything is undone.
+    install_unit(lab, "dies-soon.service",
+                 "[Service]\nType=simple\nExecStart=/bin/sh -c 'sleep 0.1; exit 1'\n[Install]\nWantedBy=multi-user.target\n")
+    units = {**GOOD_UNITS, "dies-soon.service": {"active_state": "active", "enabled": True}}
+    r = op("apply", write(lab, document(units)))
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "verification failed" in r.stderr and "dies-soon.service" in r.stderr
+    assert systemctl(lab, "is-enabled", "dies-soon.service") == ["disabled"]
+    assert kinds(op)[-1] == "failed"

@@ -62,6 +62,9 @@ def error_from_reply(reply: Message, what: str) -> BackendError:
     return BackendError(f"{what}: {text}", code=name)
 
 
+MAX_IN_FLIGHT = 64
+
+
 class Client:
     """Method calls and property reads on one connection, with a timeout and translated errors."""
 
@@ -69,6 +72,9 @@ class Client:
         self.bus = bus
         self.timeout = timeout
         self.flags: set[str] = set()  # per-connection one-time setup done (e.g. a service's Subscribe)
+        # dbus-daemon refuses calls beyond its max_replies_per_connection (128 by default) awaiting a reply at once;
+        # callers that fan out over hundreds of objects queue here instead.
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def call(self, destination: str, path: str, interface: str, member: str,
                    signature: str = "", body: list[Any] | None = None, *, timeout: float | None = None) -> list[Any]:
@@ -76,7 +82,8 @@ class Client:
                       signature=signature, body=body or [])
         what = f"{interface}.{member} on {destination}"
         try:
-            reply = await asyncio.wait_for(self.bus.call(msg), timeout or self.timeout)
+            async with self._in_flight:
+                reply = await asyncio.wait_for(self.bus.call(msg), timeout or self.timeout)
         except TimeoutError:
             raise OperationTimeout(f"{what}: no reply within {timeout or self.timeout:.0f} s") from None
         except (EOFError, ConnectionError, BrokenPipeError) as e:

@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -245,6 +246,34 @@ class Route:
     priority: int = 0
     prefsrc: str | None = None
     metrics: dict[str, int] = field(default_factory=dict)  # the ROUTE_METRICS the kernel reports for it
+
+
+# How long a batch or a dump may wait for the kernel in all (it answers in the sending task's context, so only
+# a lost reply or a huge dump comes near this).
+DEFAULT_TIMEOUT = 30.0
+# Requests in flight at once; their replies must fit the receive buffer (see `size_receive_buffer`).
+BATCH_WINDOW = 256
+# Asked for with SO_RCVBUFFORCE (CAP_NET_ADMIN): room for dumps of tens of thousands of objects and a full
+# window of link replies. Without the capability, SO_RCVBUF gets what net.core.rmem_max allows.
+RECEIVE_BUFFER = 8 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def size_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+class NetlinkOverrun(BackendError):
+    """The kernel dropped replies because the socket's receive buffer was full (ENOBUFS)."""
+
+    def __init__(self) -> None:
+        super().__init__("netlink: the kernel dropped replies (receive buffer full, ENOBUFS); the outcome of "
+                         "some requests is unknown", code="ENOBUFS",
+                         hint="the state is re-read to find out what took effect")
+        self.replies: list[Reply] = []
 
 
 class NetlinkError(BackendError):
@@ -754,8 +783,10 @@ def socket_in_private_netns() -> socket.socket:
 class Netlink:
     """One rtnetlink socket (in one namespace): batched requests, dumps, and typed reads."""
 
-    def __init__(self, netns: str | None = None, *, sock: socket.socket | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, sock: socket.socket | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self.netns = netns
+        self.timeout = timeout
         try:
             self.sock = sock or socket_in(netns)
         except OSError as exc:
@@ -763,8 +794,10 @@ class Netlink:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         # Acks without the echoed request keep bulk replies small.
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        size_receive_buffer(self.sock)
         self.sock.bind((0, 0))
+        self.window = BATCH_WINDOW
+        self.fit_window()
         self.seq = 0
         self._buf = bytearray(1 << 18)
 
@@ -782,9 +815,28 @@ class Netlink:
         mtype, flags, body = req
         return self.seq, _HDR.pack(16 + len(body), mtype, flags, self.seq, 0) + body
 
-    def _read(self) -> Iterator[tuple[int, int, int, memoryview]]:
-        """One recv: (type, flags, seq, payload) for every message in it."""
-        n = self.sock.recv_into(self._buf)
+    def _read(self, deadline: float | None = None) -> Iterator[tuple[int, int, int, memoryview]]:
+        """One recv: (type, flags, seq, payload) for every message in it.
+
+        Waits until `deadline` (monotonic; default: this client's timeout from now) and raises BackendError
+        past it, so no caller can hang on a reply that will never come. ENOBUFS (the kernel dropped replies
+        because the receive buffer was full) is raised as NetlinkOverrun.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BackendError(f"netlink: no reply from the kernel within {self.timeout:g} s", code="ETIMEDOUT")
+        self.sock.settimeout(left)
+        try:
+            n = self.sock.recv_into(self._buf)
+        except TimeoutError:
+            raise BackendError(f"netlink: no reply from the kernel within {self.timeout:g} s",
+                               code="ETIMEDOUT") from None
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOBUFS:
+                raise NetlinkOverrun() from None
+            raise
         mv = memoryview(self._buf)[:n]
         off = 0
         while off + 16 <= n:
@@ -816,39 +868,78 @@ class Netlink:
                 ext = _cstr(tl[NLMSGERR_ATTR_MSG])
         return err, ext
 
-    def batch(self, requests: Iterable[Request]) -> list[Reply]:
-        """Send every request (in as few writes as fit), then collect each one's data and ack, in order."""
+    def fit_window(self) -> None:
+        """Fewer requests in flight when the receive buffer is small (about 2 KiB of it per reply, with margin)."""
+        room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.window = max(1, min(BATCH_WINDOW, room // 2048))
+
+    def batch(self, requests: Iterable[Request], *, window: int | None = None) -> list[Reply]:
+        """Send every request and collect each one's data and ack, in order.
+
+        At most `window` requests are outstanding at a time: the socket's receive buffer holds their
+        replies (an ack costs the buffer about 1 KiB whatever its length), so a batch of any size never
+        overruns it. The whole batch shares one deadline. If the kernel still dropped replies (ENOBUFS),
+        the replies read so far are kept in `NetlinkOverrun.replies` (unanswered ones have `done` unset:
+        their outcome is unknown and the caller must re-read the state).
+        """
         framed = [self._frame(r) for r in requests]
         if not framed:
             return []
         first = framed[0][0]
         replies = [Reply() for _ in framed]
-        chunk: list[bytes] = []
-        size = 0
-        for _seq, data in framed:
-            if size + len(data) > 65536 and chunk:
-                self.sock.send(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        if chunk:
-            self.sock.send(b"".join(chunk))
-        pending = len(framed)
-        while pending:
-            for mtype, flags, seq, payload in self._read():
-                i = seq - first
-                if not 0 <= i < len(replies) or replies[i].done:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    replies[i].error, replies[i].ext = self._decode_error(flags, payload)
-                    replies[i].done = True
-                    pending -= 1
-                elif mtype == NLMSG_DONE:
-                    replies[i].done = True
-                    pending -= 1
-                else:
-                    replies[i].messages.append((mtype, bytes(payload)))
+        deadline = time.monotonic() + self.timeout
+        window = window or self.window
+        sent = answered = 0
+        try:
+            while answered < len(framed):
+                if sent < len(framed) and sent - answered < window:
+                    # Fill the window in as few writes as fit (a write is at most 64 KiB here).
+                    chunk: list[bytes] = []
+                    size = 0
+                    while sent < len(framed) and sent - answered < window:
+                        data = framed[sent][1]
+                        if size + len(data) > 65536 and chunk:
+                            break
+                        chunk.append(data)
+                        size += len(data)
+                        sent += 1
+                    self.sock.send(b"".join(chunk))
+                    if sent < len(framed) and sent - answered < window:
+                        continue  # the 64 KiB write was full before the window
+                for mtype, flags, seq, payload in self._read(deadline):
+                    i = seq - first
+                    if not 0 <= i < len(replies) or replies[i].done:
+                        continue
+                    if mtype == NLMSG_ERROR:
+                        replies[i].error, replies[i].ext = self._decode_error(flags, payload)
+                        replies[i].done = True
+                        answered += 1
+                    elif mtype == NLMSG_DONE:
+                        replies[i].done = True
+                        answered += 1
+                    else:
+                        replies[i].messages.append((mtype, bytes(payload)))
+        except NetlinkOverrun as exc:
+            self._drain()
+            exc.replies = replies
+            raise
         return replies
+
+    def _drain(self) -> None:
+        """Discard whatever replies are still queued (after an overrun they can no longer be matched reliably)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    if not self.sock.recv_into(self._buf):
+                        break
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno_mod.ENOBUFS:
+                        break
+        finally:
+            self.sock.setblocking(True)
 
     def request(self, req: Request, what: str) -> Reply:
         reply = self.batch([req])[0]
@@ -860,8 +951,9 @@ class Netlink:
         seq, data = self._frame((mtype, NLM_F_REQUEST | NLM_F_DUMP, body))
         self.sock.send(data)
         out: list[bytes] = []
+        deadline = time.monotonic() + self.timeout
         while True:
-            for rtype, flags, rseq, payload in self._read():
+            for rtype, flags, rseq, payload in self._read(deadline):
                 if rseq != seq:
                     continue
                 if rtype == NLMSG_DONE:
@@ -923,7 +1015,7 @@ class Monitor:
     def __init__(self, netns: str | None = None, groups: int = WATCH_GROUPS) -> None:
         try:
             self.sock = socket_in(netns)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            size_receive_buffer(self.sock)
             self.sock.bind((0, groups))
         except OSError as exc:
             raise ServiceUnavailable(f"cannot subscribe to rtnetlink notifications: {exc}") from exc

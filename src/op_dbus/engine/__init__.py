@@ -128,11 +128,19 @@ class Engine:
 
     async def plan(self, doc: StateDocument) -> Plan:
         plugins = self._load(list(doc.sections))
-        problems = await asyncio.gather(*(p.check(doc.sections[n], self.ctx) for n, p in plugins.items()))
-        found: list[Problem] = [p for ps in problems for p in ps]
+        # check and query read the same things (a unit's UnitFileState, the links): they run together, and a
+        # problem check finds still wins over an error the query ran into.
+        checked, queried = await asyncio.gather(
+            asyncio.gather(*(p.check(doc.sections[n], self.ctx) for n, p in plugins.items())),
+            self._query_scoped(plugins, doc), return_exceptions=True)
+        if isinstance(checked, BaseException):
+            raise checked
+        found: list[Problem] = [p for ps in checked for p in ps]
         if found:
             raise StateFileError(doc.source, found)
-        current = await self._query_scoped(plugins, doc)
+        if isinstance(queried, BaseException):
+            raise queried
+        current = queried
         changes = {n: p.diff(doc.sections[n], current[n]) for n, p in plugins.items()}
         return Plan(doc, plugins, current, changes)
 
@@ -219,14 +227,17 @@ class Engine:
 
     async def _verify(self, plan: Plan) -> dict[str, Section]:
         """Re-read and compare, with bounded retries; a pass must still hold after the plugins' settle time."""
+        # The plugins' settle windows end at `settle_by`; a read that began before then does not count as settled.
         settle = max((p.settle_time(plan.changes[n]) for n, p in plan.plugins.items()), default=0.0)
+        settle_by = time.monotonic() + settle
         mismatches: list[Change] = []
         for delay in VERIFY_DELAYS:
             if delay:
                 await asyncio.sleep(delay)
             current, mismatches = await self._compare(plan)
             if not mismatches and settle:
-                await asyncio.sleep(settle)
+                # Only what is left of the window: the read above counted towards it.
+                await asyncio.sleep(max(0.0, settle_by - time.monotonic()))
                 settle = 0.0
                 current, mismatches = await self._compare(plan)
             if not mismatches:
@@ -247,10 +258,10 @@ class Engine:
         state = await self._converge_back(checkpoint, undo_errors)
         message = str(error) if isinstance(error, OpDbusError) else f"{type(error).__name__}: {error}"
         if ledger is not None:
-            ledger.append("failed", intent.changes, state, actor=actor(),
+            undone = [{**c.to_record(), "undone": True} for c in reversed(undo.entries)]
+            ledger.append("failed", intent.changes + undone, state, actor=actor(),
                           summary=f"failed, {'partly ' if undo_errors else ''}rolled back: {message.splitlines()[0][:200]}",
-                          meta={"txid": intent.id, "error": message, "rolled_back": not undo_errors,
-                                "undo_errors": undo_errors, "undone": [c.to_record() for c in reversed(undo.entries)]})
+                          meta=failure_meta(intent.id, message, undo_errors, len(undone)))
         self.journal.remove()
         if undo_errors:
             raise ApplyFailed(f"apply failed: {message}\nrollback incomplete: " + "; ".join(undo_errors)) from None
@@ -412,6 +423,26 @@ class Engine:
             raise
         except Exception as e:
             raise LedgerError(f"cannot open the audit log: {e}") from e
+
+
+# A failed block's meta stays well under the log's meta limit whatever the size of the failure: the steps
+# undone go into the block's change records (marked "undone"), and long texts are cut here.
+FAILURE_TEXT = 4096
+FAILURE_ERRORS = 8
+
+
+def failure_meta(txid: str, message: str, undo_errors: list[str], undone: int) -> dict[str, Any]:
+    """The meta of a `failed` block: the error, what could not be undone (bounded), and how many steps were undone."""
+
+    def cut(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit] + f" ... ({len(text)} characters in all)"
+
+    meta: dict[str, Any] = {"txid": txid, "error": cut(message, FAILURE_TEXT), "rolled_back": not undo_errors,
+                            "undo_errors": [cut(e, FAILURE_TEXT // FAILURE_ERRORS) for e in undo_errors[:FAILURE_ERRORS]],
+                            "undone": undone}
+    if len(undo_errors) > FAILURE_ERRORS:
+        meta["undo_errors_total"] = len(undo_errors)
+    return meta
 
 
 def document_from_snapshot(snapshot: dict[str, Any], source: str,

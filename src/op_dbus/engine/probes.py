@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
-from op_dbus.backends import dbus
 from op_dbus.errors import ApplyFailed, OpDbusError
 from op_dbus.plugin import Context
 from op_dbus.state import Probe
+
+if TYPE_CHECKING:
+    from op_dbus.backends import dbus
 
 RETRY_EVERY = 0.2
 
 
 async def _bus(ctx: Context) -> dbus.Client:
+    # Imported here: the D-Bus client library is only loaded by a command that has a D-Bus probe.
+    from op_dbus.backends import dbus
+
     return await ctx.resource(  # type: ignore[no-any-return]
         "dbus.system", lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout), dbus.close_client)
 

@@ -79,7 +79,13 @@ ENABLED_STATES = {"enabled": True, "enabled-runtime": True, "disabled": False}
 MASKED_STATES = ("masked", "masked-runtime")
 NOT_ENABLEABLE = ("static", "indirect", "generated", "transient", "alias", "linked", "linked-runtime", "bad")
 
+# How long a unit started by an apply must stay active, counted from the end of its start job, before the
+# result counts: a Type=simple/exec/idle service is "active" as soon as its process is forked or exec'd,
+# so a crash at start-up shows only later. Other types (oneshot, forking, notify, dbus, and units that are
+# not services) are active only once they said they are ready: no window.
 START_SETTLE = 0.3
+PREMATURE_ACTIVE_TYPES = frozenset({"simple", "exec", "idle"})
+SERVICE = "org.freedesktop.systemd1.Service"
 
 # Inverse of each action, used to record undo before the action runs.
 INVERSE = {"start": "stop", "stop": "start", "enable": "disable", "disable": "enable", "mask": "unmask", "unmask": "mask"}
@@ -137,6 +143,8 @@ class SystemdPlugin(Plugin[SystemdState]):
     name = "systemd"
     model = SystemdState
     order = 50
+    # When the last start job of a unit with a premature "active" ended (monotonic); set by `apply`.
+    _settle_from: float | None = None
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -355,8 +363,16 @@ class SystemdPlugin(Plugin[SystemdState]):
         return Change(self.name, unit, action, {field: before}, {field: after})
 
     def settle_time(self, changes: list[Change]) -> float:
-        # A Type=simple unit is "active" from the moment it forks: give a crash time to show.
-        return START_SETTLE if any(c.action == "start" for c in changes) else 0.0
+        """What is left of the window after the last start job of a unit whose "active" is premature.
+
+        The window runs from the end of the job (measured in `apply`), so the verification and everything else
+        done since counts towards it. Without an apply in this process (a plan alone): the whole window.
+        """
+        if not any(c.action == "start" for c in changes):
+            return 0.0
+        if self._settle_from is None:
+            return START_SETTLE
+        return max(0.0, self._settle_from + START_SETTLE - time.monotonic())
 
     # -- applying ------------------------------------------------------------------------------------
 
@@ -418,10 +434,15 @@ class SystemdPlugin(Plugin[SystemdState]):
                 jobs.append((c, job))
                 if job not in finished:
                     waiting[job] = loop.create_future()
+            started = [c.object for c in batch if c.action == "start"]
+            # Which started units need a settle window: asked while their jobs run.
+            premature = asyncio.ensure_future(self._premature_active(client, started))
             try:
                 async with asyncio.timeout(timeout):
                     for job, fut in waiting.items():
                         finished[job] = await fut
+                    if await premature:
+                        self._settle_from = time.monotonic()
             except TimeoutError:
                 late = [c.object for c, job in jobs if job not in finished]
                 raise ApplyFailed(f"systemd jobs did not finish within {timeout:.0f} s: {', '.join(late)}",
@@ -433,6 +454,19 @@ class SystemdPlugin(Plugin[SystemdState]):
                                   hint=f"see `journalctl -u {failed[0][0].object}` on the managed system")
         finally:
             stop_listening()
+
+    @staticmethod
+    async def _premature_active(client: dbus.Client, names: list[str]) -> bool:
+        """Whether any of the (just started) units is a service of a type whose "active" comes before it is up."""
+        services = [n for n in names if n.endswith(".service")]
+        if not services:
+            return False
+        try:
+            (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [services])
+            types = await asyncio.gather(*(client.get_property(SYSTEMD, row[6], SERVICE, "Type") for row in rows))
+        except OpDbusError:
+            return True  # unknown: keep the window
+        return any(t in PREMATURE_ACTIVE_TYPES for t in types)
 
     async def _subscribe(self, client: dbus.Client) -> None:
         # systemd emits JobRemoved only once some client has called Subscribe; the match rule routes it to us.

@@ -121,7 +121,7 @@ class NetPlugin(Plugin[NetSection]):
 
     async def _netlink(self, ctx: Context, netns: str | None) -> nl.Netlink:
         async def opener() -> nl.Netlink:
-            return nl.Netlink(netns)
+            return nl.Netlink(netns, timeout=ctx.settings.job_timeout)
 
         return await ctx.resource(f"net.netlink:{netns or ''}", opener, lambda s: s.close())  # type: ignore[no-any-return]
 

@@ -94,7 +94,11 @@ class _NetlinkRun:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        replies = self.nl.batch([req for _c, req, _e in batch])
+        try:
+            replies = self.nl.batch([req for _c, req, _e in batch])
+        except nl.NetlinkOverrun as overrun:
+            self._overrun(batch, overrun)
+            raise
         for (change, _req, entry), reply in zip(batch, replies, strict=True):
             if reply.error and _already_gone(change, reply):
                 continue
@@ -105,8 +109,23 @@ class _NetlinkRun:
                     self.first_error = reply
         if self.errors:
             # Later runs may depend on what failed: stop here; the undo log holds what did take effect.
-            raise nl.NetlinkError("; ".join(self.errors), errno=self.first_error.error,  # type: ignore[union-attr]
+            shown = "; ".join(self.errors[:10]) + (f"; and {len(self.errors) - 10} more" if len(self.errors) > 10 else "")
+            raise nl.NetlinkError(shown, errno=self.first_error.error,  # type: ignore[union-attr]
                                   ext=self.first_error.ext)  # type: ignore[union-attr]
+
+    def _overrun(self, batch: list[tuple[Change, nl.Request, Change | None]], overrun: nl.NetlinkOverrun) -> None:
+        """Replies were dropped: keep the inverse of every request that may have taken effect.
+
+        An unanswered request may or may not have been carried out, so its inverse stays in the undo log marked
+        `outcome_unknown`: replaying it tolerates finding the object already as it should be. The engine then
+        re-reads the state and converges to the checkpoint for whatever is still different.
+        """
+        replies = overrun.replies or [nl.Reply() for _ in batch]
+        for (_change, _req, entry), reply in zip(batch, replies, strict=True):
+            if reply.done and reply.error:
+                _forget(self.undo, entry)
+            elif not reply.done and entry is not None:
+                entry.payload["outcome_unknown"] = True
 
     def run(self, changes: list[Change]) -> None:
         for i, change in enumerate(changes):
@@ -208,6 +227,9 @@ def _already_gone(change: Change, reply: nl.Reply) -> bool:
         return reply.error == errno.ESRCH
     if p["op"] == "rule" and not p["add"]:
         return reply.error == errno.ENOENT
+    if p.get("outcome_unknown") and p["op"] in ("addr", "route") and p["add"]:
+        # The inverse of a removal whose reply was lost (see _NetlinkRun._overrun): the removal may never have happened.
+        return reply.error == errno.EEXIST
     return False
 
 
