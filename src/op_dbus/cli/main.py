@@ -490,6 +490,15 @@ def schema(opts: Options, plugin: str | None) -> int:
     return ExitCode.OK
 
 
+def _register_fleet_commands() -> None:
+    from op_dbus.cli.collector import collector
+
+    cli.add_command(collector)
+
+
+_register_fleet_commands()
+
+
 def _report(error: OpDbusError, opts: Options | None) -> None:
     from op_dbus.errors import StateFileError
 

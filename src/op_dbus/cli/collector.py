@@ -1,0 +1,167 @@
+"""`op-dbus collector ...` (the fleet collector, needs the op-dbus[collector] extra) and `op-dbus report` (hosts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from op_dbus.errors import ExitCode, OpDbusError
+
+DB_HELP = "Database URL: sqlite:////path/fleet.db or postgresql://user@host/db."
+DEFAULT_DB = "sqlite:////var/lib/op-dbus-collector/fleet.db"
+DEFAULT_KEY = "/var/lib/op-dbus-collector/witness.key"
+DEFAULT_COLLECTORS = "/etc/op-dbus/collectors"
+
+
+class MissingExtra(OpDbusError):
+    pass
+
+
+def _fleet() -> Any:
+    """Import the collector modules, saying what to install when the extra is missing."""
+    try:
+        from op_dbus.fleet import app, db, witness
+    except ImportError as exc:
+        raise MissingExtra(f"the collector needs the op-dbus[collector] extra ({exc.name} is missing)",
+                           hint="pip install 'op-dbus[collector]'") from None
+    return app, db, witness
+
+
+def _witness(db_url: str, key: str) -> Any:
+    app, db, witness = _fleet()
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    return witness.Witness(engine, app.open_signer(engine, Path(key), None))
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True) if as_json else text)
+
+
+def _is_json(ctx: click.Context) -> bool:
+    return bool(getattr(ctx.find_root().obj, "json", False))
+
+
+db_option = click.option("--db", "db_url", metavar="URL", envvar="OP_DBUS_COLLECTOR_DB", default=DEFAULT_DB,
+                         show_default=True, help=DB_HELP)
+key_option = click.option("--key-file", metavar="PATH", default=DEFAULT_KEY, show_default=True,
+                          help="The witness's Ed25519 key (PKCS#8 PEM, 0600; created on first start).")
+
+
+@click.group()
+def collector() -> None:
+    """The fleet collector: a C2SP tlog-witness for the audit logs of enrolled hosts (needs op-dbus[collector])."""
+
+
+@collector.command()
+@db_option
+@key_option
+@click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8470", show_default=True,
+              help="Where to listen. Plain HTTP only on loopback; elsewhere give --tls-cert/--tls-key.")
+@click.option("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate chain.")
+@click.option("--tls-key", metavar="PEM", help="The TLS private key (0600).")
+@click.option("--name", metavar="NAME", help="The witness name, fixed on first start [default: op-dbus-collector/HOSTNAME].")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key: str | None, name: str | None,
+          workers: int) -> int:
+    """Serve POST /add-checkpoint (C2SP tlog-witness) until SIGTERM."""
+    app, _db, _witness_mod = _fleet()
+    app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers)
+    return ExitCode.OK
+
+
+@collector.command()
+@db_option
+@key_option
+def key(db_url: str, key_file: str) -> int:
+    """Print the witness's C2SP verifier key (name+keyID+key, cosignature/v1) for hosts' and auditors' policies."""
+    click.echo(_witness(db_url, key_file).signer.verifier.vkey)
+    return ExitCode.OK
+
+
+@collector.command()
+@click.argument("name")
+@click.option("--key", "host_key", metavar="HOST.pub", required=True, type=click.Path(dir_okay=False),
+              help="The host's verifier key file (its state directory's host.pub).")
+@db_option
+@key_option
+@click.pass_context
+def enroll(ctx: click.Context, name: str, host_key: str, db_url: str, key_file: str) -> int:
+    """Know host NAME by its audit log's verifier key: its checkpoints are witnessed from now on."""
+    try:
+        vkey = Path(host_key).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {host_key}: {exc}", param_hint="--key") from None
+    host = _witness(db_url, key_file).enroll(name, vkey)
+    _emit({"name": host.name, "origin": host.origin}, _is_json(ctx), f"enrolled {host.name}: log {host.origin}")
+    return ExitCode.OK
+
+
+@collector.command()
+@click.argument("name")
+@db_option
+@key_option
+def revoke(name: str, db_url: str, key_file: str) -> int:
+    """Refuse everything from host NAME from now on (its witness record and evidence are kept)."""
+    _witness(db_url, key_file).revoke(name)
+    click.echo(f"revoked {name}")
+    return ExitCode.OK
+
+
+@collector.command("hosts")
+@db_option
+@key_option
+@click.pass_context
+def hosts_cmd(ctx: click.Context, db_url: str, key_file: str) -> int:
+    """List enrolled hosts with the size the witness holds for each."""
+    w = _witness(db_url, key_file)
+    rows = [{"name": h.name, "origin": h.origin, "revoked": h.revoked, "size": w.current_size(h.origin)}
+            for h in w.hosts()]
+    text = "\n".join(f"{r['name']}\t{r['origin']}\tsize {r['size']}{'  REVOKED' if r['revoked'] else ''}"
+                     for r in rows) or "no hosts enrolled"
+    _emit(rows, _is_json(ctx), text)
+    return ExitCode.OK
+
+
+@collector.command("alerts")
+@db_option
+@key_option
+@click.pass_context
+def alerts_cmd(ctx: click.Context, db_url: str, key_file: str) -> int:
+    """List open alerts (equivocation: a host's log contradicted what the witness holds). Exit 3 if any."""
+    rows = _witness(db_url, key_file).alerts()
+    text = "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts"
+    _emit(rows, _is_json(ctx), text)
+    return ExitCode.DIFFERENCE if rows else ExitCode.OK
+
+
+def read_collectors(path: Path) -> list[tuple[str, str]]:
+    """The collectors file: one `URL WITNESS-VKEY` per line; '#' starts a comment."""
+    from op_dbus import files
+
+    try:
+        fd_stat = path.stat()
+    except FileNotFoundError:
+        return []
+    files.check_file(fd_stat, path, "collectors file", secret=False)
+    files.check_parent(path)
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise click.BadParameter(f"{path}:{n}: expected 'URL WITNESS-VKEY'")
+        entries.append((parts[0], parts[1]))
+    return entries
+
+
+def parse_collector_option(value: str) -> tuple[str, str]:
+    url, sep, vkey = value.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{value!r}: expected URL=WITNESS-VKEY", param_hint="--collector")
+    return url, vkey

@@ -1,0 +1,139 @@
+"""The collector's HTTP interface (Starlette) and its server (uvicorn), with limits on connections, sizes and time."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from op_dbus.errors import InvalidInput
+from op_dbus.fleet import db
+from op_dbus.fleet.witness import MAX_BODY, Witness
+from op_dbus.ledger import keys
+from op_dbus.ledger.cosignature import WitnessSigner
+
+DEFAULT_LISTEN = "127.0.0.1:8470"
+DEFAULT_KEY = "/var/lib/op-dbus-collector/witness.key"
+BODY_DEADLINE = 10.0  # seconds a client may take to send its whole request body
+MAX_CONNECTIONS = 256
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes (before reading them, when Content-Length says so)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(witness: Witness) -> Starlette:
+    async def add_checkpoint(request: Request) -> Response:
+        try:
+            body = await asyncio.wait_for(read_body(request, MAX_BODY), BODY_DEADLINE)
+        except BodyTooLarge:
+            return PlainTextResponse(f"request body over {MAX_BODY} bytes\n", status_code=413)
+        except TimeoutError:
+            return PlainTextResponse("request body not received in time\n", status_code=408)
+        reply = await run_in_threadpool(witness.add_checkpoint, body)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    async def health(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    return Starlette(routes=[
+        Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+        Route("/healthz", health, methods=["GET"]),
+    ])
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+    loopback: bool
+
+
+def parse_listen(value: str) -> Listen:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535 or not host:
+        raise InvalidInput(f"--listen {value!r}: expected HOST:PORT (for example 127.0.0.1:8470)")
+    host = host.strip("[]")
+    if host == "localhost":
+        return Listen("127.0.0.1", int(port_s), True)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidInput(f"--listen {value!r}: give an IP address, not a name") from None
+    return Listen(host, int(port_s), address.is_loopback)
+
+
+def open_signer(engine: Any, key_path: Path, name: str | None) -> WitnessSigner:
+    """The witness key (created 0600 on first start) and its name, which is fixed in the database on first start."""
+    private, _ = keys.load_or_create_private_key(key_path, create=True)
+    chosen = db.set_setting_once(engine, "witness_name", name or f"op-dbus-collector/{socket.gethostname()}")
+    if name is not None and name != chosen:
+        raise InvalidInput(f"--name {name!r}: this collector's witness is already named {chosen!r}")
+    return WitnessSigner(chosen, private)
+
+
+def serve(db_url: str, listen: str, key_path: Path, *, name: str | None = None, tls_cert: str | None = None,
+          tls_key: str | None = None, workers: int = 1) -> None:
+    import uvicorn
+
+    where = parse_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if not where.loopback and tls_cert is None:
+        raise InvalidInput(f"--listen {listen}: plain HTTP is only served on loopback",
+                           hint="give --tls-cert and --tls-key to listen on another address")
+    for path in (tls_cert, tls_key):
+        if path is not None:
+            st = Path(path).stat()
+            keys.check_file(st, Path(path), "TLS file", secret=path == tls_key)
+    engine = db.make_engine(db_url)
+    db.migrate(engine)
+    signer = open_signer(engine, key_path, name)
+    engine.dispose()
+    config: dict[str, Any] = {
+        "host": where.host, "port": where.port, "limit_concurrency": MAX_CONNECTIONS, "backlog": 512,
+        "timeout_keep_alive": 15, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": 16 * 1024,
+        "server_header": False, "date_header": False, "access_log": False, "proxy_headers": False,
+        "ssl_certfile": tls_cert, "ssl_keyfile": tls_key,
+    }
+    if workers > 1:
+        # Each worker process builds its own app (and database pool) from the environment.
+        import os
+
+        os.environ.update({"OP_DBUS_COLLECTOR_DB": db_url, "OP_DBUS_COLLECTOR_KEY": str(key_path),
+                           "OP_DBUS_COLLECTOR_NAME": signer.name})
+        uvicorn.run("op_dbus.fleet.app:app_from_environment", factory=True, workers=workers, **config)
+    else:
+        uvicorn.run(build_app(Witness(db.make_engine(db_url), signer)), **config)
+
+
+def app_from_environment() -> Starlette:
+    import os
+
+    engine = db.make_engine(os.environ["OP_DBUS_COLLECTOR_DB"])
+    signer = open_signer(engine, Path(os.environ["OP_DBUS_COLLECTOR_KEY"]), os.environ["OP_DBUS_COLLECTOR_NAME"])
+    return build_app(Witness(engine, signer))

@@ -1,0 +1,98 @@
+"""The host side of witnessing (standard library only): send the latest checkpoint, keep the cosignature.
+
+For each collector (its URL and its witness verifier key) the host sends `old` = the largest size that witness
+has cosigned for it (from its own `cosignatures` table), the RFC 6962 consistency proof from there, and its
+latest signed checkpoint. A 409 names the witness's size: when the host's log holds that size the request is
+made again from it once (the host lost its record, or another process of this host reported first).
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from op_dbus.ledger import cosignature, note
+from op_dbus.ledger.cosignature import WitnessVerifier
+
+DEFAULT_TIMEOUT = 3.0
+MAX_REPLY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Collector:
+    url: str
+    verifier: WitnessVerifier
+
+    @classmethod
+    def parse(cls, url: str, vkey: str) -> Collector:
+        if not url.startswith(("http://", "https://")):
+            raise note.NoteError(f"collector URL {url!r} must start with http:// or https://")
+        return cls(url.rstrip("/"), WitnessVerifier.from_vkey(vkey))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    collector: str
+    ok: bool
+    size: int
+    status: int | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"collector": self.collector, "ok": self.ok, "size": self.size, "status": self.status,
+                "message": self.message}
+
+
+def request_body(old: int, proof: list[bytes], checkpoint: str) -> bytes:
+    lines = [f"old {old}", *(base64.b64encode(h).decode() for h in proof)]
+    return ("\n".join(lines) + "\n\n" + checkpoint).encode()
+
+
+def _post(url: str, body: bytes, timeout: float) -> tuple[int, str, str]:
+    req = urllib.request.Request(url + "/add-checkpoint", data=body, method="POST",
+                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read(MAX_REPLY).decode("utf-8", "replace"), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(MAX_REPLY).decode("utf-8", "replace"), exc.headers.get("Content-Type", "")
+
+
+def send(ledger: Any, target: Collector, *, timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+    """Have `target` cosign the log's latest checkpoint; keep the cosignature. Never raises for network trouble."""
+    size = len(ledger)
+    if size == 0:
+        return Outcome(target.url, False, 0, None, "the audit log is empty: nothing to witness")
+    db_path = str(ledger.db_path)
+    vkey = target.verifier.vkey
+    checkpoint = ledger.checkpoint(size)
+    text = note.parse(checkpoint).text
+    old = cosignature.last_cosigned(db_path, vkey)
+    if old > size:
+        old = 0  # our record is ahead of our log: ask the witness where it stands
+    for _attempt in range(2):
+        proof = ledger.consistency_proof(old, size) if 0 < old < size else []
+        try:
+            status, reply, ctype = _post(target.url, request_body(old, proof, checkpoint), timeout)
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return Outcome(target.url, False, size, None, f"collector unreachable: {reason}")
+        if status == 200:
+            for line in reply.splitlines():
+                if target.verifier.verify_line(text, line) is not None:
+                    cosignature.record(db_path, vkey, size, line)
+                    return Outcome(target.url, True, size, status, f"cosigned size {size}")
+            return Outcome(target.url, False, size, status, "the reply carries no valid cosignature from this witness")
+        if status == 409 and ctype.startswith("text/x.tlog.size"):
+            held = reply.strip()
+            if held.isdigit() and int(held) != old and int(held) <= size:
+                old = int(held)
+                continue
+            if held.isdigit() and int(held) > size:
+                return Outcome(target.url, False, size, status,
+                               f"the witness holds size {held}, more than this log's {size}: the log was cut")
+        return Outcome(target.url, False, size, status, reply.strip()[:200] or f"HTTP {status}")
+    return Outcome(target.url, False, size, 409, "the witness's size kept moving")
