@@ -30,11 +30,12 @@ def _fleet() -> Any:
     return app, db, witness
 
 
-def _witness(db_url: str, key: str) -> Any:
+def _witness(db_url: str, key: str | None = None, name: str | None = None) -> Any:
+    """The witness over `db_url`; with `key`, its signing key too (which fixes its name on first use)."""
     app, db, witness = _fleet()
     engine = db.make_engine(db_url, pool_size=1)
     db.migrate(engine)
-    return witness.Witness(engine, app.open_signer(engine, Path(key), None))
+    return witness.Witness(engine, None if key is None else app.open_signer(engine, Path(key), name))
 
 
 def _emit(obj: Any, as_json: bool, text: str) -> None:
@@ -76,9 +77,10 @@ def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key
 @collector.command()
 @db_option
 @key_option
-def key(db_url: str, key_file: str) -> int:
+@click.option("--name", metavar="NAME", help="The witness name, if not fixed yet [default: op-dbus-collector/HOSTNAME].")
+def key(db_url: str, key_file: str, name: str | None) -> int:
     """Print the witness's C2SP verifier key (name+keyID+key, cosignature/v1) for hosts' and auditors' policies."""
-    click.echo(_witness(db_url, key_file).signer.verifier.vkey)
+    click.echo(_witness(db_url, key_file, name).signer.verifier.vkey)
     return ExitCode.OK
 
 
@@ -87,15 +89,14 @@ def key(db_url: str, key_file: str) -> int:
 @click.option("--key", "host_key", metavar="HOST.pub", required=True, type=click.Path(dir_okay=False),
               help="The host's verifier key file (its state directory's host.pub).")
 @db_option
-@key_option
 @click.pass_context
-def enroll(ctx: click.Context, name: str, host_key: str, db_url: str, key_file: str) -> int:
+def enroll(ctx: click.Context, name: str, host_key: str, db_url: str) -> int:
     """Know host NAME by its audit log's verifier key: its checkpoints are witnessed from now on."""
     try:
         vkey = Path(host_key).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"cannot read {host_key}: {exc}", param_hint="--key") from None
-    host = _witness(db_url, key_file).enroll(name, vkey)
+    host = _witness(db_url).enroll(name, vkey)
     _emit({"name": host.name, "origin": host.origin}, _is_json(ctx), f"enrolled {host.name}: log {host.origin}")
     return ExitCode.OK
 
@@ -103,21 +104,19 @@ def enroll(ctx: click.Context, name: str, host_key: str, db_url: str, key_file: 
 @collector.command()
 @click.argument("name")
 @db_option
-@key_option
-def revoke(name: str, db_url: str, key_file: str) -> int:
+def revoke(name: str, db_url: str) -> int:
     """Refuse everything from host NAME from now on (its witness record and evidence are kept)."""
-    _witness(db_url, key_file).revoke(name)
+    _witness(db_url).revoke(name)
     click.echo(f"revoked {name}")
     return ExitCode.OK
 
 
 @collector.command("hosts")
 @db_option
-@key_option
 @click.pass_context
-def hosts_cmd(ctx: click.Context, db_url: str, key_file: str) -> int:
+def hosts_cmd(ctx: click.Context, db_url: str) -> int:
     """List enrolled hosts with the size the witness holds for each."""
-    w = _witness(db_url, key_file)
+    w = _witness(db_url)
     rows = [{"name": h.name, "origin": h.origin, "revoked": h.revoked, "size": w.current_size(h.origin)}
             for h in w.hosts()]
     text = "\n".join(f"{r['name']}\t{r['origin']}\tsize {r['size']}{'  REVOKED' if r['revoked'] else ''}"
@@ -128,11 +127,10 @@ def hosts_cmd(ctx: click.Context, db_url: str, key_file: str) -> int:
 
 @collector.command("alerts")
 @db_option
-@key_option
 @click.pass_context
-def alerts_cmd(ctx: click.Context, db_url: str, key_file: str) -> int:
+def alerts_cmd(ctx: click.Context, db_url: str) -> int:
     """List open alerts (equivocation: a host's log contradicted what the witness holds). Exit 3 if any."""
-    rows = _witness(db_url, key_file).alerts()
+    rows = _witness(db_url).alerts()
     text = "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts"
     _emit(rows, _is_json(ctx), text)
     return ExitCode.DIFFERENCE if rows else ExitCode.OK
@@ -165,3 +163,50 @@ def parse_collector_option(value: str) -> tuple[str, str]:
     if not sep:
         raise click.BadParameter(f"{value!r}: expected URL=WITNESS-VKEY", param_hint="--collector")
     return url, vkey
+
+
+def load_collectors(options: tuple[str, ...], collectors_file: str) -> list[Any]:
+    """The collectors to report to: every --collector URL=VKEY, or else the collectors file."""
+    from op_dbus.errors import InvalidInput
+    from op_dbus.fleet.client import Collector
+    from op_dbus.ledger.note import NoteError
+
+    pairs = [parse_collector_option(v) for v in options] or read_collectors(Path(collectors_file))
+    out = []
+    for url, vkey in pairs:
+        try:
+            out.append(Collector.parse(url, vkey))
+        except NoteError as exc:
+            raise InvalidInput(f"collector {url}: {exc}") from None
+    return out
+
+
+def send_reports(ledger: Any, targets: list[Any], timeout: float) -> list[Any]:
+    from op_dbus.fleet.client import send
+
+    return [send(ledger, target, timeout=timeout) for target in targets]
+
+
+@click.command()
+@click.option("--collector", "collectors", metavar="URL=WITNESS-VKEY", multiple=True,
+              help="A collector and its witness key (`op-dbus collector key` there); repeatable "
+                   f"[default: the lines of {DEFAULT_COLLECTORS}].")
+@click.option("--collectors-file", metavar="PATH", default=DEFAULT_COLLECTORS, show_default=True,
+              help="One 'URL WITNESS-VKEY' per line.")
+@click.option("--timeout", metavar="SECONDS", type=click.FloatRange(0.1, 60), default=3.0, show_default=True,
+              help="How long to wait for each collector.")
+@click.pass_context
+def report(ctx: click.Context, collectors: tuple[str, ...], collectors_file: str, timeout: float) -> int:
+    """Send the audit log's latest checkpoint to the collectors now and keep their cosignatures.
+
+    Exit 0 when every collector cosigned, 3 when one refused or could not be reached (retried at the next report).
+    """
+    opts = ctx.find_root().obj
+    targets = load_collectors(collectors, collectors_file)
+    if not targets:
+        raise click.UsageError(f"no collector configured: give --collector or write {collectors_file}")
+    with opts.ledger() as ledger:
+        outcomes = send_reports(ledger, targets, timeout)
+    _emit([o.to_dict() for o in outcomes], _is_json(ctx),
+          "\n".join(f"{o.collector}: {'ok' if o.ok else 'FAILED'}: {o.message}" for o in outcomes))
+    return ExitCode.OK if all(o.ok for o in outcomes) else ExitCode.DIFFERENCE

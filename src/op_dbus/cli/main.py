@@ -491,9 +491,10 @@ def schema(opts: Options, plugin: str | None) -> int:
 
 
 def _register_fleet_commands() -> None:
-    from op_dbus.cli.collector import collector
+    from op_dbus.cli.collector import collector, report
 
     cli.add_command(collector)
+    cli.add_command(report)
 
 
 _register_fleet_commands()

@@ -86,7 +86,8 @@ class Host:
 class Witness:
     """add-checkpoint and the host registry over one database; safe to share between threads and processes."""
 
-    def __init__(self, engine: Engine, signer: WitnessSigner) -> None:
+    def __init__(self, engine: Engine, signer: WitnessSigner | None) -> None:
+        """`signer` may be None for enrollment and reads; add-checkpoint needs it."""
         self.engine = engine
         self.signer = signer
 
@@ -141,6 +142,9 @@ class Witness:
     # -- add-checkpoint --------------------------------------------------------------------------------
 
     def add_checkpoint(self, body: bytes) -> Reply:
+        signer = self.signer
+        if signer is None:
+            raise RuntimeError("add-checkpoint needs the witness key")
         try:
             req = parse_request(body)
             signed = note.parse(req.checkpoint)
@@ -195,7 +199,7 @@ class Witness:
                 current = conn.execute(select(db.witness_state.c.size)
                                        .where(db.witness_state.c.origin == cp.origin)).scalar()
                 return Reply(409, f"{int(current or 0)}\n", "text/x.tlog.size")
-            line = self.signer.cosign(signed.text, int(now))
+            line = signer.cosign(signed.text, int(now))
         return Reply(200, line)
 
     def _evidence(self, conn: Connection, host: str, origin: str, kind: str, stored: str | None,

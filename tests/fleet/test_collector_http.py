@@ -1,0 +1,174 @@
+"""The collector over real HTTP: `op-dbus collector serve` processes, `op-dbus report` from a host's log, limits,
+and two collector processes over one PostgreSQL racing for the same checkpoint."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from op_dbus.fleet.client import request_body
+from op_dbus.ledger import Ledger, cosignature, note
+from op_dbus.ledger.cosignature import WitnessVerifier
+from tests.fleet.conftest import PgCluster, free_port, reset_postgres, running
+
+WITNESS = "witness.test/w1"
+
+
+def op_dbus(*args: str, state_dir: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "op_dbus"]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(state_dir)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def post(url: str, body: bytes, timeout: float = 30) -> tuple[int, str, str]:
+    req = urllib.request.Request(url + "/add-checkpoint", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), exc.headers.get("Content-Type", "")
+
+
+def start_collector(stack: ExitStack, db_url: str, key_file: Path, *extra: str) -> str:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "op_dbus", "collector", "serve", "--db", db_url,
+                             "--key-file", str(key_file), "--name", WITNESS, "--listen", f"127.0.0.1:{port}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stack.enter_context(running(proc))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                return url
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("collector exited: " + (proc.stdout.read().decode() if proc.stdout else "")) from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def grow(log: Ledger, n: int) -> None:
+    for _ in range(n):
+        i = len(log)
+        log.append("apply", [{"plugin": "systemd", "action": "set", "object": f"u{i}"}], {"n": i},
+                   actor={"user": "test"}, summary=f"block {i}")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    d = tmp_path / "collector"
+    d.mkdir(mode=0o700)
+    return f"sqlite:///{d}/fleet.db"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger.open(tmp_path / "host") as log:
+        grow(log, 3)
+        yield log
+
+
+def test_report_is_cosigned_over_http_and_kept_by_the_host(sqlite_url: str, key_dir: Path, host: Ledger) -> None:
+    key_file = key_dir / "witness.key"
+    with ExitStack() as stack:
+        url = start_collector(stack, sqlite_url, key_file)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file)).stdout.strip()
+        verifier = WitnessVerifier.from_vkey(vkey)
+        assert verifier.name == WITNESS
+        enrolled = op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url)
+        assert enrolled.returncode == 0, enrolled.stderr
+        first = op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert cosignature.last_cosigned(str(host.db_path), vkey) == 3
+        grow(host, 4)
+        second = op_dbus("-o", "json", "report", "--collector", f"{url}={vkey}", state_dir=host.state_dir)
+        assert second.returncode == 0, second.stdout + second.stderr
+        [stored] = cosignature.for_size(str(host.db_path), 7)
+        assert verifier.verify_line(note.parse(host.checkpoint(7)).text, stored.line) is not None
+        listed = op_dbus("-o", "json", "collector", "hosts", "--db", sqlite_url)
+        assert '"size": 7' in listed.stdout
+        # Revoked: refused from now on, and the host says so (exit 3).
+        assert op_dbus("collector", "revoke", "web1", "--db", sqlite_url).returncode == 0
+        grow(host, 1)
+        refused = op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir)
+        assert refused.returncode == 3 and "revoked" in refused.stdout
+
+
+def test_a_collector_that_is_down_is_a_gap_not_a_hang(host: Ledger, key_dir: Path) -> None:
+    vkey = cosignature.WitnessSigner(WITNESS, __import__("cryptography.hazmat.primitives.asymmetric.ed25519",
+                                     fromlist=["x"]).Ed25519PrivateKey.generate()).verifier.vkey
+    start = time.monotonic()
+    down = op_dbus("report", "--timeout", "1", "--collector", f"http://127.0.0.1:{free_port()}={vkey}",
+                   state_dir=host.state_dir)
+    assert down.returncode == 3 and "unreachable" in down.stdout
+    assert time.monotonic() - start < 30
+    assert cosignature.last_cosigned(str(host.db_path), vkey) == 0
+
+
+def test_listener_limits(sqlite_url: str, key_dir: Path, host: Ledger) -> None:
+    refused = op_dbus("collector", "serve", "--db", sqlite_url, "--key-file", str(key_dir / "k"),
+                      "--listen", "0.0.0.0:8470")
+    assert refused.returncode == 2 and "only served on loopback" in refused.stderr
+    with ExitStack() as stack:
+        url = start_collector(stack, sqlite_url, key_dir / "witness.key")
+        status, _, _ = post(url, b"old 0\n" + b"A" * (200 * 1024))
+        assert status == 413
+        req = urllib.request.Request(url + "/add-checkpoint", method="GET")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 405
+
+
+def test_a_world_readable_witness_key_is_refused(sqlite_url: str, key_dir: Path) -> None:
+    key = key_dir / "witness.key"
+    assert op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key)).returncode == 0
+    os.chmod(key, 0o644)
+    bad = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key))
+    assert bad.returncode == 2 and "readable" in bad.stderr and "PRIVATE" not in bad.stderr + bad.stdout
+
+
+def test_two_collector_processes_over_one_postgresql(pg_cluster: PgCluster, key_dir: Path, host: Ledger) -> None:
+    """The same next checkpoint posted to two collectors at once: exactly one cosigns, the other answers 409."""
+    reset_postgres(pg_cluster.url)
+    key_file = key_dir / "witness.key"
+    enrolled = op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", pg_cluster.url)
+    assert enrolled.returncode == 0, enrolled.stderr
+    with ExitStack() as stack:
+        urls = [start_collector(stack, pg_cluster.url, key_file) for _ in range(2)]
+        assert post(urls[0], request_body(0, [], host.checkpoint()))[0] == 200
+        for round_ in range(20):
+            old = len(host)
+            grow(host, 1 + round_ % 3)
+            body = request_body(old, host.consistency_proof(old, len(host)), host.checkpoint())
+            barrier = threading.Barrier(2)
+            results: list[tuple[int, str, str]] = [(0, "", "")] * 2
+
+            def send(i: int, body: bytes = body, barrier: threading.Barrier = barrier,
+                     results: list[tuple[int, str, str]] = results) -> None:
+                barrier.wait()
+                results[i] = post(urls[i], body)
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            statuses = sorted(r[0] for r in results)
+            assert statuses == [200, 409], results
+            conflict = next(r for r in results if r[0] == 409)
+            assert conflict[1] == f"{len(host)}\n" and conflict[2].startswith("text/x.tlog.size")
