@@ -210,3 +210,23 @@ def report(ctx: click.Context, collectors: tuple[str, ...], collectors_file: str
     _emit([o.to_dict() for o in outcomes], _is_json(ctx),
           "\n".join(f"{o.collector}: {'ok' if o.ok else 'FAILED'}: {o.message}" for o in outcomes))
     return ExitCode.OK if all(o.ok for o in outcomes) else ExitCode.DIFFERENCE
+
+
+APPLY_REPORT_TIMEOUT = 2.0
+
+
+def report_after_apply(opts: Any) -> None:
+    """After an apply recorded a block: send it to the configured collectors, waiting at most a short timeout
+    each; a failure is a warning (the next report or the agent fills the gap), never the apply's result."""
+    try:
+        targets = load_collectors((), DEFAULT_COLLECTORS)
+    except (OpDbusError, click.ClickException) as exc:
+        click.echo(f"op-dbus: warning: collectors not contacted: {exc}", err=True)
+        return
+    if not targets:
+        return
+    with opts.ledger() as ledger:
+        for outcome in send_reports(ledger, targets, APPLY_REPORT_TIMEOUT):
+            if not outcome.ok:
+                click.echo(f"op-dbus: warning: collector {outcome.collector}: {outcome.message} "
+                           "(`op-dbus report` retries)", err=True)

@@ -146,16 +146,20 @@ class StoredCosignature:
     line: str
 
 
-def _connect(db_path: str) -> sqlite3.Connection:
+def _connect(db_path: str, *, write: bool = False) -> sqlite3.Connection:
+    """A connection to the log's database; the table is created by the first write, so readers never write."""
     conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(_SCHEMA)
+    if write:
+        conn.execute(_SCHEMA)
+    elif conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cosignatures'").fetchone() is None:
+        conn.execute("CREATE TEMP TABLE cosignatures (witness TEXT, size INTEGER, line TEXT, received TEXT)")
     return conn
 
 
 def record(db_path: str, witness_vkey: str, size: int, line: str) -> None:
     """Keep a verified cosignature for tree size `size`."""
-    conn = _connect(db_path)
+    conn = _connect(db_path, write=True)
     try:
         conn.execute("INSERT OR REPLACE INTO cosignatures VALUES (?, ?, ?, ?)",
                      (witness_vkey, size, line.rstrip("\n") + "\n", datetime.now(UTC).isoformat()))

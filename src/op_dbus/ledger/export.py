@@ -15,6 +15,8 @@ An export is one JSON object (format "op-dbus audit log export", version 1):
         inclusion_proof         RFC 9162 audit path of the block in the tree of `tree_size` leaves, hex
         changes, state          the change list / state snapshot exactly as hashed (canonical JSON text),
                                 or null when the export leaves them out or the log no longer holds them
+    cosignatures                witness cosignature lines (C2SP tlog-cosignature) on that checkpoint, as the
+                                host received them from its collectors ([] when none cosigned this size yet)
 
 `op_dbus.audit_verify` checks one with nothing but the file and the host's public key. The blocks are
 read in one read transaction (a consistent view while other processes append), then the JSON is written
@@ -26,12 +28,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from op_dbus.errors import InvalidInput, LedgerError
-from op_dbus.ledger import merkle, note
+from op_dbus.ledger import cosignature, merkle, note
 from op_dbus.ledger.store import BlockHeader, Ledger, as_bytes
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -65,6 +67,7 @@ class ExportView:
     checkpoint: str
     blocks: list[ExportedBlock]
     proof: Callable[[int], list[bytes]]
+    cosignatures: list[str] = field(default_factory=list)
 
 
 def parse_range(text: str, size: int) -> tuple[int, int]:
@@ -106,8 +109,9 @@ def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloa
             blocks.append(ExportedBlock(int(idx), raw, changes, state))
         nodes = _NodeCache(ledger, db)
         proofs = {b.index: merkle.inclusion_proof(b.index, head.size, nodes.get) for b in blocks if b.index < head.size}
+    cosigned = [c.line for c in cosignature.for_size(str(ledger.db_path), head.size)]
     return ExportView(ledger.origin, ledger.verifier_key, head.size, head.root, signed, blocks,
-                      lambda index: proofs[index])
+                      lambda index: proofs[index], cosigned)
 
 
 def _records(db: Any, leaf: bytes) -> tuple[bytes | None, bytes | None]:
@@ -176,7 +180,8 @@ def iter_export(view: ExportView) -> Iterator[str]:
     yield text[:-2] + ',\n "blocks": [\n'
     for n, block in enumerate(view.blocks):
         yield ("" if n == 0 else ",\n") + json.dumps(block_entry(view, block))
-    yield "\n ]\n}\n"
+    # After the blocks, so the head keeps its layout.
+    yield '\n ],\n "cosignatures": ' + json.dumps(view.cosignatures) + "\n}\n"
 
 
 def write_export(ledger: Ledger, out: IO[str], first: int = 0, last: int | None = None, *,
