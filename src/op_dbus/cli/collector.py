@@ -125,6 +125,22 @@ def hosts_cmd(ctx: click.Context, db_url: str) -> int:
     return ExitCode.OK
 
 
+@collector.command("status")
+@db_option
+@click.option("--stale-after", metavar="SECONDS", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="A host silent this long counts as stale.")
+@click.pass_context
+def status_cmd(ctx: click.Context, db_url: str, stale_after: float) -> int:
+    """The fleet at a glance: hosts enrolled, witnessed, stale, revoked; open alerts by kind. Exit 3 on alerts."""
+    summary = _witness(db_url).status(stale_after=stale_after)
+    alerts = summary["alerts"]
+    text = (f"hosts {summary['hosts']} (revoked {summary['revoked']}), witnessed {summary['witnessed']}, "
+            f"stale {summary['stale']} (silent > {stale_after:g} s); open alerts: "
+            + (", ".join(f"{k} {n}" for k, n in sorted(alerts.items())) or "none"))
+    _emit(summary, _is_json(ctx), text)
+    return ExitCode.DIFFERENCE if alerts else ExitCode.OK
+
+
 @collector.command("alerts")
 @db_option
 @click.pass_context

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from op_dbus.errors import InvalidInput
@@ -216,6 +216,21 @@ class Witness:
         with self.engine.connect() as conn:
             size = conn.execute(select(db.witness_state.c.size).where(db.witness_state.c.origin == origin)).scalar()
         return int(size or 0)
+
+    def status(self, *, stale_after: float = 3600.0) -> dict[str, object]:
+        """The fleet at a glance: hosts enrolled/revoked, witnessed, silent for `stale_after` s, open alerts by kind."""
+        now = time.time()
+        h, w = db.hosts, db.witness_state
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.count(h.c.revoked),
+                       func.count(case((w.c.size > 0, 1))),
+                       func.count(case(((w.c.updated < now - stale_after) & h.c.revoked.is_(None), 1))))
+                .select_from(h.outerjoin(w, w.c.origin == h.c.origin))).one()
+            kinds = conn.execute(select(db.alerts.c.kind, func.count()).where(db.alerts.c.cleared.is_(None))
+                                 .group_by(db.alerts.c.kind)).all()
+        return {"hosts": int(row[0]), "revoked": int(row[1]), "witnessed": int(row[2]), "stale": int(row[3]),
+                "stale_after": stale_after, "alerts": {str(k): int(n) for k, n in kinds}}
 
     def evidence(self, origin: str | None = None) -> list[dict[str, object]]:
         query = select(db.evidence).order_by(db.evidence.c.id)
