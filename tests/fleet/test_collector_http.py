@@ -172,3 +172,40 @@ def test_two_collector_processes_over_one_postgresql(pg_cluster: PgCluster, key_
             assert statuses == [200, 409], results
             conflict = next(r for r in results if r[0] == 409)
             assert conflict[1] == f"{len(host)}\n" and conflict[2].startswith("text/x.tlog.size")
+
+
+def test_join_with_a_one_time_token(sqlite_url: str, key_dir: Path, host: Ledger, tmp_path: Path) -> None:
+    key_file = key_dir / "witness.key"
+    collectors = tmp_path / "etc" / "collectors"
+    with ExitStack() as stack:
+        url = start_collector(stack, sqlite_url, key_file)
+        created = op_dbus("collector", "token", "create", "--ttl", "600", "--db", sqlite_url)
+        token = created.stdout.strip()
+        assert created.returncode == 0 and token.startswith("odj_") and len(token) > 40
+        joined = op_dbus("fleet", "join", url, "--token", token, "--name", "web1", "--collectors-file",
+                         str(collectors), state_dir=host.state_dir)
+        assert joined.returncode == 0, joined.stderr
+        assert collectors.read_text().split()[0] == url
+        reported = op_dbus("report", "--collectors-file", str(collectors), state_dir=host.state_dir)
+        assert reported.returncode == 0, reported.stdout + reported.stderr
+        # Single use: the same token again is refused, and so is an expired one.
+        again = op_dbus("fleet", "join", url, "--token", token, "--name", "web2", "--collectors-file",
+                        str(collectors), state_dir=host.state_dir)
+        assert again.returncode == 2 and "unknown, used or expired" in again.stderr
+        from op_dbus.fleet import db
+        from op_dbus.fleet.witness import Witness
+
+        engine = db.make_engine(sqlite_url)
+        expired = Witness(engine, None).create_token(-1)
+        late = op_dbus("fleet", "join", url, "--token", expired, "--name", "web3", "--collectors-file",
+                       str(collectors), state_dir=host.state_dir)
+        assert late.returncode == 2 and "unknown, used or expired" in late.stderr
+        wrong = op_dbus("fleet", "join", url, "--token", "odj_guessed", "--name", "web4", "--collectors-file",
+                        str(collectors), state_dir=host.state_dir)
+        assert wrong.returncode == 2
+        assert [h.name for h in Witness(engine, None).hosts()] == ["web1"]
+        engine.dispose()
+    # Only the hash of a token is stored.
+    db_file = Path(sqlite_url.split("sqlite:///", 1)[1])
+    raw = b"".join(p.read_bytes() for p in db_file.parent.iterdir() if p.name.startswith(db_file.name))
+    assert token.encode() not in raw and expired.encode() not in raw

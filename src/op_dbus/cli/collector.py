@@ -111,6 +111,21 @@ def revoke(name: str, db_url: str) -> int:
     return ExitCode.OK
 
 
+@collector.group()
+def token() -> None:
+    """One-time enrollment tokens for `op-dbus fleet join`."""
+
+
+@token.command("create")
+@db_option
+@click.option("--ttl", metavar="SECONDS", type=click.IntRange(60, 30 * 86400), default=3600, show_default=True,
+              help="How long the token stays valid.")
+def token_create(db_url: str, ttl: int) -> int:
+    """Print a new one-time token (shown once; only its hash is stored). It expires after --ttl."""
+    click.echo(_witness(db_url).create_token(float(ttl)))
+    return ExitCode.OK
+
+
 @collector.command("hosts")
 @db_option
 @click.pass_context
@@ -246,3 +261,48 @@ def report_after_apply(opts: Any) -> None:
             if not outcome.ok:
                 click.echo(f"op-dbus: warning: collector {outcome.collector}: {outcome.message} "
                            "(`op-dbus report` retries)", err=True)
+
+
+@click.group()
+def fleet() -> None:
+    """This host in a fleet: join a collector (the collector side is `op-dbus collector`)."""
+
+
+@fleet.command()
+@click.argument("url")
+@click.option("--token", "join_token", metavar="TOKEN", required=True, envvar="OP_DBUS_JOIN_TOKEN",
+              help="A one-time token from `op-dbus collector token create` [env OP_DBUS_JOIN_TOKEN].")
+@click.option("--name", metavar="NAME", help="This host's name at the collector [default: the hostname].")
+@click.option("--collectors-file", metavar="PATH", default=DEFAULT_COLLECTORS, show_default=True,
+              help="Where to add the collector (URL and witness key) for `apply` and `report`.")
+@click.pass_context
+def join(ctx: click.Context, url: str, join_token: str, name: str | None, collectors_file: str) -> int:
+    """Enroll this host's audit log at the collector URL and add the collector to the collectors file."""
+    import socket
+
+    from op_dbus.errors import InvalidInput
+    from op_dbus.fleet import client
+    from op_dbus.ledger import keys
+
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"{url}: the collector URL must start with https:// (or http:// on loopback)")
+    opts = ctx.find_root().obj
+    with opts.ledger() as ledger:
+        vkey = ledger.verifier_key
+    try:
+        answer = client.join(url, join_token, name or socket.gethostname(), vkey)
+    except PermissionError as exc:
+        raise InvalidInput(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise OpDbusError(f"cannot reach the collector at {url}: {exc}",
+                          hint="check the URL; `op-dbus collector serve` must be running there") from None
+    path = Path(collectors_file)
+    existing = read_collectors(path)
+    line = f"{url.rstrip('/')} {answer['witness']}"
+    if (url.rstrip("/"), answer["witness"]) not in existing:
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        keys.write_public_file(path, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+    _emit(answer, _is_json(ctx), f"joined {url} as {answer['name']} (log {answer['origin']}); "
+                                 f"witness {answer['witness']} added to {path}")
+    return ExitCode.OK

@@ -508,9 +508,10 @@ def schema(opts: Options, plugin: str | None) -> int:
 
 
 def _register_fleet_commands() -> None:
-    from op_dbus.cli.collector import collector, report
+    from op_dbus.cli.collector import collector, fleet, report
 
     cli.add_command(collector)
+    cli.add_command(fleet)
     cli.add_command(report)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from op_dbus.errors import InvalidInput
@@ -57,11 +58,35 @@ def build_app(witness: Witness) -> Starlette:
         reply = await run_in_threadpool(witness.add_checkpoint, body)
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
+    async def join(request: Request) -> Response:
+        try:
+            body = await asyncio.wait_for(read_body(request, 16 * 1024), BODY_DEADLINE)
+            doc = json.loads(body)
+            token, name, vkey = doc["token"], doc["name"], doc["vkey"]
+            if not all(isinstance(v, str) for v in (token, name, vkey)):
+                raise TypeError
+        except BodyTooLarge:
+            return PlainTextResponse("request body too large\n", status_code=413)
+        except TimeoutError:
+            return PlainTextResponse("request body not received in time\n", status_code=408)
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse('expected JSON {"token": ..., "name": ..., "vkey": ...}\n', status_code=400)
+        try:
+            host = await run_in_threadpool(witness.join, token, name, vkey)
+        except PermissionError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=403)
+        except InvalidInput as exc:
+            return PlainTextResponse(f"{exc.message}\n", status_code=400)
+        signer = witness.signer
+        return JSONResponse({"name": host.name, "origin": host.origin,
+                             "witness": signer.verifier.vkey if signer is not None else None})
+
     async def health(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     return Starlette(routes=[
         Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+        Route("/v1/join", join, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
     ])
 

@@ -96,3 +96,22 @@ def send(ledger: Any, target: Collector, *, timeout: float = DEFAULT_TIMEOUT) ->
                                f"the witness holds size {held}, more than this log's {size}: the log was cut")
         return Outcome(target.url, False, size, status, reply.strip()[:200] or f"HTTP {status}")
     return Outcome(target.url, False, size, 409, "the witness's size kept moving")
+
+
+def join(url: str, token: str, name: str, vkey: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Enroll this host at a collector with a one-time token; returns the collector's answer (with its witness key)."""
+    import json
+
+    req = urllib.request.Request(url.rstrip("/") + "/v1/join", method="POST",
+                                 data=json.dumps({"token": token, "name": name, "vkey": vkey}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = json.loads(resp.read(MAX_REPLY))
+    except urllib.error.HTTPError as exc:
+        raise PermissionError(f"the collector refused: HTTP {exc.code}: "
+                              f"{exc.read(MAX_REPLY).decode('utf-8', 'replace').strip()[:200]}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("witness"), str):
+        raise ValueError("the collector's answer carries no witness key")
+    WitnessVerifier.from_vkey(answer["witness"])
+    return answer

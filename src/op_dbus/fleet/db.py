@@ -100,11 +100,26 @@ alerts = Table(
 )
 
 
+# One-time enrollment tokens: only SHA-256 of the token is kept (it is 256 random bits: no dictionary to resist).
+tokens = Table(
+    "tokens", metadata,
+    Column("hash", LargeBinary(32), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("used", Float, nullable=True),
+    Column("used_by", String(255), nullable=True),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, hosts, witness_state, evidence, alerts])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+def _migration_2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[tokens])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -75,6 +77,10 @@ def parse_request(body: bytes) -> AddCheckpoint:
     return AddCheckpoint(int(match.group(1)), proof, checkpoint)
 
 
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -118,6 +124,32 @@ class Witness:
         except IntegrityError:
             raise InvalidInput(f"the log {verifier.name!r} is already enrolled under another name") from None
         return Host(name, verifier.name, verifier.vkey, False)
+
+    def create_token(self, ttl: float) -> str:
+        """A one-time enrollment token valid for `ttl` seconds; only its hash is stored, the token is shown once."""
+        token = "odj_" + secrets.token_urlsafe(32)
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(db.tokens.insert().values(hash=_token_hash(token), created=now, expires=now + ttl))
+        return token
+
+    def join(self, token: str, name: str, vkey: str) -> Host:
+        """Enroll `name` with `vkey` if `token` is a valid unused token; the token is spent in the same transaction."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            spent = conn.execute(update(db.tokens)
+                                 .where(db.tokens.c.hash == _token_hash(token), db.tokens.c.used.is_(None),
+                                        db.tokens.c.expires > now)
+                                 .values(used=now, used_by=name[:255])).rowcount
+            if spent != 1:
+                raise PermissionError("the enrollment token is unknown, used or expired")
+        try:
+            return self.enroll(name, vkey)
+        except InvalidInput:
+            with self.engine.begin() as conn:  # the host's mistake must not burn the operator's token
+                conn.execute(update(db.tokens).where(db.tokens.c.hash == _token_hash(token)).values(used=None,
+                                                                                                     used_by=None))
+            raise
 
     def revoke(self, name: str) -> None:
         with self.engine.begin() as conn:
