@@ -209,3 +209,35 @@ def test_join_with_a_one_time_token(sqlite_url: str, key_dir: Path, host: Ledger
     db_file = Path(sqlite_url.split("sqlite:///", 1)[1])
     raw = b"".join(p.read_bytes() for p in db_file.parent.iterdir() if p.name.startswith(db_file.name))
     assert token.encode() not in raw and expired.encode() not in raw
+
+
+def test_the_agent_reporter_fills_a_gap_once_the_collector_is_up(sqlite_url: str, key_dir: Path, host: Ledger) -> None:
+    """The agent's reporter thread: a collector that is down is retried with backoff; new blocks are sent."""
+    from op_dbus.agent.report import Reporter
+    from op_dbus.fleet.client import Collector
+
+    key_file = key_dir / "witness.key"
+    vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file), "--name", WITNESS).stdout.strip()
+    assert op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url).returncode == 0
+    port = free_port()
+    reporter = Reporter(lambda: Ledger.open(host.state_dir), [Collector.parse(f"http://127.0.0.1:{port}", vkey)],
+                        timeout=1.0)
+    reporter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not reporter.last and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [down] = reporter.last.values()
+        assert not down.ok and "unreachable" in down.message
+        with ExitStack() as stack:
+            proc = subprocess.Popen([sys.executable, "-m", "op_dbus", "collector", "serve", "--db", sqlite_url,
+                                     "--key-file", str(key_file), "--listen", f"127.0.0.1:{port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.enter_context(running(proc))
+            grow(host, 2)
+            deadline = time.monotonic() + 90
+            while cosignature.last_cosigned(str(host.db_path), vkey) < len(host) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert cosignature.last_cosigned(str(host.db_path), vkey) == len(host) == 5
+    finally:
+        reporter.stop()
