@@ -9,9 +9,10 @@ reviewed and tested like any code, and runs the same on both engines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,17 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), pool_size=pool_size, max_overflow=0)
         event.listen(engine, "connect", _sqlite_pragmas)
 
-        # pysqlite opens transactions lazily and never for reads; BEGIN IMMEDIATE makes each transaction take the
-        # write lock at once, so a read-check-write sequence cannot interleave with another process's.
+        # pysqlite opens transactions lazily and never for reads; we issue BEGIN ourselves. A transaction that
+        # writes takes the write lock at once (BEGIN IMMEDIATE) unless it was opened with write=False, so a
+        # read-check-write sequence cannot interleave with another process's.
         @event.listens_for(engine, "connect")
         def _no_pysqlite_tx(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     if backend == "postgresql":
@@ -192,6 +195,15 @@ def migrate(engine: Engine) -> int:
             MIGRATIONS[version - 1](conn)
             conn.execute(schema_version.insert().values(version=version, applied=time.time()))
     return current
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (on SQLite: no write lock)."""
+    with engine.connect() as conn:
+        conn.execution_options(write=False)
+        with conn.begin():
+            yield conn
 
 
 def get_setting(engine: Engine, name: str) -> str | None:

@@ -163,17 +163,13 @@ class Witness:
             rows = conn.execute(select(db.hosts).order_by(db.hosts.c.name)).all()
         return [Host(r.name, r.origin, r.vkey, r.revoked is not None) for r in rows]
 
-    def _host_for(self, conn: Connection, origin: str) -> tuple[str, note.Verifier | None] | None:
-        """(host name, its log key) for a log origin; the key is None for a revoked host; None if unknown."""
-        row = conn.execute(select(db.hosts.c.name, db.hosts.c.vkey, db.hosts.c.revoked)
-                           .where(db.hosts.c.origin == origin)).first()
-        if row is None:
-            return None
-        return row.name, None if row.revoked is not None else note.Verifier.from_vkey(row.vkey)
-
     # -- add-checkpoint --------------------------------------------------------------------------------
 
     def add_checkpoint(self, body: bytes) -> Reply:
+        """C2SP tlog-witness add-checkpoint. Authentication and the proof are checked against a read of the
+        witness state without holding any lock; the update is then one compare-and-swap on the size read. That
+        is safe because a log's stored size never decreases and the root of a stored size never changes: if the
+        size is still the one the proof was checked from, so is the root."""
         signer = self.signer
         if signer is None:
             raise RuntimeError("add-checkpoint needs the witness key")
@@ -183,61 +179,68 @@ class Witness:
             cp = note.parse_checkpoint(signed.text)
         except (ValueError, note.NoteError) as exc:
             return _bad(str(exc))
-        with self.engine.begin() as conn:
-            host = self._host_for(conn, cp.origin)
-            if host is None:
-                return Reply(404, f"unknown log origin {cp.origin!r}\n")
-            host_name, verifier = host
-            if verifier is None:
-                return Reply(403, f"host {host_name!r} is revoked: its checkpoints are no longer trusted\n")
+        h, w = db.hosts, db.witness_state
+        with db.reading(self.engine) as conn:
+            row = conn.execute(select(h.c.name, h.c.vkey, h.c.revoked, w.c.size, w.c.root, w.c.checkpoint)
+                               .select_from(h.outerjoin(w, w.c.origin == h.c.origin))
+                               .where(h.c.origin == cp.origin)).first()
+        if row is None:
+            return Reply(404, f"unknown log origin {cp.origin!r}\n")
+        host_name = str(row.name)
+        if row.revoked is not None:
+            return Reply(403, f"host {host_name!r} is revoked: its checkpoints are no longer trusted\n")
+        try:
+            note.open_note(req.checkpoint, [note.Verifier.from_vkey(row.vkey)])
+        except note.NoteError as exc:
+            return Reply(403, f"{exc}\n")
+        if req.old > cp.size:
+            return _bad(f"old size {req.old} is larger than the checkpoint size {cp.size}")
+        stored_size = int(row.size or 0)
+        stored_root = None if row.root is None else bytes(row.root)
+        if stored_root is not None and cp.size == stored_size and stored_root != cp.root:
+            # Two signed heads for one size: no proof can reconcile them, whatever `old` says.
+            self._evidence(host_name, cp.origin, "equivocation", row.checkpoint, req,
+                           f"two different roots signed for size {cp.size}")
+            return Reply(409, f"{stored_size}\n", "text/x.tlog.size")
+        if req.old != stored_size:
+            return Reply(409, f"{stored_size}\n", "text/x.tlog.size")
+        if req.old == 0:
+            if req.proof:
+                return Reply(422, "the proof must be empty when old is 0\n")
+        elif cp.size == req.old:
+            if req.proof:
+                return Reply(422, "the proof must be empty when old equals the checkpoint size\n")
+        else:
             try:
-                note.open_note(req.checkpoint, [verifier])
-            except note.NoteError as exc:
-                return Reply(403, f"{exc}\n")
-            if req.old > cp.size:
-                return _bad(f"old size {req.old} is larger than the checkpoint size {cp.size}")
-            state = conn.execute(select(db.witness_state).where(db.witness_state.c.origin == cp.origin)).first()
-            stored_size = int(state.size) if state is not None else 0
-            stored_root = state.root if state is not None else None
-            stored_cp = state.checkpoint if state is not None else None
-            if stored_root is not None and cp.size == stored_size and bytes(stored_root) != cp.root:
-                # Two signed heads for one size: no proof can reconcile them, whatever `old` says.
-                self._evidence(conn, host_name, cp.origin, "equivocation", stored_cp, req,
-                               f"two different roots signed for size {cp.size}")
-                return Reply(409, f"{stored_size}\n", "text/x.tlog.size")
-            if req.old != stored_size:
-                return Reply(409, f"{stored_size}\n", "text/x.tlog.size")
-            if req.old == 0:
-                if req.proof:
-                    return Reply(422, "the proof must be empty when old is 0\n")
-            elif cp.size == req.old:
-                if req.proof:
-                    return Reply(422, "the proof must be empty when old equals the checkpoint size\n")
-            else:
-                try:
-                    merkle.verify_consistency(req.old, cp.size, req.proof, bytes(stored_root or b""), cp.root)
-                except merkle.ProofError as exc:
-                    self._evidence(conn, host_name, cp.origin, "inconsistent", stored_cp, req,
-                                   f"consistency proof from {req.old} to {cp.size} does not hold: {exc}")
-                    return Reply(422, f"consistency proof does not verify: {exc}\n")
-            now = time.time()
+                merkle.verify_consistency(req.old, cp.size, req.proof, stored_root or b"", cp.root)
+            except merkle.ProofError as exc:
+                self._evidence(host_name, cp.origin, "inconsistent", row.checkpoint, req,
+                               f"consistency proof from {req.old} to {cp.size} does not hold: {exc}")
+                return Reply(422, f"consistency proof does not verify: {exc}\n")
+        now = time.time()
+        with self.engine.begin() as conn:
             swapped = conn.execute(
-                update(db.witness_state)
-                .where(db.witness_state.c.origin == cp.origin, db.witness_state.c.size == req.old)
+                update(w).where(w.c.origin == cp.origin, w.c.size == req.old)
                 .values(size=cp.size, root=cp.root, checkpoint=req.checkpoint, updated=now)
             ).rowcount
             if swapped != 1:
-                # Another request moved the log on between our read and our update (nothing was written).
-                current = conn.execute(select(db.witness_state.c.size)
-                                       .where(db.witness_state.c.origin == cp.origin)).scalar()
+                # Another request moved the log on since our read (nothing was written).
+                current = conn.execute(select(w.c.size).where(w.c.origin == cp.origin)).scalar()
                 return Reply(409, f"{int(current or 0)}\n", "text/x.tlog.size")
+            # Signed before the commit: the cosignature is handed out only once the new head is durable.
             line = signer.cosign(signed.text, int(now))
         return Reply(200, line)
 
-    def _evidence(self, conn: Connection, host: str, origin: str, kind: str, stored: str | None,
-                  req: AddCheckpoint, detail: str) -> None:
-        """Keep both signed checkpoints and raise an `equivocation` alert, in the same transaction (committed)."""
+    def _evidence(self, host: str, origin: str, kind: str, stored: str | None, req: AddCheckpoint,
+                  detail: str) -> None:
+        """Keep both signed checkpoints and raise an `equivocation` alert, in one transaction."""
         now = time.time()
+        with self.engine.begin() as conn:
+            self._record_evidence(conn, host, origin, kind, stored, req, detail, now)
+
+    @staticmethod
+    def _record_evidence(conn: Connection, host: str, origin: str, kind: str, stored: str | None,
+                         req: AddCheckpoint, detail: str, now: float) -> None:
         conn.execute(db.evidence.insert().values(
             origin=origin, kind=kind, stored=stored, submitted=req.checkpoint,
             proof="\n".join(base64.b64encode(h).decode() for h in req.proof) + f"\nold {req.old}",
