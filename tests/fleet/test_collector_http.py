@@ -3,6 +3,7 @@ and two collector processes over one PostgreSQL racing for the same checkpoint."
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -241,3 +242,61 @@ def test_the_agent_reporter_fills_a_gap_once_the_collector_is_up(sqlite_url: str
             assert cosignature.last_cosigned(str(host.db_path), vkey) == len(host) == 5
     finally:
         reporter.stop()
+
+
+def test_footprints_alerts_and_the_fleet_view_with_api_tokens(sqlite_url: str, key_dir: Path, host: Ledger) -> None:
+    key_file = key_dir / "witness.key"
+    with ExitStack() as stack:
+        url = start_collector(stack, sqlite_url, key_file)
+        vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file)).stdout.strip()
+        assert op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url).returncode == 0
+        viewer = op_dbus("collector", "api-token", "create", "--role", "viewer", "--db", sqlite_url).stdout.strip()
+        assert viewer.startswith("oda_")
+        assert op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir).returncode == 0
+        fleet = ("--collector", url, "--token", viewer)
+        status = op_dbus("-o", "json", "fleet", "status", *fleet)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["hosts"] == 1
+        [row] = json.loads(op_dbus("-o", "json", "fleet", "hosts", *fleet).stdout)
+        head = host.head()
+        assert row["witnessed_size"] == 3 and row["footprint"]["head"]["hash"] == head.hash
+        assert row["footprint"]["plugin_state_hashes"] == head.plugin_state_hashes
+        assert row["footprint"]["last_apply"]["result"] == "ok" and row["footprint"]["mode"] == "cli"
+        # Drift raises an alert; the next apply clears it.
+        host.append("drift", [{"plugin": "systemd", "action": "drift", "object": "nginx"}], {"n": "d"},
+                    actor={"user": "agent"}, summary="drift")
+        assert op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir).returncode == 0
+        alerts = op_dbus("-o", "json", "fleet", "alerts", *fleet)
+        assert alerts.returncode == 3 and [a["kind"] for a in json.loads(alerts.stdout)] == ["drift"]
+        grow(host, 1)
+        assert op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir).returncode == 0
+        assert op_dbus("fleet", "alerts", *fleet).returncode == 0
+        detail = json.loads(op_dbus("-o", "json", "fleet", "host", "web1", *fleet).stdout)
+        assert len(detail["history"]) == 3
+        # The read API wants a token; a wrong one is refused.
+        assert op_dbus("fleet", "status", "--collector", url, "--token", "oda_wrong").returncode == 2
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "/v1/hosts", timeout=10)
+        assert err.value.code == 401
+        # A footprint signed by another key, or carrying a field that is not in the footprint, is refused.
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from op_dbus.fleet.fleetview import footprint_text
+
+        forged = note.sign(footprint_text(host.origin, {"drift": 0}),
+                           [note.Signer(host.origin, Ed25519PrivateKey.generate())])
+        assert _post_footprint(url, forged) == 403
+        from op_dbus.ledger import keys
+
+        own = note.Signer(host.origin, keys.load_private_key(host.key_path))
+        assert _post_footprint(url, note.sign(footprint_text(host.origin, {"password": "x"}), [own])) == 400
+        assert _post_footprint(url, note.sign(footprint_text(host.origin, {"drift": 0}), [own])) == 200
+
+
+def _post_footprint(url: str, signed: str) -> int:
+    req = urllib.request.Request(url + "/v1/footprint", data=signed.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

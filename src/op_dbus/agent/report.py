@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from op_dbus.fleet.client import Collector, Outcome, send
+from op_dbus.fleet.client import Collector, Outcome, send, send_footprint
 
 log = logging.getLogger("op_dbus.agent.report")
 
@@ -56,6 +56,7 @@ class Reporter:
                     self.last[target.url] = outcome
                     if outcome.ok:
                         sent[target.url], backoff[target.url] = outcome.size, 1.0
+                        send_footprint(ledger, target, "agent", timeout=self.timeout)
                     else:
                         retry_at[target.url] = time.monotonic() + backoff[target.url]
                         backoff[target.url] = min(backoff[target.url] * 2, MAX_BACKOFF)

@@ -116,6 +116,26 @@ def token() -> None:
     """One-time enrollment tokens for `op-dbus fleet join`."""
 
 
+@collector.group("api-token")
+def api_token() -> None:
+    """API tokens for `op-dbus fleet status|hosts|host|alerts` (roles: viewer reads; operator also controls)."""
+
+
+@api_token.command("create")
+@db_option
+@click.option("--role", type=click.Choice(["viewer", "operator"]), default="viewer", show_default=True)
+@click.option("--label", metavar="TEXT", default="", help="Who or what the token is for.")
+def api_token_create(db_url: str, role: str, label: str) -> int:
+    """Print a new API token (shown once; only its hash is stored)."""
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.fleetview import FleetView
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    click.echo(FleetView(engine).create_api_token(role, label))
+    return ExitCode.OK
+
+
 @token.command("create")
 @db_option
 @click.option("--ttl", metavar="SECONDS", type=click.IntRange(60, 30 * 86400), default=3600, show_default=True,
@@ -212,10 +232,19 @@ def load_collectors(options: tuple[str, ...], collectors_file: str) -> list[Any]
     return out
 
 
-def send_reports(ledger: Any, targets: list[Any], timeout: float) -> list[Any]:
-    from op_dbus.fleet.client import send
+def send_reports(ledger: Any, targets: list[Any], timeout: float, *, footprints: bool = True) -> list[Any]:
+    """Each collector: the checkpoint (witnessed), then the footprint (signed by the log key)."""
+    from op_dbus.fleet.client import send, send_footprint
 
-    return [send(ledger, target, timeout=timeout) for target in targets]
+    outcomes = []
+    for target in targets:
+        outcome = send(ledger, target, timeout=timeout)
+        outcomes.append(outcome)
+        if footprints and outcome.status is not None:  # reachable: the footprint goes too, whatever the witness said
+            sent = send_footprint(ledger, target, "cli", timeout=timeout)
+            if not sent.ok:
+                outcomes.append(sent)
+    return outcomes
 
 
 @click.command()
@@ -306,3 +335,78 @@ def join(ctx: click.Context, url: str, join_token: str, name: str | None, collec
     _emit(answer, _is_json(ctx), f"joined {url} as {answer['name']} (log {answer['origin']}); "
                                  f"witness {answer['witness']} added to {path}")
     return ExitCode.OK
+
+
+collector_url = click.option("--collector", "url", metavar="URL", required=True, envvar="OP_DBUS_FLEET_URL",
+                             help="The collector [env OP_DBUS_FLEET_URL].")
+api_token_option = click.option("--token", "api_token_value", metavar="TOKEN", required=True,
+                                envvar="OP_DBUS_FLEET_TOKEN",
+                                help="An API token (`op-dbus collector api-token create`) [env OP_DBUS_FLEET_TOKEN].")
+
+
+def _api(url: str, path: str, token_value: str) -> Any:
+    from op_dbus.errors import InvalidInput
+    from op_dbus.fleet import client
+
+    try:
+        return client.api_get(url, path, token_value)
+    except PermissionError as exc:
+        raise InvalidInput(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise OpDbusError(f"{url}: {exc}", hint="is `op-dbus collector serve` running there?") from None
+
+
+@fleet.command("status")
+@collector_url
+@api_token_option
+@click.pass_context
+def fleet_status(ctx: click.Context, url: str, api_token_value: str) -> int:
+    """Hosts enrolled, witnessed, stale, revoked; open alerts by kind (exit 3 when there are alerts)."""
+    s = _api(url, "/v1/status", api_token_value)
+    alerts = s.get("alerts", {})
+    _emit(s, _is_json(ctx), f"hosts {s['hosts']} (revoked {s['revoked']}), witnessed {s['witnessed']}, stale "
+                            f"{s['stale']}; open alerts: " + (", ".join(f"{k} {n}" for k, n in sorted(alerts.items()))
+                                                              or "none"))
+    return ExitCode.DIFFERENCE if alerts else ExitCode.OK
+
+
+@fleet.command("hosts")
+@collector_url
+@api_token_option
+@click.pass_context
+def fleet_hosts(ctx: click.Context, url: str, api_token_value: str) -> int:
+    """Every host: witnessed size, last footprint (head, last apply, drift, commit, mode)."""
+    rows = _api(url, "/v1/hosts", api_token_value)
+    lines = []
+    for h in rows:
+        f = h.get("footprint") or {}
+        last = f.get("last_apply") or {}
+        lines.append(f"{h['name']}\tsize {h['witnessed_size']}\tlast apply {last.get('result', '-')}\t"
+                     f"drift {f.get('drift', '-')}\t{f.get('mode', '-')}{'  REVOKED' if h['revoked'] else ''}")
+    _emit(rows, _is_json(ctx), "\n".join(lines) or "no hosts")
+    return ExitCode.OK
+
+
+@fleet.command("host")
+@click.argument("name")
+@collector_url
+@api_token_option
+@click.pass_context
+def fleet_host(ctx: click.Context, name: str, url: str, api_token_value: str) -> int:
+    """One host with its footprint history."""
+    from urllib.parse import quote
+
+    h = _api(url, "/v1/hosts/" + quote(name, safe=""), api_token_value)
+    _emit(h, _is_json(ctx), json.dumps(h, indent=2, sort_keys=True))
+    return ExitCode.OK
+
+
+@fleet.command("alerts")
+@collector_url
+@api_token_option
+@click.pass_context
+def fleet_alerts(ctx: click.Context, url: str, api_token_value: str) -> int:
+    """Open alerts: equivocation, drift, apply-failed (exit 3 when there are any)."""
+    rows = _api(url, "/v1/alerts", api_token_value)
+    _emit(rows, _is_json(ctx), "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts")
+    return ExitCode.DIFFERENCE if rows else ExitCode.OK

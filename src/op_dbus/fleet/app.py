@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from op_dbus.errors import InvalidInput
 from op_dbus.fleet import db
+from op_dbus.fleet.fleetview import MAX_FOOTPRINT, ROLES, FleetView
 from op_dbus.fleet.witness import MAX_BODY, Witness
 from op_dbus.ledger import keys
 from op_dbus.ledger.cosignature import WitnessSigner
@@ -47,7 +48,60 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def build_app(witness: Witness) -> Starlette:
+    view = FleetView(witness.engine)
+
+    async def authorized(request: Request, roles: tuple[str, ...] = ROLES) -> Response | None:
+        """None when the request carries an API token of one of `roles`; else the 401/403 to send."""
+        token = _bearer(request)
+        if token is None:
+            return PlainTextResponse("an API token is needed (Authorization: Bearer ...)\n", status_code=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        role = await run_in_threadpool(view.role_of, token)
+        if role is None:
+            return PlainTextResponse("unknown API token\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if role not in roles:
+            return PlainTextResponse(f"the {role} role may not do this\n", status_code=403)
+        return None
+
+    async def footprint(request: Request) -> Response:
+        try:
+            body = await asyncio.wait_for(read_body(request, MAX_FOOTPRINT), BODY_DEADLINE)
+        except BodyTooLarge:
+            return PlainTextResponse("footprint too large\n", status_code=413)
+        except TimeoutError:
+            return PlainTextResponse("request body not received in time\n", status_code=408)
+        reply = await run_in_threadpool(view.add_footprint, body)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    async def status(request: Request) -> Response:
+        denied = await authorized(request)
+        if denied is not None:
+            return denied
+        stale = float(request.query_params.get("stale_after", "3600") or 3600)
+        return JSONResponse(await run_in_threadpool(lambda: witness.status(stale_after=stale)))
+
+    async def hosts(request: Request) -> Response:
+        denied = await authorized(request)
+        return denied or JSONResponse(await run_in_threadpool(view.hosts))
+
+    async def host(request: Request) -> Response:
+        denied = await authorized(request)
+        if denied is not None:
+            return denied
+        found = await run_in_threadpool(view.host, request.path_params["name"])
+        return JSONResponse(found) if found is not None else PlainTextResponse("no such host\n", status_code=404)
+
+    async def alerts(request: Request) -> Response:
+        denied = await authorized(request)
+        return denied or JSONResponse(await run_in_threadpool(witness.alerts))
+
     async def add_checkpoint(request: Request) -> Response:
         try:
             body = await asyncio.wait_for(read_body(request, MAX_BODY), BODY_DEADLINE)
@@ -87,6 +141,11 @@ def build_app(witness: Witness) -> Starlette:
     return Starlette(routes=[
         Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
         Route("/v1/join", join, methods=["POST"]),
+        Route("/v1/footprint", footprint, methods=["POST"]),
+        Route("/v1/status", status, methods=["GET"]),
+        Route("/v1/hosts", hosts, methods=["GET"]),
+        Route("/v1/hosts/{name}", host, methods=["GET"]),
+        Route("/v1/alerts", alerts, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ])
 

@@ -115,3 +115,72 @@ def join(url: str, token: str, name: str, vkey: str, *, timeout: float = 10.0) -
         raise ValueError("the collector's answer carries no witness key")
     WitnessVerifier.from_vkey(answer["witness"])
     return answer
+
+
+FOOTPRINT_HEADER = "op-dbus footprint v1"
+RESULT_KINDS = {"apply": "ok", "rollback": "ok", "confirm": "ok", "failed": "failed"}
+
+
+def footprint(ledger: Any, mode: str) -> dict[str, Any]:
+    """What this host says of itself, from its log only: hashes and counters, never a state value or a secret."""
+    from datetime import UTC, datetime
+
+    from op_dbus import __version__
+
+    size = len(ledger)
+    headers = ledger.headers(max(0, size - 1000)) if size else []
+    head = headers[-1] if headers else None
+    drift = 0
+    last_apply: dict[str, Any] = {}
+    commit = None
+    for h in reversed(headers):
+        if h.kind in RESULT_KINDS:
+            last_apply = {"index": h.index, "kind": h.kind, "result": RESULT_KINDS[h.kind], "time": h.time}
+            value = h.meta.get("commit") if isinstance(h.meta, dict) else None
+            commit = value if isinstance(value, str) else None
+            break
+        if h.kind == "drift":
+            drift += 1
+    return {
+        "head": {"index": head.index, "hash": head.hash, "state_hash": head.state_hash, "time": head.time}
+        if head else {},
+        "plugin_state_hashes": dict(head.plugin_state_hashes) if head else {},
+        "drift": drift, "last_apply": last_apply, "commit": commit, "mode": mode, "version": __version__,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def send_footprint(ledger: Any, target: Collector, mode: str, *, timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+    """Sign this host's footprint with its log key (a C2SP signed note) and post it to `target`."""
+    import json
+
+    from op_dbus.ledger import keys
+
+    body = footprint(ledger, mode)
+    text = f"{FOOTPRINT_HEADER}\n{ledger.origin}\n{json.dumps(body, sort_keys=True, separators=(',', ':'))}\n"
+    signed = note.sign(text, [note.Signer(ledger.origin, keys.load_private_key(ledger.key_path))])
+    req = urllib.request.Request(target.url + "/v1/footprint", data=signed.encode(), method="POST",
+                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Outcome(target.url, True, len(ledger), resp.status, "footprint sent")
+    except urllib.error.HTTPError as exc:
+        return Outcome(target.url, False, len(ledger), exc.code,
+                       exc.read(MAX_REPLY).decode("utf-8", "replace").strip()[:200])
+    except OSError as exc:
+        return Outcome(target.url, False, len(ledger), None, f"collector unreachable: {getattr(exc, 'reason', exc)}")
+
+
+def api_get(url: str, path: str, token: str, *, timeout: float = 10.0) -> Any:
+    """GET a collector read endpoint with an API token; raises PermissionError / OSError / ValueError."""
+    import json
+
+    req = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read(16 << 20))
+    except urllib.error.HTTPError as exc:
+        message = exc.read(MAX_REPLY).decode("utf-8", "replace").strip()[:200]
+        if exc.code in (401, 403):
+            raise PermissionError(f"the collector refused: HTTP {exc.code}: {message}") from None
+        raise ValueError(f"HTTP {exc.code}: {message}") from None

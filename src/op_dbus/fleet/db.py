@@ -112,6 +112,26 @@ tokens = Table(
 )
 
 
+# Signed footprints as received (the host's signed note, whole), newest last per host.
+footprints = Table(
+    "footprints", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("received", Float, nullable=False),
+    Column("note", Text, nullable=False),
+    Index("footprints_by_host", "host", "id"),
+)
+
+# API tokens for the read (viewer) and control (operator) endpoints; only SHA-256 of each is kept.
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("hash", LargeBinary(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("label", String(255), nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, hosts, witness_state, evidence, alerts])
 
@@ -120,7 +140,11 @@ def _migration_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[tokens])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+def _migration_3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[footprints, api_tokens])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
