@@ -207,3 +207,20 @@ def test_migrations_are_recorded_once(db_url: str) -> None:
     engine = db.make_engine(db_url)
     assert db.migrate(engine) == 0
     assert db.migrate(engine) == db.SCHEMA_VERSION
+
+
+def test_enrolled_again_after_a_revoke_the_witness_remembers(witness: Witness, tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "host") as log:
+        grow(log, 3)
+        witness.enroll("web1", log.verifier_key)
+        assert witness.add_checkpoint(body_for(log, 0)).status == 200
+        witness.revoke("web1")
+        witness.enroll("web1", log.verifier_key)
+        reply = witness.add_checkpoint(body_for(log, 0))
+        assert (reply.status, reply.body) == (409, "3\n")
+        from op_dbus.errors import InvalidInput
+
+        with pytest.raises(InvalidInput, match="already enrolled"):
+            witness.enroll("web1", log.verifier_key)
+        with pytest.raises(InvalidInput, match="another name"):
+            witness.enroll("web2", log.verifier_key)

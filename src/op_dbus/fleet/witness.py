@@ -118,9 +118,12 @@ class Witness:
                     conn.execute(db.hosts.delete().where(db.hosts.c.name == name))
                 conn.execute(db.hosts.insert().values(name=name, origin=verifier.name, vkey=verifier.vkey,
                                                       enrolled=now, revoked=None))
-                conn.execute(db.witness_state.insert().values(origin=verifier.name, size=0, root=None, checkpoint=None,
-                                                              updated=now)
-                             .prefix_with("OR IGNORE", dialect="sqlite"))
+                # A host enrolled again (after a revoke) keeps what the witness saw of its log.
+                seen = conn.execute(select(db.witness_state.c.size)
+                                    .where(db.witness_state.c.origin == verifier.name)).first()
+                if seen is None:
+                    conn.execute(db.witness_state.insert().values(origin=verifier.name, size=0, root=None,
+                                                                  checkpoint=None, updated=now))
         except IntegrityError:
             raise InvalidInput(f"the log {verifier.name!r} is already enrolled under another name") from None
         return Host(name, verifier.name, verifier.vkey, False)
