@@ -344,12 +344,12 @@ api_token_option = click.option("--token", "api_token_value", metavar="TOKEN", r
                                 help="An API token (`op-dbus collector api-token create`) [env OP_DBUS_FLEET_TOKEN].")
 
 
-def _api(url: str, path: str, token_value: str) -> Any:
+def _api(url: str, path: str, token_value: str, data: Any = None) -> Any:
     from op_dbus.errors import InvalidInput
     from op_dbus.fleet import client
 
     try:
-        return client.api_get(url, path, token_value)
+        return client.api_get(url, path, token_value, data=data)
     except PermissionError as exc:
         raise InvalidInput(str(exc)) from None
     except (OSError, ValueError) as exc:
@@ -410,3 +410,66 @@ def fleet_alerts(ctx: click.Context, url: str, api_token_value: str) -> int:
     rows = _api(url, "/v1/alerts", api_token_value)
     _emit(rows, _is_json(ctx), "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts")
     return ExitCode.DIFFERENCE if rows else ExitCode.OK
+
+
+@fleet.group()
+def rollout() -> None:
+    """Staged rollouts of a commit: the collector opens each wave when the previous one applied it."""
+
+
+def _show_rollout(ctx: click.Context, r: Any) -> None:
+    waves = " | ".join(f"{'open' if i < r['opened'] else 'closed'}: {','.join(w)}" for i, w in enumerate(r["waves"]))
+    _emit(r, _is_json(ctx), f"{r['commit']}\t{r['state']}{' (' + r['reason'] + ')' if r.get('reason') else ''}\t{waves}")
+
+
+@rollout.command("start")
+@click.argument("commit")
+@click.option("--wave", "waves", metavar="HOSTS|N%", multiple=True,
+              help="A wave: comma-separated host names or a percentage of all hosts (repeatable, in order) "
+                   "[default: one wave of every host].")
+@collector_url
+@api_token_option
+@click.pass_context
+def rollout_start(ctx: click.Context, commit: str, waves: tuple[str, ...], url: str, api_token_value: str) -> int:
+    """Start rolling out COMMIT (needs an operator token); its first wave opens now."""
+    _show_rollout(ctx, _api(url, "/v1/rollouts", api_token_value, {"commit": commit, "waves": list(waves)}))
+    return ExitCode.OK
+
+
+@rollout.command("status")
+@collector_url
+@api_token_option
+@click.pass_context
+def rollout_status(ctx: click.Context, url: str, api_token_value: str) -> int:
+    """Every rollout with its waves (exit 3 when one is halted)."""
+    rows = _api(url, "/v1/rollouts", api_token_value)
+    if _is_json(ctx):
+        _emit(rows, True, "")
+    else:
+        for r in rows:
+            _show_rollout(ctx, r)
+        if not rows:
+            click.echo("no rollouts")
+    return ExitCode.DIFFERENCE if any(r["state"] == "halted" for r in rows) else ExitCode.OK
+
+
+@rollout.command("halt")
+@click.argument("commit")
+@collector_url
+@api_token_option
+@click.pass_context
+def rollout_halt(ctx: click.Context, commit: str, url: str, api_token_value: str) -> int:
+    """Close every wave of COMMIT not yet open (needs an operator token)."""
+    _show_rollout(ctx, _api(url, f"/v1/rollouts/{commit}/halt", api_token_value, {}))
+    return ExitCode.OK
+
+
+@rollout.command("resume")
+@click.argument("commit")
+@collector_url
+@api_token_option
+@click.pass_context
+def rollout_resume(ctx: click.Context, commit: str, url: str, api_token_value: str) -> int:
+    """Let a halted rollout of COMMIT go on (needs an operator token)."""
+    _show_rollout(ctx, _api(url, f"/v1/rollouts/{commit}/resume", api_token_value, {}))
+    return ExitCode.OK

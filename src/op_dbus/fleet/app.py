@@ -19,6 +19,7 @@ from starlette.routing import Route
 from op_dbus.errors import InvalidInput
 from op_dbus.fleet import db
 from op_dbus.fleet.fleetview import MAX_FOOTPRINT, ROLES, FleetView
+from op_dbus.fleet.rollout import Rollouts
 from op_dbus.fleet.witness import MAX_BODY, Witness
 from op_dbus.ledger import keys
 from op_dbus.ledger.cosignature import WitnessSigner
@@ -102,6 +103,53 @@ def build_app(witness: Witness) -> Starlette:
         denied = await authorized(request)
         return denied or JSONResponse(await run_in_threadpool(witness.alerts))
 
+    rollouts = Rollouts(witness.engine)
+
+    async def gate(request: Request) -> Response:
+        try:
+            body = await asyncio.wait_for(read_body(request, 16 * 1024), BODY_DEADLINE)
+        except BodyTooLarge:
+            return PlainTextResponse("request body too large\n", status_code=413)
+        except TimeoutError:
+            return PlainTextResponse("request body not received in time\n", status_code=408)
+        reply = await run_in_threadpool(rollouts.gate, body)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    async def rollout_list(request: Request) -> Response:
+        denied = await authorized(request)
+        return denied or JSONResponse(await run_in_threadpool(rollouts.all))
+
+    async def rollout_start(request: Request) -> Response:
+        denied = await authorized(request, ("operator",))
+        if denied is not None:
+            return denied
+        try:
+            doc = json.loads(await asyncio.wait_for(read_body(request, 64 * 1024), BODY_DEADLINE))
+            commit, waves = doc["commit"], doc.get("waves", [])
+            if not isinstance(commit, str) or not isinstance(waves, list) or not all(isinstance(w, str) for w in waves):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, BodyTooLarge, TimeoutError):
+            return PlainTextResponse('expected JSON {"commit": "...", "waves": ["host,host", "25%", ...]}\n',
+                                     status_code=400)
+        try:
+            return JSONResponse(await run_in_threadpool(rollouts.start, commit, waves))
+        except InvalidInput as exc:
+            return PlainTextResponse(f"{exc.message}\n", status_code=400)
+
+    async def rollout_control(request: Request) -> Response:
+        denied = await authorized(request, ("operator",))
+        if denied is not None:
+            return denied
+        action = request.path_params["action"]
+        state = {"halt": "halted", "resume": "running"}.get(action)
+        if state is None:
+            return PlainTextResponse("unknown action (halt, resume)\n", status_code=404)
+        reason = f"{action} by an operator" if action == "halt" else None
+        try:
+            return JSONResponse(await run_in_threadpool(rollouts.set_state, request.path_params["commit"], state, reason))
+        except InvalidInput as exc:
+            return PlainTextResponse(f"{exc.message}\n", status_code=404)
+
     async def add_checkpoint(request: Request) -> Response:
         try:
             body = await asyncio.wait_for(read_body(request, MAX_BODY), BODY_DEADLINE)
@@ -146,6 +194,10 @@ def build_app(witness: Witness) -> Starlette:
         Route("/v1/hosts", hosts, methods=["GET"]),
         Route("/v1/hosts/{name}", host, methods=["GET"]),
         Route("/v1/alerts", alerts, methods=["GET"]),
+        Route("/v1/rollout/gate", gate, methods=["POST"]),
+        Route("/v1/rollouts", rollout_list, methods=["GET"]),
+        Route("/v1/rollouts", rollout_start, methods=["POST"]),
+        Route("/v1/rollouts/{commit}/{action}", rollout_control, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
     ])
 

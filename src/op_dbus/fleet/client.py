@@ -171,11 +171,15 @@ def send_footprint(ledger: Any, target: Collector, mode: str, *, timeout: float 
         return Outcome(target.url, False, len(ledger), None, f"collector unreachable: {getattr(exc, 'reason', exc)}")
 
 
-def api_get(url: str, path: str, token: str, *, timeout: float = 10.0) -> Any:
-    """GET a collector read endpoint with an API token; raises PermissionError / OSError / ValueError."""
+def api_get(url: str, path: str, token: str, *, timeout: float = 10.0, data: Any = None) -> Any:
+    """GET (or, with `data`, POST as JSON) a collector API endpoint with an API token; raises PermissionError /
+    OSError / ValueError."""
     import json
 
-    req = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}",
+                                                                  "Content-Type": "application/json"},
+                                 data=None if data is None else json.dumps(data).encode(),
+                                 method="GET" if data is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read(16 << 20))
@@ -184,3 +188,26 @@ def api_get(url: str, path: str, token: str, *, timeout: float = 10.0) -> Any:
         if exc.code in (401, 403):
             raise PermissionError(f"the collector refused: HTTP {exc.code}: {message}") from None
         raise ValueError(f"HTTP {exc.code}: {message}") from None
+
+
+def gate_open(ledger: Any, target: Collector, commit: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Ask the collector whether this host's rollout wave is open for `commit` (signed by the log key).
+    The pluggable gate for staged rollouts: {"open": bool, "state": ..., "wave": ..., "opened": ...}."""
+    import json
+    import time
+
+    from op_dbus.ledger import keys
+
+    text = f"op-dbus rollout gate v1\n{ledger.origin}\n{commit}\n{int(time.time())}\n"
+    signed = note.sign(text, [note.Signer(ledger.origin, keys.load_private_key(ledger.key_path))])
+    req = urllib.request.Request(target.url + "/v1/rollout/gate", data=signed.encode(), method="POST",
+                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = json.loads(resp.read(MAX_REPLY))
+    except urllib.error.HTTPError as exc:
+        raise PermissionError(f"the collector refused: HTTP {exc.code}: "
+                              f"{exc.read(MAX_REPLY).decode('utf-8', 'replace').strip()[:200]}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("open"), bool):
+        raise ValueError("the collector's gate answer is malformed")
+    return answer

@@ -132,6 +132,19 @@ api_tokens = Table(
 )
 
 
+# Staged rollouts of a commit: waves of host names, how many are open, and whether it runs, halted or is done.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("commit", String(64), primary_key=True),
+    Column("waves", Text, nullable=False),  # JSON: [[host, ...], ...]
+    Column("opened", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, hosts, witness_state, evidence, alerts])
 
@@ -144,7 +157,11 @@ def _migration_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[footprints, api_tokens])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[rollouts])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select, update
 
 from op_dbus.errors import InvalidInput
 from op_dbus.fleet import db
+from op_dbus.fleet.rollout import Rollouts
 from op_dbus.fleet.witness import Reply
 from op_dbus.ledger import note
 
@@ -71,6 +72,7 @@ class FleetView:
             last = doc.get("last_apply") or {}
             self._alert(conn, host.name, "apply-failed", last.get("result") == "failed",
                         f"the last apply failed (block {last.get('index')})", now)
+            Rollouts(self.engine).on_footprint(conn, host.name, doc, now)
         return Reply(200, "ok\n")
 
     @staticmethod
