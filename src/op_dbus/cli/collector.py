@@ -68,7 +68,8 @@ def collector() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
 def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key: str | None, name: str | None,
           workers: int) -> int:
-    """Serve POST /add-checkpoint (C2SP tlog-witness) until SIGTERM."""
+    """Serve the collector until SIGTERM: POST /add-checkpoint (C2SP tlog-witness), /v1/join, /v1/footprint,
+    /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens."""
     app, _db, _witness_mod = _fleet()
     app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers)
     return ExitCode.OK
@@ -180,7 +181,9 @@ def status_cmd(ctx: click.Context, db_url: str, stale_after: float) -> int:
 @db_option
 @click.pass_context
 def alerts_cmd(ctx: click.Context, db_url: str) -> int:
-    """List open alerts (equivocation: a host's log contradicted what the witness holds). Exit 3 if any."""
+    """List open alerts: equivocation (a log contradicted the witness), drift, apply-failed, rollout-halted.
+
+    Exit 3 if any."""
     rows = _witness(db_url).alerts()
     text = "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts"
     _emit(rows, _is_json(ctx), text)
@@ -406,7 +409,7 @@ def fleet_host(ctx: click.Context, name: str, url: str, api_token_value: str) ->
 @api_token_option
 @click.pass_context
 def fleet_alerts(ctx: click.Context, url: str, api_token_value: str) -> int:
-    """Open alerts: equivocation, drift, apply-failed (exit 3 when there are any)."""
+    """Open alerts: equivocation, drift, apply-failed, rollout-halted (exit 3 when there are any)."""
     rows = _api(url, "/v1/alerts", api_token_value)
     _emit(rows, _is_json(ctx), "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts")
     return ExitCode.DIFFERENCE if rows else ExitCode.OK
