@@ -237,14 +237,19 @@ def load_collectors(options: tuple[str, ...], collectors_file: str) -> list[Any]
 
 def send_reports(ledger: Any, targets: list[Any], timeout: float, *, footprints: bool = True) -> list[Any]:
     """Each collector: the checkpoint (witnessed), then the footprint (signed by the log key)."""
+    import time
+
     from op_dbus.fleet.client import send, send_footprint
 
     outcomes = []
     for target in targets:
+        started = time.monotonic()
         outcome = send(ledger, target, timeout=timeout)
         outcomes.append(outcome)
-        if footprints and outcome.status is not None:  # reachable: the footprint goes too, whatever the witness said
-            sent = send_footprint(ledger, target, "cli", timeout=timeout)
+        left = timeout - (time.monotonic() - started)
+        # Reachable: the footprint goes too, whatever the witness said, within what is left of this collector's time.
+        if footprints and outcome.status is not None and left > 0.05:
+            sent = send_footprint(ledger, target, "cli", timeout=left)
             if not sent.ok:
                 outcomes.append(sent)
     return outcomes
