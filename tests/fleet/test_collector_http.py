@@ -300,3 +300,28 @@ def _post_footprint(url: str, signed: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_silent_host_raises_a_stale_alert_that_its_next_report_clears(sqlite_url: str, key_dir: Path,
+                                                                          host: Ledger) -> None:
+    key_file = key_dir / "witness.key"
+    vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file), "--name", WITNESS).stdout.strip()
+    assert op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url).returncode == 0
+    with ExitStack() as stack:
+        url = start_collector(stack, sqlite_url, key_file, "--stale-after", "2")
+        deadline = time.monotonic() + 60
+        while True:
+            alerts = json.loads(op_dbus("-o", "json", "collector", "alerts", "--db", sqlite_url).stdout)
+            if alerts or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert [(a["host"], a["kind"]) for a in alerts] == [("web1", "stale")]
+        assert op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir).returncode == 0
+        # The report cleared that alert (a later one may open again: the host stays silent after it).
+        from op_dbus.fleet import db
+        from op_dbus.fleet.witness import Witness
+
+        engine = db.make_engine(sqlite_url)
+        first = next(a for a in Witness(engine, None).alerts(open_only=False) if a["id"] == alerts[0]["id"])
+        engine.dispose()
+        assert first["cleared"] is not None

@@ -66,12 +66,15 @@ def collector() -> None:
 @click.option("--tls-key", metavar="PEM", help="The TLS private key (0600).")
 @click.option("--name", metavar="NAME", help="The witness name, fixed on first start [default: op-dbus-collector/HOSTNAME].")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+@click.option("--stale-after", metavar="SECONDS", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="Raise a `stale` alert for a host silent this long.")
 def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key: str | None, name: str | None,
-          workers: int) -> int:
+          workers: int, stale_after: float) -> int:
     """Serve the collector until SIGTERM: POST /add-checkpoint (C2SP tlog-witness), /v1/join, /v1/footprint,
     /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens."""
     app, _db, _witness_mod = _fleet()
-    app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers)
+    app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers,
+              stale_after=stale_after)
     return ExitCode.OK
 
 
@@ -181,7 +184,7 @@ def status_cmd(ctx: click.Context, db_url: str, stale_after: float) -> int:
 @db_option
 @click.pass_context
 def alerts_cmd(ctx: click.Context, db_url: str) -> int:
-    """List open alerts: equivocation (a log contradicted the witness), drift, apply-failed, rollout-halted.
+    """List open alerts: equivocation (a log contradicted the witness), drift, apply-failed, rollout-halted, stale.
 
     Exit 3 if any."""
     rows = _witness(db_url).alerts()
@@ -414,7 +417,7 @@ def fleet_host(ctx: click.Context, name: str, url: str, api_token_value: str) ->
 @api_token_option
 @click.pass_context
 def fleet_alerts(ctx: click.Context, url: str, api_token_value: str) -> int:
-    """Open alerts: equivocation, drift, apply-failed, rollout-halted (exit 3 when there are any)."""
+    """Open alerts: equivocation, drift, apply-failed, rollout-halted, stale (exit 3 when there are any)."""
     rows = _api(url, "/v1/alerts", api_token_value)
     _emit(rows, _is_json(ctx), "\n".join(f"{r['host']}\t{r['kind']}\t{r['detail']}" for r in rows) or "no open alerts")
     return ExitCode.DIFFERENCE if rows else ExitCode.OK

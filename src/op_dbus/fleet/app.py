@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,25 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def build_app(witness: Witness) -> Starlette:
+STALE_SWEEP = 60.0  # seconds between looks for silent hosts
+
+
+def build_app(witness: Witness, *, stale_after: float = 3600.0) -> Starlette:
     view = FleetView(witness.engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async def sweep() -> None:
+            while True:
+                with contextlib.suppress(Exception):  # a database hiccup must not end the sweeps
+                    await run_in_threadpool(view.sweep_stale, stale_after)
+                await asyncio.sleep(min(STALE_SWEEP, stale_after))
+
+        task = asyncio.create_task(sweep())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     async def authorized(request: Request, roles: tuple[str, ...] = ROLES) -> Response | None:
         """None when the request carries an API token of one of `roles`; else the 401/403 to send."""
@@ -186,7 +205,7 @@ def build_app(witness: Witness) -> Starlette:
     async def health(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
-    return Starlette(routes=[
+    return Starlette(lifespan=lifespan, routes=[
         Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
         Route("/v1/join", join, methods=["POST"]),
         Route("/v1/footprint", footprint, methods=["POST"]),
@@ -233,7 +252,7 @@ def open_signer(engine: Any, key_path: Path, name: str | None) -> WitnessSigner:
 
 
 def serve(db_url: str, listen: str, key_path: Path, *, name: str | None = None, tls_cert: str | None = None,
-          tls_key: str | None = None, workers: int = 1) -> None:
+          tls_key: str | None = None, workers: int = 1, stale_after: float = 3600.0) -> None:
     import uvicorn
 
     where = parse_listen(listen)
@@ -261,10 +280,10 @@ def serve(db_url: str, listen: str, key_path: Path, *, name: str | None = None, 
         import os
 
         os.environ.update({"OP_DBUS_COLLECTOR_DB": db_url, "OP_DBUS_COLLECTOR_KEY": str(key_path),
-                           "OP_DBUS_COLLECTOR_NAME": signer.name})
+                           "OP_DBUS_COLLECTOR_NAME": signer.name, "OP_DBUS_COLLECTOR_STALE": str(stale_after)})
         uvicorn.run("op_dbus.fleet.app:app_from_environment", factory=True, workers=workers, **config)
     else:
-        uvicorn.run(build_app(Witness(db.make_engine(db_url), signer)), **config)
+        uvicorn.run(build_app(Witness(db.make_engine(db_url), signer), stale_after=stale_after), **config)
 
 
 def app_from_environment() -> Starlette:
@@ -272,4 +291,4 @@ def app_from_environment() -> Starlette:
 
     engine = db.make_engine(os.environ["OP_DBUS_COLLECTOR_DB"])
     signer = open_signer(engine, Path(os.environ["OP_DBUS_COLLECTOR_KEY"]), os.environ["OP_DBUS_COLLECTOR_NAME"])
-    return build_app(Witness(engine, signer))
+    return build_app(Witness(engine, signer), stale_after=float(os.environ.get("OP_DBUS_COLLECTOR_STALE", "3600")))

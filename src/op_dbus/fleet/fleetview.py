@@ -67,6 +67,7 @@ class FleetView:
             except note.NoteError as exc:
                 return Reply(403, f"{exc}\n")
             conn.execute(db.footprints.insert().values(host=host.name, received=now, note=body.decode()))
+            self._alert(conn, host.name, "stale", False, "", now)
             self._alert(conn, host.name, "drift", int(doc.get("drift", 0)) > 0,
                         f"{doc.get('drift')} drift block(s) since the last apply", now)
             last = doc.get("last_apply") or {}
@@ -84,6 +85,28 @@ class FleetView:
             conn.execute(a.insert().values(host=host, kind=kind, detail=detail, time=now, cleared=None))
         elif not raised and open_row is not None:
             conn.execute(update(a).where(a.c.id == open_row.id).values(cleared=now))
+
+    def sweep_stale(self, stale_after: float) -> int:
+        """Raise a `stale` alert for every enrolled host with no footprint for `stale_after` seconds (counted from
+        its enrollment when it never sent one); a footprint clears it. Returns how many were raised."""
+        now = time.time()
+        h, f = db.hosts, db.footprints
+        latest = select(f.c.host, func.max(f.c.received).label("seen")).group_by(f.c.host).subquery()
+        raised = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(h.c.name, h.c.enrolled, latest.c.seen)
+                                .select_from(h.outerjoin(latest, latest.c.host == h.c.name))
+                                .where(h.c.revoked.is_(None))).all()
+            for r in rows:
+                seen = r.seen if r.seen is not None else r.enrolled
+                if now - seen > stale_after:
+                    before = conn.execute(select(func.count()).where(db.alerts.c.host == r.name,
+                                                                     db.alerts.c.kind == "stale",
+                                                                     db.alerts.c.cleared.is_(None))).scalar()
+                    if not before:
+                        self._alert(conn, r.name, "stale", True, f"no report for {int(now - seen)} s", now)
+                        raised += 1
+        return raised
 
     # -- reads --------------------------------------------------------------------------------------------
 
