@@ -325,3 +325,61 @@ def test_a_silent_host_raises_a_stale_alert_that_its_next_report_clears(sqlite_u
         first = next(a for a in Witness(engine, None).alerts(open_only=False) if a["id"] == alerts[0]["id"])
         engine.dispose()
         assert first["cleared"] is not None
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_https_with_a_certificate_the_host_trusts(sqlite_url: str, key_dir: Path, host: Ledger, tmp_path: Path) -> None:
+    cert, tls_key = _self_signed(key_dir)
+    key_file = key_dir / "witness.key"
+    vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file), "--name", WITNESS).stdout.strip()
+    assert op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url).returncode == 0
+    tls_key.chmod(0o644)
+    loose = op_dbus("collector", "serve", "--db", sqlite_url, "--key-file", str(key_file), "--listen",
+                    f"127.0.0.1:{free_port()}", "--tls-cert", str(cert), "--tls-key", str(tls_key))
+    assert loose.returncode == 2 and "TLS file" in loose.stderr
+    tls_key.chmod(0o600)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "op_dbus", "collector", "serve", "--db", sqlite_url, "--key-file",
+                             str(key_file), "--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert),
+                             "--tls-key", str(tls_key)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with running(proc):
+        url = f"https://127.0.0.1:{port}"
+        env = {**os.environ, "SSL_CERT_FILE": str(cert)}
+        deadline = time.monotonic() + 60
+        while True:
+            r = subprocess.run([sys.executable, "-m", "op_dbus", "--state-dir", str(host.state_dir), "report",
+                                "--collector", f"{url}={vkey}"], capture_output=True, text=True, env=env, timeout=60)
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Without the certificate in its trust store the host refuses the connection (nothing is sent).
+        grow(host, 1)
+        untrusted = op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir)
+        assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout
+        assert cosignature.last_cosigned(str(host.db_path), vkey) == 3
