@@ -77,6 +77,29 @@ def test_an_op_dbus_in_the_lab_is_witnessed_by_the_host_collector(lab: Any, tmp_
                                   str(tmp_path / "host.pub"), "--policy", str(tmp_path / "fleet.policy")],
                                  capture_output=True, text=True)
         assert audited.returncode == 0, audited.stdout + audited.stderr
+
+        # The agent there (`op-dbus run --collector`) sends every new block: drift behind its back is witnessed.
+        started = lab.run(["systemd-run", "--unit=op-dbus-fleet-agent", "-p", "Type=exec", exe, "run", "--state-file",
+                           "/root/fleet-state.json", "--collector", f"http://127.0.0.1:{PORT}={vkey}"], check=False)
+        assert started.returncode == 0, started.stderr
+        try:
+            time.sleep(3)  # the agent's first reconciliation
+            lab.run(["systemctl", "stop", "nginx.service"])
+            deadline = time.monotonic() + 90
+            while True:
+                rows, grown = json.loads(lab.run(["python3", "-c", read]).stdout)
+                if (grown > size and [vkey, grown] in rows) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert grown > size and [vkey, grown] in rows, (rows, grown, size)
+            hosts = subprocess.run([sys.executable, "-m", "op_dbus", "-o", "json", "collector", "hosts", "--db",
+                                    db_url], capture_output=True, text=True, check=True)
+            assert json.loads(hosts.stdout)[0]["size"] == grown
+            alerts = subprocess.run([sys.executable, "-m", "op_dbus", "-o", "json", "collector", "alerts", "--db",
+                                     db_url], capture_output=True, text=True)
+            assert "drift" in {a["kind"] for a in json.loads(alerts.stdout)}
+        finally:
+            lab.run(["systemctl", "stop", "op-dbus-fleet-agent.service"], check=False)
     finally:
         proc.terminate()
         try:
