@@ -250,7 +250,8 @@ def test_footprints_alerts_and_the_fleet_view_with_api_tokens(sqlite_url: str, k
         url = start_collector(stack, sqlite_url, key_file)
         vkey = op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key_file)).stdout.strip()
         assert op_dbus("collector", "enroll", "web1", "--key", str(host.public_key_path), "--db", sqlite_url).returncode == 0
-        viewer = op_dbus("collector", "api-token", "create", "--role", "viewer", "--db", sqlite_url).stdout.strip()
+        viewer = op_dbus("collector", "api-token", "create", "--role", "viewer", "--label", "ops", "--db",
+                         sqlite_url).stdout.strip()
         assert viewer.startswith("oda_")
         assert op_dbus("report", "--collector", f"{url}={vkey}", state_dir=host.state_dir).returncode == 0
         fleet = ("--collector", url, "--token", viewer)
@@ -273,8 +274,10 @@ def test_footprints_alerts_and_the_fleet_view_with_api_tokens(sqlite_url: str, k
         assert op_dbus("fleet", "alerts", *fleet).returncode == 0
         detail = json.loads(op_dbus("-o", "json", "fleet", "host", "web1", *fleet).stdout)
         assert len(detail["history"]) == 3
-        # The read API wants a token; a wrong one is refused.
+        # The read API wants a token; a wrong one is refused, and so is a revoked one.
         assert op_dbus("fleet", "status", "--collector", url, "--token", "oda_wrong").returncode == 2
+        assert op_dbus("collector", "api-token", "revoke", "--label", "ops", "--db", sqlite_url).returncode == 0
+        assert op_dbus("fleet", "status", *fleet).returncode == 2
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url + "/v1/hosts", timeout=10)
         assert err.value.code == 401

@@ -140,6 +140,25 @@ def api_token_create(db_url: str, role: str, label: str) -> int:
     return ExitCode.OK
 
 
+@api_token.command("revoke")
+@db_option
+@click.option("--label", metavar="TEXT", required=True, help="Revoke every API token created with this label.")
+def api_token_revoke(db_url: str, label: str) -> int:
+    """Revoke API tokens by label (the tokens themselves are not stored)."""
+    from op_dbus.errors import InvalidInput
+
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.fleetview import FleetView
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    count = FleetView(engine).revoke_api_tokens(label)
+    if not count:
+        raise InvalidInput(f"no API token has the label {label!r}")
+    click.echo(f"revoked {count} API token(s) labelled {label!r}")
+    return ExitCode.OK
+
+
 @token.command("create")
 @db_option
 @click.option("--ttl", metavar="SECONDS", type=click.IntRange(60, 30 * 86400), default=3600, show_default=True,

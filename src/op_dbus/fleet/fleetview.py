@@ -151,6 +151,11 @@ class FleetView:
             conn.execute(db.api_tokens.insert().values(hash=_hash(token), role=role, label=label, created=time.time()))
         return token
 
+    def revoke_api_tokens(self, label: str) -> int:
+        """Delete every API token with `label`; returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(db.api_tokens.delete().where(db.api_tokens.c.label == label)).rowcount)
+
     def role_of(self, token: str) -> str | None:
         with db.reading(self.engine) as conn:
             role = conn.execute(select(db.api_tokens.c.role).where(db.api_tokens.c.hash == _hash(token))).scalar()
