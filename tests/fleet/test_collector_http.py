@@ -136,6 +136,9 @@ def test_listener_limits(sqlite_url: str, key_dir: Path, host: Ledger) -> None:
 
 
 def test_a_world_readable_witness_key_is_refused(sqlite_url: str, key_dir: Path) -> None:
+    fresh = key_dir / "new" / "witness.key"  # a missing key directory is created private
+    assert op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(fresh)).returncode == 0
+    assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700 and stat.S_IMODE(fresh.stat().st_mode) == 0o600
     key = key_dir / "witness.key"
     assert op_dbus("collector", "key", "--db", sqlite_url, "--key-file", str(key)).returncode == 0
     os.chmod(key, 0o644)

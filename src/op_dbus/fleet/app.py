@@ -244,6 +244,8 @@ def parse_listen(value: str) -> Listen:
 
 def open_signer(engine: Any, key_path: Path, name: str | None) -> WitnessSigner:
     """The witness key (created 0600 on first start) and its name, which is fixed in the database on first start."""
+    if not key_path.parent.exists():
+        key_path.parent.mkdir(mode=0o700, parents=True)
     private, _ = keys.load_or_create_private_key(key_path, create=True)
     chosen = db.set_setting_once(engine, "witness_name", name or f"op-dbus-collector/{socket.gethostname()}")
     if name is not None and name != chosen:
