@@ -22,6 +22,9 @@ of op-dbus, so an auditor can copy this one file and run it anywhere. It checks:
     recomputed from all leaves; a range export is reported as one;
   * with `--since OLD` (a checkpoint or an earlier export seen before): that the log still extends it,
     i.e. the tree head over its first blocks is the one that was signed then (no history rewritten).
+  * with `--policy POLICY` (C2SP tlog-policy: `log`, `witness NAME VKEY`, `group NAME K|all|any ...`,
+    `quorum`): that the checkpoint is signed by a log of the policy and carries witness cosignatures
+    (C2SP cosignature/v1, in the checkpoint or the export's `cosignatures`) that meet the quorum.
 
 The export is read as a stream, block by block, so memory stays small whatever its size; numbers
 longer than any field needs, nesting deeper than any export has, and values larger than
@@ -775,8 +778,11 @@ def verify_export(doc: Any, key_text: str, since: str | None = None) -> Report:
     return check.finish(bool(blocks))
 
 
-def verify_stream(stream: JsonStream, key_text: str, since: str | None = None) -> Report:
-    """Check an export read from `stream` block by block: memory holds one block at a time, not the file."""
+def verify_stream(stream: JsonStream, key_text: str, since: str | None = None, policy: Policy | None = None) -> Report:
+    """Check an export read from `stream` block by block: memory holds one block at a time, not the file.
+
+    With a `policy`, the checkpoint must also carry the witness cosignatures its quorum asks for (the export's
+    `cosignatures` member follows its blocks)."""
     stream.expect("{", "an export (a JSON object)")
     head: dict[str, Any] = {}
     check: ExportCheck | None = None
@@ -807,14 +813,20 @@ def verify_stream(stream: JsonStream, key_text: str, since: str | None = None) -
                 break
     stream.end()
     if check is not None:
-        return check.finish(count > 0)
+        report = check.finish(count > 0)
+        if policy is not None:
+            check_policy(report, head, policy)
+        return report
     if "format" not in head and "blocks" not in seen:
         parse_verifier_key(key_text)
         raise Unreadable(f"the file is not an op-dbus audit log export (its \"format\" is not {EXPORT_FORMAT!r})")
     if held is None:
         ExportCheck(head, key_text, since)  # the head's own problems first (format, version)
         raise Unreadable("the export has no \"blocks\" list")
-    return verify_export({**head, "blocks": held}, key_text, since)
+    report = verify_export({**head, "blocks": held}, key_text, since)
+    if policy is not None:
+        check_policy(report, head, policy)
+    return report
 
 
 def _held_blocks(stream: JsonStream) -> list[Any]:
@@ -845,6 +857,171 @@ def _open(path: str) -> IO[bytes]:
         raise Unreadable(f"{path}: cannot read it ({exc.strerror})") from None
 
 
+
+# -- C2SP tlog-policy: witness cosignatures and the quorum ------------------------------------------------
+
+COSIGNATURE_ALG = 0x04
+POLICY_LIMIT = 256  # logs, witnesses and groups each; the spec asks for at least 32
+
+
+@dataclass(frozen=True)
+class WitnessKey:
+    name: str  # the key name in the vkey (what the cosignature line says)
+    key_id: bytes
+    public: Ed25519PublicKey
+    raw: bytes
+
+
+@dataclass
+class Policy:
+    logs: list[VerifierKey] = field(default_factory=list)
+    witnesses: dict[str, WitnessKey] = field(default_factory=dict)
+    groups: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    quorum: str | None = None
+
+
+def _vkey(text: str, alg: int, what: str) -> tuple[str, bytes, bytes]:
+    parts = text.split("+", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise ValueError(f"{what} is not a vkey (<name>+<hex key ID>+<base64 key>)")
+    name, hex_id, b64 = parts
+    try:
+        raw = base64.b64decode(b64, validate=True)
+        claimed = bytes.fromhex(hex_id)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what}: key ID or key is not valid hex/base64") from None
+    if len(raw) != 33 or raw[0] != alg:
+        raise ValueError(f"{what}: not an Ed25519 key of signature type 0x{alg:02x}")
+    if hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4] != claimed:
+        raise ValueError(f"{what}: the key ID does not match the key")
+    return name, claimed, raw[1:]
+
+
+def parse_policy(text: str) -> Policy:
+    """A C2SP tlog-policy file: `log VKEY [URL]`, `witness NAME VKEY [URL]`, `group NAME all|any|K NAME...`,
+    exactly one `quorum NAME|none`; '#' comments and blank lines are ignored. Raises Unreadable naming the line."""
+    policy = Policy()
+    seen_keys: set[bytes] = set()
+    for n, raw_line in enumerate(text.split("\n"), 1):
+        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in raw_line):
+            raise Unreadable(f"policy line {n}: control characters are not allowed")
+        fields = raw_line.replace("\t", " ").split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        kind, args = fields[0], fields[1:]
+        try:
+            if kind == "log" and len(args) in (1, 2):
+                name, key_id, pub = _vkey(args[0], 0x01, "log key")
+                if pub in seen_keys:
+                    raise ValueError("duplicate key")
+                seen_keys.add(pub)
+                policy.logs.append(VerifierKey(name, key_id, Ed25519PublicKey.from_public_bytes(pub)))
+            elif kind == "witness" and len(args) in (2, 3):
+                label = args[0]
+                if label == "none" or label in policy.witnesses or label in policy.groups:
+                    raise ValueError(f"the name {label!r} is reserved or already defined")
+                name, key_id, pub = _vkey(args[1], COSIGNATURE_ALG, f"witness {label}")
+                if pub in seen_keys:
+                    raise ValueError("duplicate key")
+                seen_keys.add(pub)
+                policy.witnesses[label] = WitnessKey(name, key_id, Ed25519PublicKey.from_public_bytes(pub), pub)
+            elif kind == "group" and len(args) >= 3:
+                label, threshold, members = args[0], args[1], args[2:]
+                if label == "none" or label in policy.witnesses or label in policy.groups:
+                    raise ValueError(f"the name {label!r} is reserved or already defined")
+                if len(set(members)) != len(members):
+                    raise ValueError("a member is listed twice")
+                for m in members:
+                    if m not in policy.witnesses and m not in policy.groups:
+                        raise ValueError(f"member {m!r} is not a witness or group defined above")
+                if threshold == "all":
+                    k = len(members)
+                elif threshold == "any":
+                    k = 1
+                elif threshold.isdigit() and threshold == str(int(threshold)) and 1 <= int(threshold) <= len(members):
+                    k = int(threshold)
+                else:
+                    raise ValueError(f"threshold {threshold!r} must be all, any or 1..{len(members)}")
+                policy.groups[label] = (k, members)
+            elif kind == "quorum" and len(args) == 1:
+                if policy.quorum is not None:
+                    raise ValueError("a second quorum line")
+                if args[0] != "none" and args[0] not in policy.witnesses and args[0] not in policy.groups:
+                    raise ValueError(f"{args[0]!r} is not a witness or group defined above")
+                policy.quorum = args[0]
+            else:
+                raise ValueError(f"unknown or malformed line {kind!r}")
+        except ValueError as exc:
+            raise Unreadable(f"policy line {n}: {exc}") from None
+        if max(len(policy.logs), len(policy.witnesses), len(policy.groups)) > POLICY_LIMIT:
+            raise Unreadable(f"policy line {n}: more than {POLICY_LIMIT} logs, witnesses or groups")
+    if policy.quorum is None:
+        raise Unreadable("the policy has no quorum line")
+    return policy
+
+
+def cosigned_by(key: WitnessKey, text: str, lines: list[str]) -> int | None:
+    """The timestamp of a valid cosignature/v1 by `key` on checkpoint text `text` among `lines`, else None."""
+    for line in lines:
+        if not line.startswith(SIG_PREFIX):
+            continue
+        name, _, b64 = line.rstrip("\n")[len(SIG_PREFIX):].partition(" ")
+        if name != key.name:
+            continue
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) != 4 + 8 + 64 or raw[:4] != key.key_id:
+            continue
+        timestamp = int.from_bytes(raw[4:12], "big")
+        if timestamp >= 1 << 63:
+            continue
+        try:
+            key.public.verify(raw[12:], f"cosignature/v1\ntime {timestamp}\n{text}".encode())
+        except InvalidSignature:
+            continue
+        return timestamp
+    return None
+
+
+def _witnessed(policy: Policy, name: str, cosigned: set[str]) -> bool:
+    if name in policy.witnesses:
+        return name in cosigned
+    k, members = policy.groups[name]
+    return sum(_witnessed(policy, m, cosigned) for m in members) >= k
+
+
+def check_policy(report: Report, doc: Any, policy: Policy) -> None:
+    """The checkpoint must be signed by a log of the policy and cosigned by witnesses meeting its quorum."""
+    signed = doc.get("checkpoint") if isinstance(doc, dict) else None
+    if not isinstance(signed, str) or "\n\n" not in signed:
+        report.fail(None, "policy: the export has no checkpoint")
+        return
+    if policy.logs:
+        for log in policy.logs:
+            try:
+                open_checkpoint(signed, log)
+                break
+            except ValueError:
+                continue
+        else:
+            report.fail(None, "policy: the checkpoint is not signed by any log of the policy")
+    split = signed.rfind("\n\n")
+    text = signed[: split + 1]
+    extra = doc.get("cosignatures", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) for x in extra):
+        report.fail(None, "policy: the export's cosignatures are not a list of signature lines")
+        extra = []
+    lines = [*signed[split + 2:].split("\n"), *extra]
+    cosigned = {label for label, key in policy.witnesses.items() if cosigned_by(key, text, lines) is not None}
+    report.notes.append(f"policy: cosigned by {', '.join(sorted(cosigned)) or 'no witness of the policy'}")
+    if policy.quorum != "none" and not _witnessed(policy, str(policy.quorum), cosigned):
+        report.fail(None, f"policy: the checkpoint (tree size {report.tree_size}) is not cosigned by the quorum "
+                          f"{policy.quorum!r} (valid cosignatures from: {', '.join(sorted(cosigned)) or 'none'}); "
+                          "on the host, `op-dbus report` and a new export may fix a gap, never a rewritten log")
+
+
 def _load(path: str) -> Any:
     """A whole JSON file with the export's limits (for --since, whose files are small)."""
     with _open(path) as fh:
@@ -854,12 +1031,12 @@ def _load(path: str) -> Any:
         return value
 
 
-def check_file(path: str, key_text: str, since: str | None = None) -> Report:
+def check_file(path: str, key_text: str, since: str | None = None, policy: Policy | None = None) -> Report:
     """Check the export at `path` ("-" for standard input), streaming it."""
     if path == "-":
-        return verify_stream(JsonStream(sys.stdin.buffer, "stdin"), key_text, since)
+        return verify_stream(JsonStream(sys.stdin.buffer, "stdin"), key_text, since, policy)
     with _open(path) as fh:
-        return verify_stream(JsonStream(fh, path), key_text, since)
+        return verify_stream(JsonStream(fh, path), key_text, since, policy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -871,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the host's C2SP verifier key file (host.pub), obtained independently of the export")
     parser.add_argument("--since", metavar="OLD",
                         help="an earlier checkpoint note, or an earlier export, that this log must extend")
+    parser.add_argument("--policy", metavar="POLICY",
+                        help="a C2SP tlog-policy file: the checkpoint must carry witness cosignatures meeting its quorum")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     # Messages quote what the export holds, which may be any text: never fail to print them.
@@ -895,7 +1074,14 @@ def main(argv: list[str] | None = None) -> int:
                 since = old.get("checkpoint") if isinstance(old, dict) else None
                 if not isinstance(since, str):
                     raise Unreadable(f"{args.since}: an export without a checkpoint")
-        report = check_file(args.export, key_text, since)
+        policy = None
+        if args.policy is not None:
+            try:
+                with open(args.policy, encoding="utf-8", errors="surrogateescape") as fh:
+                    policy = parse_policy(fh.read(1 << 20))
+            except OSError as exc:
+                raise Unreadable(f"{args.policy}: cannot read the policy ({exc.strerror})") from None
+        report = check_file(args.export, key_text, since, policy)
     except Unreadable as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))

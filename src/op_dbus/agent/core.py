@@ -68,6 +68,7 @@ class AgentConfig:
     retry_max: float = 30.0  # longest wait between reconnection attempts
     file_poll: float = 1.0  # how often the state file's identity (inode, size, mtime) is compared
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (loopback), None: off
+    collectors: tuple[Any, ...] = ()  # fleet.client.Collector: witnesses each new checkpoint is sent to
 
 
 @dataclass
@@ -244,6 +245,12 @@ class Agent:
             self._ledger = self._open_ledger()
             self.seen_index = len(self._ledger) - 1
         helpers = [asyncio.create_task(self._watch_file(), name="state-file")]
+        reporter = None
+        if self.config.collectors and self._open_ledger is not None:
+            from op_dbus.agent.report import Reporter
+
+            reporter = Reporter(self._open_ledger, list(self.config.collectors))
+            reporter.start()
         if self.notify.watchdog_interval:
             helpers.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         server = await self.metrics.serve(self.config.metrics) if self.config.metrics else None
@@ -297,6 +304,8 @@ class Agent:
                     await t
             if server is not None:
                 server.close()
+            if reporter is not None:
+                await asyncio.to_thread(reporter.stop)
             if self._ledger is not None:
                 self._ledger.close()
             if self._agent_lock is not None:

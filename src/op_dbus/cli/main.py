@@ -222,9 +222,12 @@ def diff(opts: Options, file: str) -> int:
                    "automatically, even if this process or its SSH session dies.")
 @click.option("--wait", "lock_wait", metavar="SECONDS", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Wait this long for another apply to finish instead of exiting 5 at once.")
+@click.option("--no-report", is_flag=True,
+              help="Do not send the new checkpoint to the collectors of /etc/op-dbus/collectors (see `op-dbus report`).")
 @output_option
 @click.pass_obj
-def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None, lock_wait: float) -> int:
+def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None, lock_wait: float,
+          no_report: bool) -> int:
     """Converge the system to FILE as one transaction, verify it, and record a block in the audit log.
 
     Invalid files are refused whole (exit 2) before anything changes. If a change fails, the result does
@@ -244,6 +247,10 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
     result = _run(go())
     changes = result.plan.all_changes if dry_run else result.applied
     block = result.block
+    if block is not None and not no_report:
+        from op_dbus.cli.collector import report_after_apply
+
+        report_after_apply(opts)
     if opts.json:
         from op_dbus.cli.render import records
 
@@ -506,9 +513,12 @@ def key_rotate(opts: Options) -> int:
               help="Collect a burst of events this long before recomputing the difference.")
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9469).")
+@click.option("--collector", "collectors", metavar="URL=WITNESS-VKEY", multiple=True,
+              help="Send each new checkpoint to this collector (repeatable) and keep its cosignature; "
+                   "a collector that is down is retried with backoff.")
 @click.pass_obj
 def run(opts: Options, state_file: str, mode: str, read_only: bool, no_log: bool, interval: float,
-        debounce: float, metrics: str | None) -> int:
+        debounce: float, metrics: str | None, collectors: tuple[str, ...]) -> int:
     """Keep the state of FILE: listen to the system's change events and record (shadow) or repair (enforce) drift.
 
     Runs in the foreground as a systemd Type=notify service (READY=1, STATUS=, WATCHDOG=1); logs are JSON lines
@@ -519,8 +529,15 @@ def run(opts: Options, state_file: str, mode: str, read_only: bool, no_log: bool
 
     if metrics:
         parse_listen(metrics)
+    targets: list[Any] = []
+    if collectors:
+        from op_dbus.cli.collector import DEFAULT_COLLECTORS, load_collectors
+
+        if no_log:
+            raise click.UsageError("--collector needs the audit log: it cannot go with --no-log")
+        targets = load_collectors(collectors, DEFAULT_COLLECTORS)
     config = AgentConfig(Path(state_file), mode=mode, read_only=read_only, interval=interval, debounce=debounce,
-                         metrics=metrics)
+                         metrics=metrics, collectors=tuple(targets))
     settings = opts.context().settings
     agent = Agent(config, settings, ledger=None if no_log else opts.ledger)
     return int(_run(agent.run()))
@@ -545,6 +562,17 @@ def schema(opts: Options, plugin: str | None) -> int:
 
     _emit_json(document_schema([plugin] if plugin else None))
     return ExitCode.OK
+
+
+def _register_fleet_commands() -> None:
+    from op_dbus.cli.collector import collector, fleet, report
+
+    cli.add_command(collector)
+    cli.add_command(fleet)
+    cli.add_command(report)
+
+
+_register_fleet_commands()
 
 
 def _report(error: OpDbusError, opts: Options | None) -> None:

@@ -63,7 +63,8 @@ the header, link and record checks in a child process (`_linkcheck.py`, standard
 
 Built on top: exports with inclusion proofs (`export`), checked by the standalone
 `op_dbus.audit_verify`; archive and compaction (`archive`), which drop record contents only; search over
-a derived FTS5 index in its own database (`search`). Left for later: witness cosignatures.
+a derived FTS5 index in its own database (`search`); witness cosignatures received from collectors
+(`cosignature`: C2SP cosignature/v1, kept in their own table `cosignatures`, shipped in exports).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ An export is one JSON object (format "op-dbus audit log export", version 1):
         inclusion_proof         RFC 9162 audit path of the block in the tree of `tree_size` leaves, hex
         changes, state          the change list / state snapshot exactly as hashed (canonical JSON text),
                                 or null when the export leaves them out or the log no longer holds them
+    cosignatures                witness cosignature lines (C2SP tlog-cosignature) on that checkpoint, as the
+                                host received them from its collectors ([] when none cosigned this size yet)
 
 `op_dbus.audit_verify` checks one with nothing but the file and the host's public key. The blocks are
 read in one read transaction (a consistent view while other processes append), then the JSON is written
@@ -35,7 +37,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from op_dbus.errors import InvalidInput, LedgerError
-from op_dbus.ledger import merkle, note
+from op_dbus.ledger import cosignature, merkle, note
 from op_dbus.ledger.store import KEY_ROTATION, BlockHeader, Ledger, LedgerVerificationFailed, as_bytes
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -70,6 +72,7 @@ class ExportView:
     blocks: list[ExportedBlock]
     proof: Callable[[int], list[bytes]]
     rotations: list[dict[str, Any]] = field(default_factory=list)
+    cosignatures: list[str] = field(default_factory=list)
 
 
 def parse_range(text: str, size: int) -> tuple[int, int]:
@@ -123,8 +126,9 @@ def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloa
         nodes = _NodeCache(ledger, db)
         proofs = {b.index: merkle.inclusion_proof(b.index, head.size, nodes.get) for b in blocks}
         rotations = key_rotations(ledger, db, head.size, nodes.get)
+    cosigned = [c.line for c in cosignature.for_size(str(ledger.db_path), head.size)]
     return ExportView(ledger.origin, ledger.verifier_key, head.size, head.root, signed, blocks,
-                      lambda index: proofs[index], rotations)
+                      lambda index: proofs[index], rotations, cosigned)
 
 
 def _open_latest(ledger: Ledger, size: int, signed: str) -> note.Checkpoint:
@@ -228,7 +232,8 @@ def iter_export(view: ExportView) -> Iterator[str]:
     yield text[:-2] + ',\n "blocks": [\n'
     for n, block in enumerate(view.blocks):
         yield ("" if n == 0 else ",\n") + json.dumps(block_entry(view, block))
-    yield "\n ]\n}\n"
+    # After the blocks, so the head keeps its layout.
+    yield '\n ],\n "cosignatures": ' + json.dumps(view.cosignatures) + "\n}\n"
 
 
 def write_export(ledger: Ledger, out: IO[str], first: int = 0, last: int | None = None, *,
