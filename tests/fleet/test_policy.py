@@ -121,7 +121,13 @@ def test_quorum_of_two_collectors_then_a_cut_log_is_refused_and_fails_the_policy
             witnessed = log.checkpoint()
 
         # The attacker, root on the host with its key, cuts the log to 2 blocks and writes another history.
-        with Ledger.open(tmp_path / "forged", key_path=key_path, origin=origin) as forged:
+        # The forged log lives where the CLI finds it signed by that same key: state_dir/host.key.
+        forged_dir = tmp_path / "forged"
+        forged_dir.mkdir(mode=0o700)
+        forged_key = forged_dir / "host.key"
+        forged_key.write_bytes(key_path.read_bytes())
+        forged_key.chmod(0o600)
+        with Ledger.open(forged_dir, key_path=forged_key, origin=origin) as forged:
             grow(forged, 2)
             forged.append("apply", [{"plugin": "systemd", "action": "stop", "object": "auditd"}], {"n": "x"},
                           actor={"user": "attacker"}, summary="hidden")
@@ -157,5 +163,5 @@ def test_audit_verify_stays_standalone() -> None:
     """The auditor's file imports the standard library and cryptography only (the isolated runs prove it works)."""
     src = Path(audit_verify.__file__).read_text()
     imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "argparse", "base64", "binascii", "hashlib", "json", "sys", "dataclasses",
-                       "typing", "cryptography"}, imports
+    assert imports <= {"__future__", "argparse", "base64", "binascii", "codecs", "hashlib", "json", "sys",
+                       "dataclasses", "typing", "cryptography"}, imports
