@@ -42,6 +42,9 @@ def check_url(url: str) -> str:
     """Accept file://, git://, ssh://, https://, http:// URLs and scp-like `user@host:path`; nothing else."""
     if url.startswith("-") or any(c in url for c in "\n\r\0"):
         raise InvalidInput(f"--git {redact_url(url)!r}: not a URL")
+    if "::" in url.split("/", 1)[0]:  # git's transport::address helpers (ext::, fd::) run commands
+        raise InvalidInput(f"--git {redact_url(url)!r}: the {url.split('::', 1)[0]} transport is not allowed "
+                           f"(allowed: {', '.join(ALLOWED_PROTOCOLS)})")
     scheme = url.split("://", 1)[0].lower() if "://" in url else None
     if scheme is None:
         if _SCP_LIKE.match(url):
