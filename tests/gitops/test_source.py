@@ -28,9 +28,10 @@ def fleet(tmp_path: Path) -> Fleet:
 
 
 def source(fleet: Fleet, tmp_path: Path, url: str | None = None, signed: bool = True, **kw: Any) -> GitSource:
+    gate = kw.pop("gate", None)
     settings = GitSettings(url or fleet.url, allowed_signers=fleet.allowed if signed else None,
                            hostname=kw.pop("hostname", "web-1"), **kw)
-    src = GitSource(settings, tmp_path / "state", load=load, gate=kw.pop("gate", None))
+    src = GitSource(settings, tmp_path / "state", load=load, gate=gate)
     src.open()
     return src
 
