@@ -196,11 +196,11 @@ def host_variants(layers: list[str], lister: Lister) -> list[tuple[str, str | No
 
 
 def check_composed(reader: Reader, layers: list[str], host: str, group: str | None, load: Any = None,
-                   ) -> tuple[list[Finding], Composed | None]:
+                   parsed: dict[str, tuple[bytes, Any]] | None = None) -> tuple[list[Finding], Composed | None]:
     label = host if group is None else f"{host}, group {group}"
     try:
         paths = expand(layers, {"hostname": host, "group": group})
-        composed = compose(reader, paths)
+        composed = compose(reader, paths, parsed)
     except StateFileError as e:
         try:
             data = reader(e.source) or b""
@@ -253,9 +253,10 @@ def check_repo(root: Path, template: str, load: Any = None) -> tuple[list[Findin
     variants = host_variants(layers, lister)
     if not variants:
         findings.append(Finding(template, 1, "no host file matches the --git-path template in this repository"))
+    parsed: dict[str, tuple[bytes, Any]] = {}
     for host, group in variants:
         try:
-            found, _ = check_composed(reader, layers, host, group, load)
+            found, _ = check_composed(reader, layers, host, group, load, parsed)
         except InvalidInput as e:
             found = [Finding(host, 1, e.message)]
         findings += found

@@ -89,15 +89,21 @@ class Composed:
     texts: list[bytes] = field(default_factory=list)
 
 
-def compose(reader: Reader, paths: list[str]) -> Composed:
-    """Read and merge `paths`; a missing or unparsable file raises with its path (nothing is half-read)."""
+def compose(reader: Reader, paths: list[str], parsed: dict[str, tuple[bytes, Any]] | None = None) -> Composed:
+    """Read and merge `paths`; a missing or unparsable file raises with its path (nothing is half-read).
+    `parsed` keeps files already read (a check of many hosts reads the shared layers once)."""
     merged: Any = {}
     layers, texts = [], []
     for path in paths:
-        data = reader(path)
-        if data is None:
-            raise StateFileError(path, [Problem("", "no such file in the repository (named by --git-path)")])
-        value = parse_text(data, path)
+        if parsed is not None and path in parsed:
+            data, value = parsed[path]
+        else:
+            got = reader(path)
+            if got is None:
+                raise StateFileError(path, [Problem("", "no such file in the repository (named by --git-path)")])
+            data, value = got, parse_text(got, path)
+            if parsed is not None:
+                parsed[path] = (data, value)
         if not isinstance(value, dict):
             raise StateFileError(path, [Problem("", "expected an object at the top level")])
         merged = merge(merged, value)
