@@ -37,6 +37,7 @@ PACKAGES = (
     "iproute2",
     "ethtool",
     "procps",
+    "git",  # the agent's git source (op-dbus run --git) fetches with the git command
     "locales",
     "tzdata",
 )
