@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from op_dbus import files
-from op_dbus.errors import InvalidInput, OpDbusError, ServiceUnavailable
+from op_dbus.errors import InvalidInput, OpDbusError
 from op_dbus.gitops.compose import DEFAULT_TEMPLATE, check_name, expand, load_composed, parse_template
 from op_dbus.gitops.git import SIGNATURE_WORDS, Git, GitError, check_url, read_files, redact_url
 from op_dbus.gitops.rollout import ROLLOUT_FILES, Decision, Rollout, RolloutGate, TimeGate, parse_rollout
@@ -161,7 +161,7 @@ class GitSource:
         try:
             files.check_directory(self.dir, "git clone directory")
             tip = self.git.fetch(self.url, self.settings.ref)
-        except (ServiceUnavailable, GitError) as e:
+        except (OpDbusError, OSError) as e:  # unreachable, or a clone directory we may no longer trust
             now = _iso(time.time())
             if self.gap is None:
                 self.gap = {"since": now, "error": str(e), "attempts": 1}
