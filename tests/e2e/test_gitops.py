@@ -23,14 +23,16 @@ def doc(worker: str) -> dict[str, Any]:
     return {"version": 1, "plugins": {"systemd": {"units": {"app-worker.service": {"active_state": worker}}}}}
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, lab: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            journal = lab.run(["journalctl", "-u", "op-dbus-git", "--no-pager", "-o", "cat", "-n", "30"],
+                              check=False).stdout if lab is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{journal}")
         time.sleep(0.2)
 
 
@@ -64,11 +66,15 @@ class Host:
 @pytest.fixture(scope="module")
 def fleet(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     f = Fleet(tmp_path_factory.mktemp("gitops") / "fleet")
-    remote = lab.root / REPO.lstrip("/")
-    remote.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(remote, ignore_errors=True)
-    git(f.root, "init", "-q", "--bare", "-b", "main", str(remote))
-    git(f.work, "remote", "set-url", "origin", str(remote))  # the host pushes straight into the lab's repository
+    lab.run(["sh", "-c", f"rm -rf {REPO} && git init -q --bare -b main {REPO}"])
+    # The host pushes with git's own pack protocol into the lab's repository: git's ssh transport with a "ssh"
+    # that enters the lab machine instead of dialing (the lab has no network route to the host).
+    enter = f.root / "enter-lab"
+    enter.write_text(f'#!/bin/sh\nfor last; do :; done\nexec nsenter -t {lab.leader} -a env -i '
+                     f'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh -c "$last"\n')
+    enter.chmod(0o755)
+    f.push_env = {"GIT_SSH_COMMAND": str(enter), "GIT_SSH_VARIANT": "simple"}
+    git(f.work, "remote", "set-url", "origin", f"lab:{REPO}")
     (lab.root / "etc/op-dbus").mkdir(parents=True, exist_ok=True)
     shutil.copy(f.allowed, lab.root / "etc/op-dbus/allowed_signers")
     return f
@@ -85,7 +91,7 @@ def host(lab: Any, fleet: Fleet) -> Any:
              "--git-interval", "1", "--mode", "enforce"], timeout=120)
     h = Host(lab, exe)
     wait_for("the first commit to be kept", lambda: h.op("-o", "json", "status").returncode == 0
-             and json.loads(h.op("-o", "json", "status").stdout).get("git", {}).get("kept") == first)
+             and json.loads(h.op("-o", "json", "status").stdout).get("git", {}).get("kept") == first, lab=lab)
     yield h
     lab.run(["systemctl", "stop", "op-dbus-git.service"], check=False)
 

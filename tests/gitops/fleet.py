@@ -20,8 +20,9 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def git(cwd: Path, *args: str, input: bytes | None = None) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, env=git_env(), input=input, capture_output=True, check=False)
+def git(cwd: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, env={**git_env(), **(env or {})}, input=input, capture_output=True,
+                       check=False)
     assert r.returncode == 0, (args, r.stderr.decode())
     return r.stdout.decode().strip()
 
@@ -54,6 +55,7 @@ class Fleet:
         git(root, "init", "-q", "--bare", "-b", "main", str(self.remote))
         git(root, "init", "-q", "-b", "main", str(self.work))
         git(self.work, "remote", "add", "origin", str(self.remote))
+        self.push_env: dict[str, str] = {}  # e.g. a transport into the lab machine
 
     @property
     def url(self) -> str:
@@ -69,7 +71,7 @@ class Fleet:
         sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"] if key else []
         git(self.work, *sign, "commit", "-q", "--allow-empty", *(["-S"] if key else []), "-m", message)
         if push:
-            git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "HEAD:main")
+            git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "HEAD:main", env=self.push_env)
         return git(self.work, "rev-parse", "HEAD")
 
     def reset_hard(self, commit: str) -> None:

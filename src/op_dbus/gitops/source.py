@@ -10,6 +10,7 @@ refused). A refused commit is reported once; the document kept so far stays. A f
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from op_dbus import files
-from op_dbus.errors import InvalidInput, OpDbusError
+from op_dbus.errors import InvalidInput, OpDbusError, ServiceUnavailable
 from op_dbus.gitops.compose import DEFAULT_TEMPLATE, check_name, expand, load_composed, parse_template
-from op_dbus.gitops.git import SIGNATURE_WORDS, Git, GitError, check_url, read_files, redact_url
+from op_dbus.gitops.git import SIGNATURE_WORDS, Git, GitError, check_url, clean_env, read_files, redact_url
 from op_dbus.gitops.rollout import ROLLOUT_FILES, Decision, Rollout, RolloutGate, TimeGate, parse_rollout
 from op_dbus.state import MAX_DOCUMENT_BYTES, StateDocument
 
@@ -94,6 +95,9 @@ class GitSource:
             except FileNotFoundError:
                 raise InvalidInput(f"--git-allowed-signers {path}: no such file") from None
             files.check_parent(path)
+            if shutil.which("ssh-keygen", path=clean_env(state_dir)["PATH"]) is None:
+                raise ServiceUnavailable("--git-allowed-signers: git checks SSH signatures with ssh-keygen, which "
+                                         "is not installed", hint="apt install openssh-client")
         self.dir = state_dir / "git"
         self.git = Git(self.dir / "repo.git", timeout=settings.timeout)
         self.load = load
