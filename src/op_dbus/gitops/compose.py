@@ -6,8 +6,9 @@ deletes the key. Every file a host reads must exist; the merged document is vali
 
 from __future__ import annotations
 
-import copy
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,17 +66,21 @@ def expand(layers: list[str], variables: dict[str, str | None]) -> list[str]:
 
 
 def merge(base: Any, top: Any) -> Any:
-    """`top` laid over `base`: objects merged key by key, a null in `top` deletes, anything else replaces."""
+    """`top` laid over `base`: objects merged key by key, a null in `top` deletes, anything else replaces.
+
+    Neither input is modified; the result shares the parts it does not change with them (a fleet check merges
+    the same base into a thousand hosts), so treat it as read-only or copy it.
+    """
     if not (isinstance(base, dict) and isinstance(top, dict)):
-        return copy.deepcopy(top)
-    out = copy.deepcopy(base)
+        return top
+    out = dict(base)
     for key, value in top.items():
         if value is None:
             out.pop(key, None)
         elif key in out:
             out[key] = merge(out[key], value)
         else:
-            out[key] = merge({}, value) if isinstance(value, dict) else copy.deepcopy(value)
+            out[key] = merge({}, value) if isinstance(value, dict) else value
     return out
 
 
@@ -120,21 +125,21 @@ def load_composed(reader: Reader, paths: list[str], load: Any = None) -> tuple[S
 
 def directory_reader(root: Path) -> Reader:
     """Files of a working tree: regular files inside `root` only (a symlink leaving it is refused)."""
-    base = root.resolve()
+    base = os.path.realpath(root)
 
     def read(path: str) -> bytes | None:
-        p = base / path
-        if not p.exists() and not p.is_symlink():
+        real = os.path.realpath(os.path.join(base, path))
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
             return None
-        real = p.resolve()
-        if not real.is_relative_to(base):
+        if not real.startswith(base + os.sep):
             raise InvalidInput(f"{path}: a symlink pointing outside the repository ({real}); refused")
-        if not real.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise InvalidInput(f"{path}: not a regular file")
-        size = real.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
-            raise InvalidInput(f"{path}: {size} bytes; the limit for a state file is {MAX_DOCUMENT_BYTES}")
-        with real.open("rb") as f:
+        if st.st_size > MAX_DOCUMENT_BYTES:
+            raise InvalidInput(f"{path}: {st.st_size} bytes; the limit for a state file is {MAX_DOCUMENT_BYTES}")
+        with open(real, "rb") as f:
             return f.read(MAX_DOCUMENT_BYTES + 1)
 
     return read
