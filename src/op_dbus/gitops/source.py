@@ -130,7 +130,7 @@ class GitSource:
         if kept.get("url") != redact_url(self.url) or kept.get("paths") != self.paths or kept.get("ref") != \
                 self.settings.ref or not isinstance(kept.get("commit"), str) or not self.git.has(kept["commit"]):
             return None  # another repository, ref or layout: start from its current commit
-        doc, meta = self._document(kept["commit"], self._info(kept["commit"]))
+        doc, meta, _ = self._document(kept["commit"], self._info(kept["commit"]))
         self.kept, self.kept_meta = kept["commit"], meta
         return doc
 
@@ -142,20 +142,15 @@ class GitSource:
     def _info(self, commit: str) -> Any:
         return self.git.commit_info(commit, self.settings.allowed_signers)
 
-    def _document(self, commit: str, info: Any) -> tuple[StateDocument, dict[str, Any]]:
-        data = read_files(self.git, commit, self.paths, MAX_DOCUMENT_BYTES)
+    def _document(self, commit: str, info: Any) -> tuple[StateDocument, dict[str, Any], Rollout | None]:
+        """The host's merged document at `commit`, its meta, and the rollout plan (one read of git's objects)."""
+        data = read_files(self.git, commit, [*self.paths, *ROLLOUT_FILES], MAX_DOCUMENT_BYTES)
         doc, _ = load_composed(data.get, self.paths, self.load)
+        plan = next((parse_rollout(data[n] or b"", n) for n in ROLLOUT_FILES if data[n] is not None), None)
         meta = {"git": {"commit": commit, "ref": self.settings.ref, "url": redact_url(self.url),
                         "paths": self.paths, "signer": info.signer, "key": info.key,
                         "committed": _iso(info.time)}}
-        return doc, meta
-
-    def _rollout(self, commit: str) -> Rollout | None:
-        data = read_files(self.git, commit, list(ROLLOUT_FILES), 1024 * 1024)
-        for name in ROLLOUT_FILES:
-            if data[name] is not None:
-                return parse_rollout(data[name] or b"", name)
-        return None
+        return doc, meta, plan
 
     # -- polling -------------------------------------------------------------------------------------
 
@@ -200,8 +195,7 @@ class GitSource:
                 return self._refuse(tip, info, f"commit {tip[:12]}: {why}; only commits signed by a key in "
                                     f"{self.settings.allowed_signers} are applied")
             try:
-                doc, meta = self._document(tip, info)
-                plan = self._rollout(tip)
+                doc, meta, plan = self._document(tip, info)
             except OpDbusError as e:
                 return self._refuse(tip, info, f"commit {tip[:12]}: {e}")
         except GitError as e:
