@@ -151,3 +151,12 @@ def test_a_repository_of_1000_hosts_is_checked_quickly(tmp_path: Path, hosts: in
     elapsed = time.monotonic() - started
     assert findings == [] and counts["hosts"] == hosts + 2
     assert elapsed < 20, elapsed  # the bar (< 2 s) is measured by benchmarks/gitops.py, not asserted here
+
+
+def test_the_rollout_plan_is_checked_too(tmp_path: Path) -> None:
+    root = repo(tmp_path / "fleet")
+    (root / "rollout.yaml").write_text("waves:\n  - hosts: [canary-1]\n  - percent: 250\nwait: 120\n")
+    r = op("check", "--git-path", TEMPLATE, str(root))
+    assert r.returncode == 2
+    assert r.stdout.splitlines() == [f"{root}/rollout.yaml:3: waves[1].percent: Input should be less than or "
+                                     "equal to 100"], r.stdout
