@@ -13,12 +13,15 @@ from op_dbus.errors import ExitCode, InvalidInput
 
 
 def git_source(opts: Options, url: str, ref: str, template: str, allowed_signers: str | None, interval: float,
-               allow_rewind: bool, group: str | None, host: str | None) -> Any:
+               allow_rewind: bool, group: str | None, host: str | None, ssh_key: str | None = None,
+               known_hosts: str | None = None) -> Any:
     from op_dbus.gitops.source import GitSettings, GitSource, host_group
 
     settings = GitSettings(url, ref=ref, template=template, interval=interval, allow_rewind=allow_rewind,
                            allowed_signers=Path(allowed_signers) if allowed_signers else None,
-                           group=host_group(group) if "{group}" in template else group)
+                           group=host_group(group) if "{group}" in template else group,
+                           ssh_key=Path(ssh_key) if ssh_key else None,
+                           known_hosts=Path(known_hosts) if known_hosts else None)
     if host:
         settings.hostname = host
     return GitSource(settings, opts.state_dir)

@@ -454,6 +454,10 @@ def blockchain_search(opts: Options, query: tuple[str, ...], limit: int, semanti
 @click.option("--git-group", metavar="NAME",
               help="This host's group for {group} [default: group in /etc/op-dbus/agent.json, or /etc/op-dbus/group].")
 @click.option("--git-host", metavar="NAME", help="This host's name for {hostname} and rollouts [default: the host name].")
+@click.option("--git-ssh-key", metavar="FILE", type=click.Path(dir_okay=False),
+              help="For ssh:// remotes: the deploy key to use (0600), and no other [default: ssh's own].")
+@click.option("--git-known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
+              help="For ssh:// remotes: accept only these host keys [default: ssh's own known_hosts].")
 @click.option("--mode", type=click.Choice(["shadow", "enforce"]), default="shadow", show_default=True,
               help="shadow: record drift, change nothing; enforce: re-apply the state on drift.")
 @click.option("--read-only", is_flag=True, help="Never change the system, whatever the mode (discovery).")
@@ -468,7 +472,8 @@ def blockchain_search(opts: Options, query: tuple[str, ...], limit: int, semanti
 @click.pass_obj
 def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str, git_path: str,
         git_allowed_signers: str | None, git_interval: float, git_allow_rewind: bool, git_group: str | None,
-        git_host: str | None, mode: str, read_only: bool, no_log: bool, interval: float,
+        git_host: str | None, git_ssh_key: str | None, git_known_hosts: str | None, mode: str, read_only: bool,
+        no_log: bool, interval: float,
         debounce: float, metrics: str | None) -> int:
     """Keep the state of a file (--state-file) or a git repository (--git): listen to the system's change events
     and record (shadow) or repair (enforce) drift.
@@ -490,7 +495,7 @@ def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str
         from op_dbus.cli.gitops import git_source
 
         source = git_source(opts, git_url, git_ref, git_path, git_allowed_signers, git_interval, git_allow_rewind,
-                            git_group, git_host)
+                            git_group, git_host, git_ssh_key, git_known_hosts)
     config = AgentConfig(Path(state_file or "git"), mode=mode, read_only=read_only, interval=interval,
                          debounce=debounce, metrics=metrics, source=source)
     agent = Agent(config, settings, ledger=None if no_log else opts.ledger)

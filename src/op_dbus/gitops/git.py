@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ _CONFIG = [
     "advice.detachedHead=false",
 ]
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:|^[A-Za-z0-9._-]+:(?!//)")
+
+
+# What says why a remote could not be read (ssh and git print these among long banners and generic advice).
+_CAUSES = ("Host key verification failed", "Permission denied", "Connection refused", "Connection timed out",
+           "Could not resolve", "No route to host", "not appear to be a git repository", "couldn't find remote ref",
+           "Connection closed", "Connection reset", "unable to access", "does not exist")
+_GENERIC = ("fatal: Could not read from remote repository", "Please make sure you have the correct access rights",
+            "and the repository exists")
 
 
 class GitError(OpDbusError):
@@ -57,13 +66,24 @@ def check_url(url: str) -> str:
     return url
 
 
-def clean_env(home: Path) -> dict[str, str]:
+def ssh_command(key: Path | None = None, known_hosts: Path | None = None) -> str:
+    """The ssh git runs: never prompts; with `key`, only that identity; with `known_hosts`, only those host keys."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
+    if key is not None:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", str(key)]
+    if known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                 "-o", "GlobalKnownHostsFile=/dev/null"]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def clean_env(home: Path, ssh: str | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "SSH_AUTH_SOCK", "TZ") if k in os.environ}
     env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", HOME=str(home), XDG_CONFIG_HOME=str(home),
                GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false", LC_ALL="C",
                GIT_ATTR_NOSYSTEM="1", GIT_NO_REPLACE_OBJECTS="1", GIT_PROTOCOL_FROM_USER="0",
-               GIT_SSH_VARIANT="ssh", GIT_SSH_COMMAND="ssh -o BatchMode=yes -o ConnectTimeout=20")
+               GIT_SSH_VARIANT="ssh", GIT_SSH_COMMAND=ssh or ssh_command())
     return env
 
 
@@ -98,9 +118,10 @@ SIGNATURE_WORDS = {
 class Git:
     """One bare repository (`gitdir`) and the commands op-dbus needs from it."""
 
-    def __init__(self, gitdir: Path, *, timeout: float = 120.0) -> None:
+    def __init__(self, gitdir: Path, *, timeout: float = 120.0, ssh: str | None = None) -> None:
         self.gitdir = gitdir
         self.timeout = timeout
+        self.ssh = ssh
 
     def run(self, *args: str, config: tuple[str, ...] = (), input: bytes | None = None,
             timeout: float | None = None, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
@@ -109,7 +130,7 @@ class Git:
             cmd += ["-c", item]
         cmd += list(args)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(self.gitdir),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(self.gitdir, self.ssh),
                                 start_new_session=True)
         try:
             out, err = proc.communicate(input, timeout=timeout or self.timeout)
@@ -118,8 +139,11 @@ class Git:
             proc.communicate()
             raise GitError(f"git {args[0]} did not finish within {timeout or self.timeout:.0f} s") from None
         if proc.returncode not in ok:
-            text = err.decode(errors="replace").strip().splitlines()
-            raise GitError(f"git {args[0]}: " + ("; ".join(text[-3:]) or f"exit {proc.returncode}"))
+            # the cause comes first (ssh's "Host key verification failed."), git's generic advice after it
+            lines = [line.strip() for line in err.decode(errors="replace").splitlines() if line.strip()]
+            text = [line for line in lines if any(c in line for c in _CAUSES)] or \
+                [line for line in lines if not line.startswith(("@", *_GENERIC))]
+            raise GitError(f"git {args[0]}: " + ("; ".join(text[:2])[:500] or f"exit {proc.returncode}"))
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def init(self) -> None:

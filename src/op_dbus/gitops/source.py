@@ -20,7 +20,7 @@ from typing import Any
 from op_dbus import files
 from op_dbus.errors import InvalidInput, OpDbusError, ServiceUnavailable
 from op_dbus.gitops.compose import DEFAULT_TEMPLATE, check_name, expand, load_composed, parse_template
-from op_dbus.gitops.git import SIGNATURE_WORDS, Git, GitError, check_url, clean_env, read_files, redact_url
+from op_dbus.gitops.git import SIGNATURE_WORDS, Git, GitError, check_url, clean_env, read_files, redact_url, ssh_command
 from op_dbus.gitops.rollout import ROLLOUT_FILES, Decision, Rollout, RolloutGate, TimeGate, parse_rollout
 from op_dbus.state import MAX_DOCUMENT_BYTES, StateDocument
 
@@ -40,6 +40,8 @@ class GitSettings:
     hostname: str = field(default_factory=socket.gethostname)
     group: str | None = None
     timeout: float = 120.0
+    ssh_key: Path | None = None  # the deploy key for ssh:// remotes (0600); None: ssh's own defaults
+    known_hosts: Path | None = None  # the only host keys accepted for ssh:// remotes; None: ssh's own files
 
 
 @dataclass
@@ -99,7 +101,15 @@ class GitSource:
                 raise ServiceUnavailable("--git-allowed-signers: git checks SSH signatures with ssh-keygen, which "
                                          "is not installed", hint="apt install openssh-client")
         self.dir = state_dir / "git"
-        self.git = Git(self.dir / "repo.git", timeout=settings.timeout)
+        for what, path, secret in (("--git-ssh-key", settings.ssh_key, True),
+                                   ("--git-known-hosts", settings.known_hosts, False)):
+            if path is not None:
+                try:
+                    files.check_file(path.stat(), path, what.removeprefix("--"), secret=secret)
+                except FileNotFoundError:
+                    raise InvalidInput(f"{what} {path}: no such file") from None
+        self.git = Git(self.dir / "repo.git", timeout=settings.timeout,
+                       ssh=ssh_command(settings.ssh_key, settings.known_hosts))
         self.load = load
         self.gate: RolloutGate = gate or TimeGate()
         self.kept: str | None = None  # the commit whose document the agent keeps
