@@ -52,7 +52,8 @@ MaxStartups 10:30:60
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"sshd did not start: {self.proc.stderr.read() if self.proc.stderr else ''}") from None
+                    why = self.proc.stderr.read() if self.proc.stderr else b""
+                    raise RuntimeError(f"sshd did not start: {why!r}") from None
                 time.sleep(0.05)
 
     def known_hosts(self, path: Path, key: Path | None = None) -> Path:
