@@ -14,6 +14,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from op_dbus.agent import Agent, AgentConfig
 from op_dbus.agent.logs import setup
 from op_dbus.agent.notify import Notifier
@@ -62,7 +64,8 @@ class GitHarness:
         return [e for e in (json.loads(x) for x in self.stream.getvalue().splitlines()) if e["event"] == name]
 
 
-async def test_enforce_applies_signed_commits_and_refuses_the_rest(tmp_path: Path) -> None:
+async def test_enforce_applies_signed_commits_and_refuses_the_rest(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     fleet = Fleet(tmp_path / "fleet")
     fleet.write("hosts/web-1.json", state({"x": 1, "y": 2}))
     first = fleet.commit("first", fleet.ops)
@@ -100,6 +103,14 @@ async def test_enforce_applies_signed_commits_and_refuses_the_rest(tmp_path: Pat
         await asyncio.sleep(0.5)
         assert store.values["x"] == 5 and h.agent.status()["git"]["kept"] == second
         assert h.events("git-refused") and h.agent.status()["counts"]["git_refused"] == 2
+        # what `op-dbus status` shows
+        from op_dbus.cli.main import main
+
+        with pytest.raises(SystemExit):  # its exit code says whether another process runs the agent: not here
+            main(["--state-dir", str(h.state_dir), "status"])
+        text = capsys.readouterr().out
+        assert f"git commit      {second[:12]}" in text and "git refused" in text and "force-pushed" in text, text
+        assert "state file      " + fleet.url in text
 
 
 async def test_shadow_records_what_a_commit_would_change(tmp_path: Path) -> None:

@@ -179,7 +179,8 @@ class Agent:
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(), "mode": self.mode, "requested_mode": self.config.mode,
-            "read_only": self.config.read_only, "state_file": str(self.config.state_file),
+            "read_only": self.config.read_only,
+            "state_file": str(self.config.state_file) if self.config.source is None else self.config.source.describe(),
             "log": self._open_ledger is not None, "started": _iso(self.started), "ready": self.ready,
             "interval": self.config.interval, "watching": self.watching, "adopted_blocks": self.adopted,
             "last_reconcile": self.last_reconcile, "last_drift": self.last_drift, "last_error": self.last_error,
