@@ -147,3 +147,21 @@ async def test_an_unreachable_remote_is_a_gap_and_sighup_fetches_now(tmp_path: P
         await until(lambda: store.values["x"] == 2, 20)
         assert h.events("git-reachable") and h.agent.status()["git"]["gap"] is None
         assert "refused" not in kinds
+
+
+async def test_a_closed_wave_holds_a_commit_back(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.write("hosts/web-1.json", state({"x": 1, "y": 2}))
+    first = fleet.commit("first", fleet.ops)
+    store = Store({"x": 0, "y": 2})
+    async with GitHarness(tmp_path, fleet, store, interval=0.1) as h:
+        await until(lambda: store.values["x"] == 1, 20)
+        # web-1 is in the second wave: it opens an hour after the commit
+        fleet.write("rollout.yaml", "waves: [{hosts: [canary-1]}, {percent: 100}]\nwait: 3600\n")
+        fleet.write("hosts/web-1.json", state({"x": 2, "y": 2}))
+        held = fleet.commit("second", fleet.ops)
+        await until(lambda: (h.agent.status()["git"]["waiting"] or {}).get("commit") == held, 20)
+        await asyncio.sleep(1.0)  # ten more polls
+        assert store.values["x"] == 1 and h.agent.status()["git"]["kept"] == first
+        (waiting,) = h.events("git-waiting")  # said once, not once per poll
+        assert "wave 1 opens" in waiting["msg"]

@@ -166,6 +166,7 @@ class Agent:
         self.source_meta: dict[str, Any] = {}  # what the kept document came from (git commit, signer, paths)
         self._staged: Any = None  # a git commit's outcome waiting for the reload that takes it
         self._fetch_now = asyncio.Event()
+        self._waiting_for: str | None = None  # the commit a closed rollout wave holds back (logged once)
 
     @property
     def mode(self) -> str:
@@ -804,7 +805,8 @@ class Agent:
                 self.metrics.inc("git_gaps")
                 self._emit(logging.ERROR, "git-gap", f"cannot reach the git remote; keeping commit "
                            f"{(outcome.commit or 'none')[:12]}: {outcome.reason}")
-        elif outcome.kind == "waiting":
+        elif outcome.kind == "waiting" and outcome.commit != self._waiting_for:  # once per commit, not per poll
+            self._waiting_for = outcome.commit
             self._emit(logging.INFO, "git-waiting", f"commit {outcome.commit[:12]}: {outcome.reason}")
         self._write_status()
 
