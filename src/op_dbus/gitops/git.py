@@ -27,6 +27,7 @@ _CONFIG = [
     "transfer.fsckObjects=true", "gc.autoDetach=false", "credential.helper=", "core.askPass=",
     "advice.detachedHead=false",
 ]
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:|^[A-Za-z0-9._-]+:(?!//)")
 
 
@@ -159,6 +160,13 @@ class Git:
         except GitError as e:
             raise ServiceUnavailable(f"cannot fetch {ref} from {redact_url(url)}: "
                                      f"{redact_url(str(e).removeprefix('git fetch: '))}") from None
+        # a poll runs every few seconds on every host: read the ref git just wrote instead of one more process
+        try:
+            loose = (self.gitdir / into).read_text().strip()
+        except OSError:
+            loose = ""
+        if _OBJECT_ID.fullmatch(loose) and not ref.startswith("refs/tags/"):  # a tag ref may name a tag object
+            return loose
         return self.rev(into)
 
     def rev(self, name: str) -> str:
