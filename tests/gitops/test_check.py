@@ -160,3 +160,15 @@ def test_the_rollout_plan_is_checked_too(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stdout.splitlines() == [f"{root}/rollout.yaml:3: waves[1].percent: Input should be less than or "
                                      "equal to 100"], r.stdout
+
+
+def test_run_refuses_bad_git_options_before_starting(tmp_path: Path) -> None:
+    state_dir = str(tmp_path / "state")
+    r = op("--state-dir", state_dir, "run")
+    assert r.returncode == 2 and "exactly one of --state-file FILE and --git URL" in r.stderr
+    r = op("--state-dir", state_dir, "run", "--git", "ext::sh -c id")
+    assert r.returncode == 2 and "the ext transport is not allowed" in r.stderr
+    r = op("--state-dir", state_dir, "run", "--git", "file:///x.git", "--git-allowed-signers", str(tmp_path / "no"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = op("--state-dir", state_dir, "run", "--git", "file:///x.git", "--git-path", "../secrets/{hostname}.json")
+    assert r.returncode == 2 and "inside the repository" in r.stderr
