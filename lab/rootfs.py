@@ -38,6 +38,8 @@ PACKAGES = (
     "systemd-resolved",
     "ethtool",
     "procps",
+    "git",  # the agent's git source (op-dbus run --git) fetches with the git command
+    "openssh-client",  # ssh-keygen, which git runs to check SSH-signed commits
     "locales",
     "tzdata",
 )

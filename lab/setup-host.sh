@@ -8,6 +8,8 @@ PACKAGES=(
   mmdebstrap          # builds the rootfs
   openvswitch-switch  # OVS binaries for host-side tests (never started here)
   iproute2 ethtool    # test oracles
+  git openssh-client  # GitOps tests: real repositories, git daemon, ssh-keygen signatures
+  openssh-server      # GitOps tests: fetching over ssh:// from a throwaway sshd on loopback (never started here)
   util-linux          # unshare, nsenter
   dbus                # dbus-daemon for private-bus tests of discovery and the generic D-Bus plugin
   podman runc         # container backends: podman's REST API (also the Docker-compatible one); runc, not crun

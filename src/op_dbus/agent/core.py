@@ -69,6 +69,7 @@ class AgentConfig:
     file_poll: float = 1.0  # how often the state file's identity (inode, size, mtime) is compared
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (loopback), None: off
     collectors: tuple[Any, ...] = ()  # fleet.client.Collector: witnesses each new checkpoint is sent to
+    source: Any = None  # a git source (op_dbus.gitops.source.GitSource) instead of the state file; None: the file
 
 
 @dataclass
@@ -165,6 +166,10 @@ class Agent:
         self._deferring = False
         self._deferred: set[str] = set()
         self._recheck: asyncio.TimerHandle | None = None
+        self.source_meta: dict[str, Any] = {}  # what the kept document came from (git commit, signer, paths)
+        self._staged: Any = None  # a git commit's outcome waiting for the reload that takes it
+        self._fetch_now = asyncio.Event()
+        self._waiting_for: str | None = None  # the commit a closed rollout wave holds back (logged once)
 
     @property
     def mode(self) -> str:
@@ -178,12 +183,14 @@ class Agent:
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(), "mode": self.mode, "requested_mode": self.config.mode,
-            "read_only": self.config.read_only, "state_file": str(self.config.state_file),
+            "read_only": self.config.read_only,
+            "state_file": str(self.config.state_file) if self.config.source is None else self.config.source.describe(),
             "log": self._open_ledger is not None, "started": _iso(self.started), "ready": self.ready,
             "interval": self.config.interval, "watching": self.watching, "adopted_blocks": self.adopted,
             "last_reconcile": self.last_reconcile, "last_drift": self.last_drift, "last_error": self.last_error,
             "gaps": self.gaps[-5:], "counts": self.metrics.counts(),
             "open_drift": sum(len(v) for v in self.known.values()),
+            **({"git": self.config.source.status()} if self.config.source is not None else {}),
         }
 
     def _write_status(self) -> None:
@@ -207,6 +214,8 @@ class Agent:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def load_file(self) -> StateDocument:
+        if self.config.source is not None:
+            return self._load_source()
         self._file_id = self._stat_file()
         path = self.config.state_file
         if self._load is load_plugins:
@@ -234,6 +243,8 @@ class Agent:
         for sig, item in ((signal.SIGTERM, ("stop", "SIGTERM")), (signal.SIGINT, ("stop", "SIGINT")),
                           (signal.SIGHUP, ("reload", "SIGHUP"))):
             loop.add_signal_handler(sig, self.inbox.put_nowait, item)
+        if self.config.source is not None:  # SIGHUP fetches now; a new commit then reloads
+            loop.add_signal_handler(signal.SIGHUP, self._fetch_now.set)
         try:
             self.load_file()
         except BaseException:
@@ -244,7 +255,8 @@ class Agent:
         if self._open_ledger is not None:
             self._ledger = self._open_ledger()
             self.seen_index = len(self._ledger) - 1
-        helpers = [asyncio.create_task(self._watch_file(), name="state-file")]
+        helpers = [asyncio.create_task(self._watch_file(), name="state-file") if self.config.source is None
+                   else asyncio.create_task(self._watch_source(), name="git")]
         reporter = None
         if self.config.collectors and self._open_ledger is not None:
             from op_dbus.agent.report import Reporter
@@ -255,7 +267,8 @@ class Agent:
             helpers.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         server = await self.metrics.serve(self.config.metrics) if self.config.metrics else None
         self._emit(logging.INFO, "start", f"op-dbus agent starting in {self.mode} mode",
-                   state_file=str(self.config.state_file), read_only=self.config.read_only,
+                   state_file=str(self.config.state_file) if self.config.source is None
+                   else self.config.source.describe(), read_only=self.config.read_only,
                    plugins=list(self.doc.sections) if self.doc else [], log=self._open_ledger is not None,
                    metrics=self.config.metrics)
         if self.config.read_only and self.config.mode == "enforce":
@@ -690,7 +703,8 @@ class Agent:
             self.metrics.inc("drift", c.plugin)
         what = summarise(new) if new else "no new difference"
         summary = f"drift: {what}" + (f"; {len(resolved)} resolved" if resolved else "")
-        meta: dict[str, Any] = {"mode": self.mode, "sources": burst.sources[:10], "open": len(changes)}
+        meta: dict[str, Any] = {"mode": self.mode, "sources": burst.sources[:10], "open": len(changes),
+                                **self.source_meta}
         if burst.objects:
             meta["objects"] = burst.objects[:50]
         if resolved:
@@ -721,7 +735,8 @@ class Agent:
     async def _repair(self, burst: Pending, changes: list[Change], drift_block: Any, keys: set[str],
                       full: bool = False) -> None:
         assert self.doc is not None and self._engine is not None
-        meta: dict[str, Any] = {"agent": "enforce", "repairs": drift_block.index if drift_block is not None else None}
+        meta: dict[str, Any] = {"agent": "enforce", "repairs": drift_block.index if drift_block is not None else None,
+                                **self.source_meta}
         try:
             result = await self._engine.apply(self._healthy(), meta=meta)
         except LockHeld:
@@ -750,6 +765,87 @@ class Agent:
                    latency_ms=round(latency, 1) if latency is not None else None,
                    changes=[redact_record(c.to_record()) for c in result.applied])
         self._write_status()
+
+
+    # -- a git source (op_dbus.gitops): the state comes from signed commits instead of a file --------------
+
+    def _load_source(self) -> StateDocument:
+        """The document of the commit the source staged (a reload), else the one kept (start: from the clone)."""
+        source = self.config.source
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            doc = staged.document
+            source.keep(staged)
+        elif self.file_doc is not None:
+            return self.file_doc
+        else:
+            doc = source.open() or StateDocument(1, {}, source.describe())
+        self.source_meta = dict(source.kept_meta)
+        self.file_doc, self.doc, self.adopted = doc, doc, []
+        self.known.clear()
+        return doc  # type: ignore[no-any-return]
+
+    async def _watch_source(self) -> None:
+        """Fetch every interval and on SIGHUP; a new acceptable commit reloads, anything else is reported."""
+        source = self.config.source
+        while True:
+            outcome = await asyncio.to_thread(source.poll)
+            await self._source_outcome(outcome)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(source.settings.interval):
+                    await self._fetch_now.wait()
+            self._fetch_now.clear()
+
+    async def _source_outcome(self, outcome: Any) -> None:
+        self.metrics.inc("git_fetches" if outcome.kind != "gap" else "git_fetch_failures")
+        closed = outcome.meta.get("gap_closed")
+        if closed is not None:
+            self._emit(logging.INFO, "git-reachable", "the git remote is reachable again", gap=closed)
+        if outcome.kind == "new":
+            self._staged = outcome
+            self._emit(logging.INFO, "git-commit", f"new commit {outcome.commit[:12]}: {outcome.reason}",
+                       **outcome.meta)
+            self.inbox.put_nowait(("reload", f"git commit {outcome.commit[:12]}"))
+        elif outcome.kind == "refused":
+            self.metrics.inc("git_refused")
+            self.last_error = outcome.reason
+            self._emit(logging.ERROR, "git-refused", outcome.reason, **outcome.meta)
+            await self._record_refused(outcome)
+        elif outcome.kind == "gap":
+            self.last_error = outcome.reason
+            if self.config.source.gap and self.config.source.gap["attempts"] == 1:
+                self.metrics.inc("git_gaps")
+                self._emit(logging.ERROR, "git-gap", f"cannot reach the git remote; keeping commit "
+                           f"{(outcome.commit or 'none')[:12]}: {outcome.reason}")
+        elif outcome.kind == "waiting" and outcome.commit != self._waiting_for:  # once per commit, not per poll
+            self._waiting_for = outcome.commit
+            self._emit(logging.INFO, "git-waiting", f"commit {outcome.commit[:12]}: {outcome.reason}")
+        self._write_status()
+
+    async def _record_refused(self, outcome: Any) -> None:
+        """A `refused` block: the commit and why; the system and the kept state are untouched."""
+        if self._ledger is None:
+            return
+        lock = StateLock(self.settings.state_dir)
+        deadline = time.monotonic() + 30
+        while not lock.try_acquire():
+            if time.monotonic() > deadline:
+                self._emit(logging.ERROR, "git-refused", "could not record the refusal: the state directory "
+                           "stayed locked")
+                return
+            await asyncio.sleep(DEFER_DELAY)  # an apply holds it: let it finish
+        try:
+            meta = dict(outcome.meta)
+            meta["reason"] = meta.get("reason", outcome.reason)[:4000]
+            state = {"version": 1, "plugins": dict(self.live)}
+            if len(self._ledger) == 0:
+                self._ledger.append("genesis", [], state, actor=actor(), summary="initial state, as the agent found it")
+            block = self._ledger.append("refused", [], state, actor=actor(),
+                                        summary=f"refused git commit {outcome.commit[:12]}: {outcome.reason}"[:500],
+                                        meta=meta)
+            self.seen_index = block.index
+        finally:
+            lock.release()
 
 
 def _iso(epoch: float) -> str:

@@ -292,6 +292,19 @@ def status(opts: Options) -> int:
         rows.append(("last drift", f"{drift['time']}{where}: {drift['summary']}"))
     if st.get("adopted_blocks"):
         rows.append(("adopted", ", ".join(map(str, st["adopted_blocks"]))))
+    git = st.get("git")
+    if git:
+        last_fetch = git.get("last_fetch") or {}
+        rows.append(("git commit", f"{(git.get('kept') or 'none yet')[:12]} (last fetch "
+                                   f"{last_fetch.get('time', 'never')}, every {git.get('interval')} s)"))
+        if git.get("gap"):
+            g = git["gap"]
+            rows.append(("git gap", f"{g['since']} .. now: {g['error']} ({g['attempts']} attempts)"))
+        if git.get("waiting"):
+            w = git["waiting"]
+            rows.append(("git waiting", f"{w['commit'][:12]}: {w['reason']}"))
+        for r in git.get("refused") or []:
+            rows.append(("git refused", r["reason"]))
     for gap in st.get("gaps") or []:
         who = f"{gap['plugin']}: " if gap.get("plugin") else ""
         tries = f" ({gap['attempts']} attempts)" if gap.get("attempts", 1) > 1 else ""

@@ -500,10 +500,30 @@ def key_rotate(opts: Options) -> int:
 
 
 @cli.command()
-@click.option("--state-file", "state_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--state-file", "state_file", type=click.Path(dir_okay=False),
               help="The state to keep (reloaded on SIGHUP and when the file changes).")
+@click.option("--git", "git_url", metavar="URL",
+              help="Instead of --state-file: keep the state of a git repository (file://, https://, ssh://, "
+                   "user@host:path), fetched every --git-interval seconds and on SIGHUP.")
+@click.option("--git-ref", metavar="REF", default="main", show_default=True, help="The branch (or ref) to follow.")
+@click.option("--git-path", metavar="TEMPLATE", default="hosts/{hostname}.json", show_default=True,
+              help="The file(s) this host reads, comma-separated, later ones overriding earlier ones key by key; "
+                   "{hostname} and {group} are filled in.")
+@click.option("--git-allowed-signers", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Apply only commits signed (SSH signatures) by a key in this OpenSSH allowed_signers file.")
+@click.option("--git-interval", metavar="SECONDS", type=click.FloatRange(min=0.2), default=60, show_default=True,
+              help="Fetch every SECONDS.")
+@click.option("--git-allow-rewind", is_flag=True,
+              help="Accept a commit that does not descend from the one kept (a force-push).")
+@click.option("--git-group", metavar="NAME",
+              help="This host's group for {group} [default: group in /etc/op-dbus/agent.json, or /etc/op-dbus/group].")
+@click.option("--git-host", metavar="NAME", help="This host's name for {hostname} and rollouts [default: the host name].")
+@click.option("--git-ssh-key", metavar="FILE", type=click.Path(dir_okay=False),
+              help="For ssh:// remotes: the deploy key to use (0600), and no other [default: ssh's own].")
+@click.option("--git-known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
+              help="For ssh:// remotes: accept only these host keys [default: ssh's own known_hosts].")
 @click.option("--mode", type=click.Choice(["shadow", "enforce"]), default="shadow", show_default=True,
-              help="shadow: record drift, change nothing; enforce: re-apply the state file on drift.")
+              help="shadow: record drift, change nothing; enforce: re-apply the state on drift.")
 @click.option("--read-only", is_flag=True, help="Never change the system, whatever the mode (discovery).")
 @click.option("--no-log", is_flag=True,
               help="Keep no audit log (agent-only mode): drift goes to the journal / stderr only.")
@@ -517,16 +537,23 @@ def key_rotate(opts: Options) -> int:
               help="Send each new checkpoint to this collector (repeatable) and keep its cosignature; "
                    "a collector that is down is retried with backoff.")
 @click.pass_obj
-def run(opts: Options, state_file: str, mode: str, read_only: bool, no_log: bool, interval: float,
+def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str, git_path: str,
+        git_allowed_signers: str | None, git_interval: float, git_allow_rewind: bool, git_group: str | None,
+        git_host: str | None, git_ssh_key: str | None, git_known_hosts: str | None, mode: str, read_only: bool,
+        no_log: bool, interval: float,
         debounce: float, metrics: str | None, collectors: tuple[str, ...]) -> int:
-    """Keep the state of FILE: listen to the system's change events and record (shadow) or repair (enforce) drift.
+    """Keep the state of a file (--state-file) or a git repository (--git): listen to the system's change events
+    and record (shadow) or repair (enforce) drift.
 
     Runs in the foreground as a systemd Type=notify service (READY=1, STATUS=, WATCHDOG=1); logs are JSON lines
-    on stderr. SIGHUP or a change of the state file reloads it; SIGTERM stops. `op-dbus status` shows what it does.
+    on stderr. SIGHUP or a change of the state file reloads it (with --git: SIGHUP fetches now, and each new
+    acceptable commit is applied); SIGTERM stops. `op-dbus status` shows what it does.
     """
     from op_dbus.agent import Agent, AgentConfig
     from op_dbus.agent.metrics import parse_listen
 
+    if (state_file is None) == (git_url is None):
+        raise click.UsageError("give exactly one of --state-file FILE and --git URL")
     if metrics:
         parse_listen(metrics)
     targets: list[Any] = []
@@ -536,11 +563,54 @@ def run(opts: Options, state_file: str, mode: str, read_only: bool, no_log: bool
         if no_log:
             raise click.UsageError("--collector needs the audit log: it cannot go with --no-log")
         targets = load_collectors(collectors, DEFAULT_COLLECTORS)
-    config = AgentConfig(Path(state_file), mode=mode, read_only=read_only, interval=interval, debounce=debounce,
-                         metrics=metrics, collectors=tuple(targets))
     settings = opts.context().settings
+    source = None
+    if git_url is not None:
+        from op_dbus.cli.gitops import git_source
+
+        source = git_source(opts, git_url, git_ref, git_path, git_allowed_signers, git_interval, git_allow_rewind,
+                            git_group, git_host, git_ssh_key, git_known_hosts)
+    config = AgentConfig(Path(state_file or "git"), mode=mode, read_only=read_only, interval=interval,
+                         debounce=debounce, metrics=metrics, source=source, collectors=tuple(targets))
     agent = Agent(config, settings, ledger=None if no_log else opts.ledger)
     return int(_run(agent.run()))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--git-path", metavar="TEMPLATE", default="hosts/{hostname}.json", show_default=True,
+              help="How hosts compose their state in a fleet repository (as for `run --git`).")
+@output_option
+@click.pass_obj
+def check(opts: Options, paths: tuple[Path, ...], git_path: str) -> int:
+    """Validate state files and fleet repositories offline (no system access, no root): for CI and pre-commit.
+
+    A directory holding the template's hosts directory is a fleet repository: the state of every host in it is
+    composed and validated. Prints `path:line: message` per problem. Exit 0: valid; 2: problems.
+    """
+    from op_dbus.cli.gitops import check as run_check
+
+    return run_check(opts, list(paths), git_path)
+
+
+@cli.command()
+@click.argument("repo", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--git-path", metavar="TEMPLATE", default="hosts/{hostname}.json", show_default=True,
+              help="The file(s) a host reads, as for `run --git`.")
+@click.option("--host", metavar="NAME", help="Print the merged state of this host.")
+@click.option("--group", metavar="NAME", help="The host's group, for {group}.")
+@click.option("--diff", "refs", nargs=2, metavar="OLDREF NEWREF",
+              help="Instead: per host, which desired values change from OLDREF to NEWREF (REPO is a git checkout).")
+@output_option
+@click.pass_obj
+def render(opts: Options, repo: Path, git_path: str, host: str | None, group: str | None,
+           refs: tuple[str, str] | None) -> int:
+    """Print what a host of a fleet repository will apply (the merged, validated document), or what a change
+    of the repository changes per host (--diff). Exit 0; 2 if the host's files are invalid; with --diff 3 if
+    any desired value changes."""
+    from op_dbus.cli.gitops import render as run_render
+
+    return run_render(opts, repo, git_path, host, group, refs)
 
 
 @cli.command()
