@@ -10,6 +10,7 @@ refused). A refused commit is reported once; the document kept so far stays. A f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -61,11 +62,9 @@ def host_group(explicit: str | None, agent_config: Path = AGENT_CONFIG, label: P
         return check_name("--git-group", explicit)
     for path in (agent_config, label):
         try:
-            st = path.stat()
+            data = files.read_checked(path, "host label file", limit=65536)[:65536]
         except FileNotFoundError:
             continue
-        files.check_file(st, path, "host label file", secret=False)
-        data = path.read_bytes()[:65536]
         if path == agent_config:
             try:
                 value = json.loads(data).get("group")
@@ -80,6 +79,15 @@ def host_group(explicit: str | None, agent_config: Path = AGENT_CONFIG, label: P
     return None
 
 
+def _check_trusted(path: Path, what: str, option: str, *, secret: bool) -> None:
+    """A file git or ssh will read for us: checked as every trusted file is (owner, mode, every directory up)."""
+    try:
+        fd, _ = files.open_checked(path, what, secret=secret)
+    except FileNotFoundError:
+        raise InvalidInput(f"{option} {path}: no such file") from None
+    os.close(fd)
+
+
 class GitSource:
     """One agent's clone (`<state_dir>/git/`) of one ref, and the commit it keeps."""
 
@@ -92,11 +100,7 @@ class GitSource:
         self.paths = expand(self.layers, {"hostname": settings.hostname, "group": settings.group})
         if settings.allowed_signers is not None:
             path = settings.allowed_signers
-            try:
-                files.check_file(path.stat(), path, "allowed signers file", secret=False)
-            except FileNotFoundError:
-                raise InvalidInput(f"--git-allowed-signers {path}: no such file") from None
-            files.check_parent(path)
+            _check_trusted(path, "allowed signers file", "--git-allowed-signers", secret=False)
             if shutil.which("ssh-keygen", path=clean_env(state_dir)["PATH"]) is None:
                 raise ServiceUnavailable("--git-allowed-signers: git checks SSH signatures with ssh-keygen, which "
                                          "is not installed", hint="apt install openssh-client")
@@ -104,10 +108,7 @@ class GitSource:
         for what, path, secret in (("--git-ssh-key", settings.ssh_key, True),
                                    ("--git-known-hosts", settings.known_hosts, False)):
             if path is not None:
-                try:
-                    files.check_file(path.stat(), path, what.removeprefix("--"), secret=secret)
-                except FileNotFoundError:
-                    raise InvalidInput(f"{what} {path}: no such file") from None
+                _check_trusted(path, what.removeprefix("--"), what, secret=secret)
         self.git = Git(self.dir / "repo.git", timeout=settings.timeout,
                        ssh=ssh_command(settings.ssh_key, settings.known_hosts))
         self.load = load
