@@ -159,6 +159,52 @@ def api_token_revoke(db_url: str, label: str) -> int:
     return ExitCode.OK
 
 
+@collector.group()
+def user() -> None:
+    """Dashboard users (the web UI under /ui/): viewers read, operators may also halt and resume rollouts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator"]), required=True)
+@db_option
+def user_add(name: str, role: str, db_url: str) -> int:
+    """Create NAME (or set its role and password). The password is asked for on a terminal, else read as the
+    first line of standard input; only its scrypt hash is stored."""
+    import sys
+
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.users import Users
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    Users(engine).add(name, role, password)
+    click.echo(f"user {name} ({role}) saved")
+    return ExitCode.OK
+
+
+@user.command("remove")
+@click.argument("name")
+@db_option
+def user_remove(name: str, db_url: str) -> int:
+    """Delete NAME and end its sessions."""
+    from op_dbus.errors import InvalidInput
+
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.users import Users
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    if not Users(engine).remove(name):
+        raise InvalidInput(f"no dashboard user {name!r}")
+    click.echo(f"user {name} removed")
+    return ExitCode.OK
+
+
 @token.command("create")
 @db_option
 @click.option("--ttl", metavar="SECONDS", type=click.IntRange(60, 30 * 86400), default=3600, show_default=True,

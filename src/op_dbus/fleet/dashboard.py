@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine, and_, case, exists, func, literal, or_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -40,7 +40,7 @@ STATUSES = ("ok", "drifting", "failing", "stale", "equivocating", "unknown", "re
 SORTS = {"name", "status", "received", "drift", "commit"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
                     "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 
 
@@ -230,7 +230,8 @@ def routes(witness: Witness) -> list[Route | Mount]:
         return RedirectResponse("/ui/login?" + urlencode({"next": request.url.path}), status_code=303, headers=headers())
 
     def same_origin(request: Request) -> bool:
-        """A POST must come from our own pages: an Origin header, when the browser sends one, must be ours."""
+        """A POST must come from our own pages: an Origin header, when the browser sends one, must be ours
+        (the Referrer-Policy is same-origin, not no-referrer, because the latter makes browsers send "null")."""
         origin = request.headers.get("origin")
         return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
 
@@ -347,8 +348,8 @@ def routes(witness: Witness) -> list[Route | Mount]:
         if session is None:
             return to_login(request)
         rows = await run_in_threadpool(data.rollouts.all)
-        return render(request, "rollouts.html", {"rollouts": list(reversed(rows)), "flash": request.query_params.get("done")},
-                      session=session)
+        context = {"rollouts": list(reversed(rows)), "flash": request.query_params.get("done")}
+        return render(request, "rollouts.html", context, session=session)
 
     async def rollouts_json(request: Request) -> Response:
         if await current(request) is None:

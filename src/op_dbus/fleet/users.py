@@ -112,10 +112,11 @@ class Users:
                 raise RateLimited
             row = conn.execute(select(db.users).where(db.users.c.name == name)).first()
         ok = check_password(password, row.password if row is not None else _DECOY) and row is not None
-        with self.engine.begin() as conn:
-            if not ok:
+        if not ok:
+            with self.engine.begin() as conn:
                 conn.execute(f.insert(), [{"key": k, "time": now} for k in keys])
-                raise PermissionError("unknown user or wrong password")
+            raise PermissionError("unknown user or wrong password")
+        with self.engine.begin() as conn:
             conn.execute(delete(f).where(f.c.key == keys[0]))
             conn.execute(delete(db.sessions).where(db.sessions.c.expires < now))
             cookie = secrets.token_urlsafe(32)
