@@ -183,7 +183,6 @@ def test_overview_shows_hosts_and_drift_arrives_without_reload(fleet: Fleet, bro
         reached.append(page.evaluate("() => document.activeElement.id || document.activeElement.textContent.trim()"))
     assert "Alerts" in reached and "Rollouts" in reached and "q" in reached and "status" in reached
     assert "web1" in reached
-    shot(page, "overview")
     # A drift block on web1, reported: the overview shows it on its own (no navigation happens).
     page.evaluate("() => { window.__same_page = true; }")
     page.locator("body").focus()
@@ -195,6 +194,7 @@ def test_overview_shows_hosts_and_drift_arrives_without_reload(fleet: Fleet, bro
                            timeout=60_000)
     assert page.evaluate("() => window.__same_page") is True
     assert page.locator("[data-count=drifting]").inner_text() == "1"
+    shot(page, "overview")
     # The JSON twin says the same, and filters work.
     data = page.request.get(fleet.url + "/ui/api/overview?status=drifting").json()
     assert [h["name"] for h in data["hosts"]] == ["web1"] and data["hosts"][0]["drift"] == 1

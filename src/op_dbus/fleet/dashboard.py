@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import itertools
 import json
 import time
 from datetime import UTC, datetime
@@ -169,8 +170,10 @@ def drift_chart(history: list[dict[str, Any]], width: int = 720, height: int = 1
             return round(x, 1), round(height - pad - v / top * (height - pad - 20), 1)
 
         coords = [xy(t, v) for t, v in points]
+        # A step line: a host's drift count holds from one report until the next.
+        steps = [coords[0]] + [p for a, b in itertools.pairwise(coords) for p in ((b[0], a[1]), b)]
         parts.append('<polyline fill="none" stroke="#1f5fa8" stroke-width="2" points="'
-                     + " ".join(f"{x},{y}" for x, y in coords) + '"/>')
+                     + " ".join(f"{x},{y}" for x, y in steps) + '"/>')
         previous = 0
         for (t, v), (x, y) in zip(points, coords, strict=True):
             colour = "#c0392b" if v > 0 and previous == 0 else "#1e8449" if v == 0 and previous > 0 else "#1f5fa8"
