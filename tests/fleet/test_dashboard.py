@@ -195,6 +195,10 @@ def test_overview_shows_hosts_and_drift_arrives_without_reload(fleet: Fleet, bro
     assert page.evaluate("() => window.__same_page") is True
     assert page.locator("[data-count=drifting]").inner_text() == "1"
     shot(page, "overview")
+    # The polls are answered 304 while nothing changed.
+    live = page.request.get(fleet.url + "/ui/", headers={"X-Live": "1"})
+    again = page.request.get(fleet.url + "/ui/", headers={"X-Live": "1", "If-None-Match": live.headers["etag"]})
+    assert live.status == 200 and "<html" not in live.text() and again.status == 304
     # The JSON twin says the same, and filters work.
     data = page.request.get(fleet.url + "/ui/api/overview?status=drifting").json()
     assert [h["name"] for h in data["hosts"]] == ["web1"] and data["hosts"][0]["drift"] == 1

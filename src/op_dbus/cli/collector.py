@@ -71,7 +71,8 @@ def collector() -> None:
 def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key: str | None, name: str | None,
           workers: int, stale_after: float) -> int:
     """Serve the collector until SIGTERM: POST /add-checkpoint (C2SP tlog-witness), /v1/join, /v1/footprint,
-    /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens."""
+    /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens; the web
+    dashboard under /ui/ for users (`op-dbus collector user add`)."""
     app, _db, _witness_mod = _fleet()
     app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers,
               stale_after=stale_after)

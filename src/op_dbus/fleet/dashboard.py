@@ -202,10 +202,13 @@ def routes(witness: Witness) -> list[Route | Mount]:
     def render(request: Request, name: str, context: dict[str, Any], status: int = 200,
                session: Session | None = None) -> Response:
         live = request.headers.get("x-live") == "1"
-        body = env.get_template(f"_{name}" if live else name).render(request=request, session=session, **context)
-        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
+        # The ETag covers the data, not the HTML, so "N s ago" ticking by does not defeat the 304s of the polls.
+        data_only = {k: v for k, v in context.items() if not callable(v) and k != "now"}
+        data_only["_who"] = None if session is None else [session.user, session.role, session.csrf, live, name]
+        etag = '"' + hashlib.sha256(json.dumps(data_only, sort_keys=True, default=str).encode()).hexdigest()[:32] + '"'
         if live and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers({"ETag": etag}))
+        body = env.get_template(f"_{name}" if live else name).render(request=request, session=session, **context)
         return Response(body, status_code=status, media_type="text/html", headers=headers({"ETag": etag}))
 
     def json_reply(request: Request, doc: Any) -> Response:
