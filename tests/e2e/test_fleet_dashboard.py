@@ -77,9 +77,9 @@ def test_drift_by_hand_in_the_lab_shows_on_the_overview(lab: Any, tmp_path: Path
                 page.click("button[type=submit]")
                 page.wait_for_load_state()
                 row = "tr[data-host='lab1']"
-                # The agent's first reconciliation reports the host (the page shows it by itself); then nginx is
-                # stopped behind the agent's back.
+                # Enrolled, the host is listed; the agent reconciles, then nginx is stopped behind its back.
                 page.wait_for_selector(row, timeout=90_000)
+                time.sleep(3)  # the agent's first reconciliation
                 page.evaluate("() => { window.__same_page = true; }")
                 lab.run(["systemctl", "stop", "nginx.service"])
                 page.wait_for_function(
@@ -87,7 +87,8 @@ def test_drift_by_hand_in_the_lab_shows_on_the_overview(lab: Any, tmp_path: Path
                     " return c && !c.textContent.trim().startsWith('0'); }", timeout=90_000)
                 assert page.evaluate("() => window.__same_page") is True
                 page.goto(url + "/ui/hosts/lab1")
-                assert page.locator("figure.chart svg circle").count() >= 2
+                assert page.locator("figure.chart svg circle[fill='#c0392b']").count() >= 1  # drift appeared
+                assert page.locator("span.badge.kind-drift").count() == 1
                 browser.close()
         finally:
             lab.run(["systemctl", "stop", "op-dbus-dash-agent.service"], check=False)
