@@ -145,3 +145,52 @@ def test_drift_chart_is_escaped_svg_with_steps() -> None:
     assert svg.startswith("<svg") and svg.count("<circle") == 4 and 'fill="#c0392b"' in svg and 'fill="#1e8449"' in svg
     assert "style=" not in svg and "<script" not in svg
     assert drift_chart([]).endswith("</svg>")
+
+
+def test_the_session_cookie_is_secure_over_tls(tmp_path: Path) -> None:
+    """Over HTTPS the session cookie carries Secure (with HttpOnly and SameSite=Strict); over HTTP it cannot."""
+    import os
+    import ssl
+    import subprocess
+    import sys
+    import urllib.parse
+    import urllib.request
+
+    from tests.fleet.conftest import free_port, running
+    from tests.fleet.test_collector_http import _self_signed
+
+    (tmp_path / "c").mkdir(mode=0o700)
+    (tmp_path / "k").mkdir(mode=0o700)
+    db_url = f"sqlite:///{tmp_path}/c/fleet.db"
+    cert, tls_key = _self_signed(tmp_path / "k")
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    Users(engine).add("alice", "viewer", "long enough password")
+    engine.dispose()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "op_dbus", "collector", "serve", "--db", db_url, "--key-file",
+                             str(tmp_path / "k" / "witness.key"), "--listen", f"127.0.0.1:{port}", "--tls-cert",
+                             str(cert), "--tls-key", str(tls_key)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=os.environ)
+    context = ssl.create_default_context(cafile=str(cert))
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
+    body = urllib.parse.urlencode({"user": "alice", "password": "long enough password"}).encode()
+    with running(proc):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                opener.open(f"https://127.0.0.1:{port}/ui/login", data=body, timeout=10)
+            except urllib.error.HTTPError as exc:  # the 303 after a login
+                assert exc.code == 303
+                cookie = exc.headers["set-cookie"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.3)
+    attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+    assert {"secure", "httponly", "samesite"} <= attributes and "samesite=strict" in cookie.lower()

@@ -12,6 +12,7 @@ import hmac
 import html
 import itertools
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -354,7 +355,9 @@ def routes(witness: Witness) -> list[Route | Mount]:
         if session is None:
             return to_login(request)
         rows = await run_in_threadpool(data.rollouts.all)
-        context = {"rollouts": list(reversed(rows)), "flash": request.query_params.get("done")}
+        done = request.query_params.get("done", "")
+        flash = done if re.fullmatch(r"(halt|resume) [0-9a-f]{7,64}", done) else None  # no text chosen by a link
+        context = {"rollouts": list(reversed(rows)), "flash": flash}
         return render(request, "rollouts.html", context, session=session)
 
     async def rollouts_json(request: Request) -> Response:
