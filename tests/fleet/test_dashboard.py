@@ -175,17 +175,17 @@ def test_overview_shows_hosts_and_drift_arrives_without_reload(fleet: Fleet, bro
     # Hostile text is shown as text and never runs.
     assert page.evaluate("() => window.__xss") is None
     assert not axe(page)
-    # Keyboard: Tab from the top reaches the navigation, the filters and the host links.
+    # Keyboard: Tab from the top reaches the skip link, the navigation, the filters and the host links.
     reached = []
     page.locator("body").focus()
     for _ in range(25):
         page.keyboard.press("Tab")
         reached.append(page.evaluate("() => document.activeElement.id || document.activeElement.textContent.trim()"))
-    assert "Alerts" in reached and "Rollouts" in reached and "q" in reached and "status" in reached
+    assert reached[0] == "Skip to content" and "Alerts" in reached and "Rollouts" in reached
+    assert "q" in reached and "status" in reached
     assert "web1" in reached
     # A drift block on web1, reported: the overview shows it on its own (no navigation happens).
-    page.evaluate("() => { window.__same_page = true; }")
-    page.locator("body").focus()
+    page.evaluate("() => { window.__same_page = true; document.activeElement.blur(); }")  # focus off the table
     assert page.locator("tr[data-host='web1'] td.drift").inner_text() == "0"
     fleet.hosts["web1"].append("drift", [{"plugin": "systemd", "action": "drift", "object": "nginx"}], {"n": "d"},
                                actor={"user": "agent"}, summary="nginx stopped by hand")

@@ -7,9 +7,9 @@
   const every = Math.max(1000, parseInt(main.dataset.live, 10) || 3000);
   let etag = null;
   async function poll() {
-    // Do not pull the page from under someone typing in it or using a control in it.
-    if (document.hidden || main.contains(document.activeElement) && document.activeElement !== document.body &&
-        document.activeElement.matches("input, select, textarea")) return;
+    // Do not pull the page from under someone using it: typing in a filter or moving through it by keyboard
+    // (the swap would lose their place). It catches up once focus leaves the page's main part.
+    if (document.hidden || main.contains(document.activeElement)) return;
     const headers = {"X-Live": "1"};
     if (etag) headers["If-None-Match"] = etag;
     try {
