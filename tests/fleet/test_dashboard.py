@@ -86,6 +86,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                     "--db", db_url], input=PASSWORD[name] + "\n", capture_output=True, text=True,
                                    timeout=60)
             assert added.returncode == 0, added.stderr
+        grouped = op_dbus("collector", "group", "add", "web", "web1", "web2", "--db", db_url)
+        assert grouped.returncode == 0, grouped.stderr
+        assert op_dbus("collector", "group", "add", "web", "nope", "--db", db_url).returncode == 2
         token = op_dbus("collector", "api-token", "create", "--role", "operator", "--db", db_url).stdout.strip()
         yield Fleet(url, db_url, vkey, hosts, token)
 
@@ -204,6 +207,12 @@ def test_overview_shows_hosts_and_drift_arrives_without_reload(fleet: Fleet, bro
     assert [h["name"] for h in data["hosts"]] == ["web1"] and data["hosts"][0]["drift"] == 1
     page.goto(fleet.url + "/ui/?q=web&sort=name&desc=1")
     assert [r.get_attribute("data-host") for r in page.locator("tbody tr").all()] == ["web2", "web1"]
+    page.goto(fleet.url + "/ui/")
+    page.select_option("#group", "web")
+    page.select_option("#status", "drifting")
+    page.click("form.filters button")
+    page.wait_for_url("**/ui/?*group=web*")
+    assert [r.get_attribute("data-host") for r in page.locator("tbody tr").all()] == ["web1"]
     page.context.close()
 
 

@@ -116,6 +116,17 @@ def test_overview_statuses_filters_sorting_and_pages(witness: Witness, tmp_path:
     assert [h["name"] for h in dash.overview(text="web01")["hosts"]][:2] == ["web010", "web011"]
     assert [h["name"] for h in dash.overview(text=f"{12:040x}")["hosts"]] == ["web012"]
     assert dash.overview(text="%")["total"] == 0  # LIKE wildcards are literal
+    # Groups: a host may be in several; the filter combines with the others.
+    assert dash.set_group("edge", ["web011", "web012", "web021"]) == 3
+    assert dash.set_group("edge", ["web011"]) == 0 and dash.set_group("eu", ["web011"]) == 1
+    assert [h["name"] for h in dash.overview(group="edge")["hosts"]] == ["web011", "web012", "web021"]
+    assert [h["name"] for h in dash.overview(group="edge", status="drifting")["hosts"]] == ["web011", "web021"]
+    assert dash.overview(group="edge")["groups"] == ["edge", "eu"]
+    assert dash.set_group("edge", ["web012"], member=False) == 1
+    with pytest.raises(InvalidInput, match="not enrolled"):
+        dash.set_group("edge", ["nope"])
+    with pytest.raises(InvalidInput, match="group"):
+        dash.set_group("<x>", ["web011"])
     # drift_since holds while drift lasts, and clears with it.
     first = dash.overview(text="web011")["hosts"][0]["drift_since"]
     time.sleep(0.01)
@@ -132,7 +143,7 @@ def test_the_summary_migration_fills_from_stored_footprints(witness: Witness) ->
     with witness.engine.begin() as conn:
         conn.execute(delete(db.host_summary))
         conn.execute(delete(db.schema_version).where(db.schema_version.c.version == 5))
-        for table in ("users", "sessions", "login_failures", "host_summary"):
+        for table in ("users", "sessions", "login_failures", "host_summary", "host_groups"):
             conn.execute(text(f"DROP TABLE {table}"))
     assert db.migrate(witness.engine) == 4
     [row] = Dashboard(witness).overview()["hosts"]

@@ -206,6 +206,23 @@ def user_remove(name: str, db_url: str) -> int:
     return ExitCode.OK
 
 
+@collector.command("group")
+@click.argument("action", type=click.Choice(["add", "remove"]))
+@click.argument("group")
+@click.argument("hosts", nargs=-1, required=True)
+@db_option
+def group_cmd(action: str, group: str, hosts: tuple[str, ...], db_url: str) -> int:
+    """Put enrolled HOSTS into GROUP (add) or take them out (remove); the dashboard filters by group."""
+    _app, db, witness = _fleet()
+    from op_dbus.fleet.dashboard import Dashboard
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    changed = Dashboard(witness.Witness(engine, None)).set_group(group, list(hosts), member=action == "add")
+    click.echo(f"{changed} host(s) {'added to' if action == 'add' else 'removed from'} {group}")
+    return ExitCode.OK
+
+
 @token.command("create")
 @db_option
 @click.option("--ttl", metavar="SECONDS", type=click.IntRange(60, 30 * 86400), default=3600, show_default=True,

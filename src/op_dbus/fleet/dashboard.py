@@ -83,7 +83,29 @@ class Dashboard:
                     (s.c.last_result == "failed", "failing"), (open_alert("stale"), "stale"),
                     (s.c.drift > 0, "drifting"), (s.c.host.is_(None), "unknown"), else_="ok")
 
-    def overview(self, *, status: str = "", text: str = "", sort: str = "name", desc: bool = False,
+    def set_group(self, group: str, hosts: list[str], *, member: bool = True) -> int:
+        """Put `hosts` into `group` (or take them out); returns how many changed. Unknown hosts are an error."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", group):
+            raise InvalidInput(f"group {group!r}: letters, digits and . _ - (up to 64)")
+        g = db.host_groups
+        with self.engine.begin() as conn:
+            known = {r.name for r in conn.execute(select(db.hosts.c.name).where(db.hosts.c.name.in_(hosts)))}
+            unknown = [h for h in hosts if h not in known]
+            if unknown:
+                raise InvalidInput(f"not enrolled: {', '.join(unknown)}")
+            current = {r.host for r in conn.execute(select(g.c.host).where(g.c.grp == group, g.c.host.in_(hosts)))}
+            if member:
+                rows = [{"grp": group, "host": h} for h in sorted(set(hosts) - current)]
+                if rows:
+                    conn.execute(g.insert(), rows)
+                return len(rows)
+            return int(conn.execute(g.delete().where(g.c.grp == group, g.c.host.in_(hosts))).rowcount)
+
+    def groups(self) -> list[str]:
+        with db.reading(self.engine) as conn:
+            return [str(r[0]) for r in conn.execute(select(db.host_groups.c.grp).distinct().order_by(db.host_groups.c.grp))]
+
+    def overview(self, *, status: str = "", text: str = "", group: str = "", sort: str = "name", desc: bool = False,
                  page: int = 1) -> dict[str, Any]:
         h, s, w = db.hosts, db.host_summary, db.witness_state
         status_col = self._status_column().label("status")
@@ -92,6 +114,9 @@ class Dashboard:
         if text:
             pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             where.append(or_(h.c.name.like(pattern, escape="\\"), s.c.commit.like(pattern, escape="\\")))
+        if group:
+            where.append(exists(select(literal(1)).where(db.host_groups.c.host == h.c.name,
+                                                         db.host_groups.c.grp == group)))
         base = select(h.c.name, status_col).select_from(joined).where(and_(*where)).subquery()
         with db.reading(self.engine) as conn:
             counts = {str(k): int(n) for k, n in conn.execute(select(base.c.status, func.count()).group_by(base.c.status))}
@@ -118,8 +143,8 @@ class Dashboard:
                   "head_index": r.head_index, "witnessed_size": int(r.size or 0), "witnessed_at": r.updated}
                  for r in rows]
         return {"counts": {k: counts.get(k, 0) for k in STATUSES}, "total": total, "page": page, "pages": pages,
-                "page_size": PAGE_SIZE, "hosts": hosts, "rollouts": banner,
-                "query": {"status": status, "q": text, "sort": sort, "desc": desc}}
+                "page_size": PAGE_SIZE, "hosts": hosts, "rollouts": banner, "groups": self.groups(),
+                "query": {"status": status, "q": text, "group": group, "sort": sort, "desc": desc}}
 
     def host(self, name: str) -> dict[str, Any] | None:
         found = self.view.host(name, history=200)
@@ -289,11 +314,12 @@ def routes(witness: Witness) -> list[Route | Mount]:
         sort = q.get("sort", "name")
         page = q.get("page", "1")
         return {"status": status if status in STATUSES else "", "text": q.get("q", "")[:200],
+                "group": q.get("group", "")[:255],
                 "sort": sort if sort in SORTS else "name", "desc": q.get("desc") == "1",
                 "page": int(page) if page.isdigit() else 1}
 
     def page_link(query: dict[str, Any], **change: Any) -> str:
-        merged = {"status": query["status"], "q": query["q"], "sort": query["sort"],
+        merged = {"status": query["status"], "q": query["q"], "group": query["group"], "sort": query["sort"],
                   "desc": "1" if query["desc"] else "", "page": 1, **change}
         return "/ui/?" + urlencode({k: v for k, v in merged.items() if v not in ("", None)})
 

@@ -190,6 +190,15 @@ host_summary = Table(
 )
 
 
+# Named groups of hosts (a host may be in several), for the dashboard's filter.
+host_groups = Table(
+    "host_groups", metadata,
+    Column("grp", String(255), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Index("host_groups_by_host", "host"),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, hosts, witness_state, evidence, alerts])
 
@@ -207,7 +216,7 @@ def _migration_4(conn: Connection) -> None:
 
 
 def _migration_5(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[users, sessions, login_failures, host_summary])
+    metadata.create_all(conn, tables=[users, sessions, login_failures, host_summary, host_groups])
     # Summaries of the footprints received before this version: the latest of each host.
     import json
 
