@@ -15,6 +15,7 @@ PACKAGES=(
   podman runc         # container backends: podman's REST API (also the Docker-compatible one); runc, not crun
   lxc busybox-static  # LXC backend; busybox is the test templates' whole userland
   postgresql          # PostgreSQL 15 for the collector tests (throwaway clusters; the packaged one is never started)
+  chromium fonts-dejavu-core  # headless Chromium for the dashboard tests (driven by Playwright, no browser download)
   python3 python3-venv  # Debian's 3.11, the interpreter the container runs: the wheelhouse is built with it
   ca-certificates debian-archive-keyring
 )

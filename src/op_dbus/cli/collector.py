@@ -71,7 +71,8 @@ def collector() -> None:
 def serve(db_url: str, key_file: str, listen: str, tls_cert: str | None, tls_key: str | None, name: str | None,
           workers: int, stale_after: float) -> int:
     """Serve the collector until SIGTERM: POST /add-checkpoint (C2SP tlog-witness), /v1/join, /v1/footprint,
-    /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens."""
+    /v1/rollout/gate for hosts; /v1/status, /v1/hosts, /v1/alerts, /v1/rollouts for API tokens; the web
+    dashboard under /ui/ for users (`op-dbus collector user add`)."""
     app, _db, _witness_mod = _fleet()
     app.serve(db_url, listen, Path(key_file), name=name, tls_cert=tls_cert, tls_key=tls_key, workers=workers,
               stale_after=stale_after)
@@ -156,6 +157,69 @@ def api_token_revoke(db_url: str, label: str) -> int:
     if not count:
         raise InvalidInput(f"no API token has the label {label!r}")
     click.echo(f"revoked {count} API token(s) labelled {label!r}")
+    return ExitCode.OK
+
+
+@collector.group()
+def user() -> None:
+    """Dashboard users (the web UI under /ui/): viewers read, operators may also halt and resume rollouts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator"]), required=True)
+@db_option
+def user_add(name: str, role: str, db_url: str) -> int:
+    """Create NAME (or set its role and password). The password is asked for on a terminal, else read as the
+    first line of standard input; only its scrypt hash is stored."""
+    import sys
+
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.users import Users
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    Users(engine).add(name, role, password)
+    click.echo(f"user {name} ({role}) saved")
+    return ExitCode.OK
+
+
+@user.command("remove")
+@click.argument("name")
+@db_option
+def user_remove(name: str, db_url: str) -> int:
+    """Delete NAME and end its sessions."""
+    from op_dbus.errors import InvalidInput
+
+    _app, db, _w = _fleet()
+    from op_dbus.fleet.users import Users
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    if not Users(engine).remove(name):
+        raise InvalidInput(f"no dashboard user {name!r}")
+    click.echo(f"user {name} removed")
+    return ExitCode.OK
+
+
+@collector.command("group")
+@click.argument("action", type=click.Choice(["add", "remove"]))
+@click.argument("group")
+@click.argument("hosts", nargs=-1, required=True)
+@db_option
+def group_cmd(action: str, group: str, hosts: tuple[str, ...], db_url: str) -> int:
+    """Put enrolled HOSTS into GROUP (add) or take them out (remove); the dashboard filters by group."""
+    _app, db, witness = _fleet()
+    from op_dbus.fleet.dashboard import Dashboard
+
+    engine = db.make_engine(db_url, pool_size=1)
+    db.migrate(engine)
+    changed = Dashboard(witness.Witness(engine, None)).set_group(group, list(hosts), member=action == "add")
+    click.echo(f"{changed} host(s) {'added to' if action == 'add' else 'removed from'} {group}")
     return ExitCode.OK
 
 

@@ -205,7 +205,10 @@ def build_app(witness: Witness, *, stale_after: float = 3600.0) -> Starlette:
     async def health(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    from op_dbus.fleet.dashboard import routes as dashboard_routes
+
     return Starlette(lifespan=lifespan, routes=[
+        *dashboard_routes(witness),
         Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
         Route("/v1/join", join, methods=["POST"]),
         Route("/v1/footprint", footprint, methods=["POST"]),

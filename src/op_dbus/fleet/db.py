@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     text,
 )
@@ -145,6 +146,59 @@ rollouts = Table(
 )
 
 
+# Dashboard users: scrypt hashes of their passwords (salt and parameters in the stored string), and their role.
+users = Table(
+    "users", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+# Dashboard sessions, server-side: only SHA-256 of the cookie's value is kept, with its CSRF token and expiry.
+sessions = Table(
+    "sessions", metadata,
+    Column("hash", LargeBinary(32), primary_key=True),
+    Column("user", String(255), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+
+# Failed logins, by user name and by client address, for rate limiting (pruned as they age).
+login_failures = Table(
+    "login_failures", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(300), nullable=False),
+    Column("time", Float, nullable=False),
+    Index("login_failures_by_key", "key", "time"),
+)
+
+# The latest footprint of each host, in columns, so the overview filters, sorts and pages in SQL at fleet scale.
+host_summary = Table(
+    "host_summary", metadata,
+    Column("host", String(255), primary_key=True),
+    Column("received", Float, nullable=False),
+    Column("mode", String(32), nullable=True),
+    Column("commit", String(64), nullable=True),
+    Column("drift", Integer, nullable=False),
+    Column("drift_since", Float, nullable=True),
+    Column("last_result", String(32), nullable=True),
+    Column("head_index", BigInteger, nullable=True),
+    Column("version", String(64), nullable=True),
+    Index("host_summary_received", "received"),
+)
+
+
+# Named groups of hosts (a host may be in several), for the dashboard's filter.
+host_groups = Table(
+    "host_groups", metadata,
+    Column("grp", String(255), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Index("host_groups_by_host", "host"),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, hosts, witness_state, evidence, alerts])
 
@@ -161,7 +215,36 @@ def _migration_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[rollouts])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[users, sessions, login_failures, host_summary, host_groups])
+    # Summaries of the footprints received before this version: the latest of each host.
+    import json
+
+    from op_dbus.ledger import note
+
+    latest = select(footprints.c.host, func.max(footprints.c.id).label("id")).group_by(footprints.c.host).subquery()
+    for row in conn.execute(select(footprints).join(latest, latest.c.id == footprints.c.id)):
+        doc = json.loads(note.parse(row.note).text.split("\n")[2])
+        conn.execute(host_summary.insert().values(summary_values(row.host, doc, row.received, None)))
+
+
+def summary_values(host: str, doc: dict[str, Any], received: float, drift_since: float | None) -> dict[str, Any]:
+    """The host_summary row for a footprint `doc` (drift_since: when the drift now reported began, if known)."""
+    last = doc.get("last_apply") or {}
+    head = doc.get("head") or {}
+    drift = int(doc.get("drift", 0) or 0)
+    return {"host": host, "received": received, "mode": _short(doc.get("mode"), 32), "commit": _short(doc.get("commit"), 64),
+            "drift": drift, "drift_since": (drift_since or received) if drift > 0 else None,
+            "last_result": _short(last.get("result"), 32),
+            "head_index": head.get("index") if isinstance(head.get("index"), int) else None,
+            "version": _short(doc.get("version"), 64)}
+
+
+def _short(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

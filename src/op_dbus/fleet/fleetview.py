@@ -67,6 +67,7 @@ class FleetView:
             except note.NoteError as exc:
                 return Reply(403, f"{exc}\n")
             conn.execute(db.footprints.insert().values(host=host.name, received=now, note=body.decode()))
+            self._summarize(conn, host.name, doc, now)
             self._alert(conn, host.name, "stale", False, "", now)
             self._alert(conn, host.name, "drift", int(doc.get("drift", 0)) > 0,
                         f"{doc.get('drift')} drift block(s) since the last apply", now)
@@ -75,6 +76,18 @@ class FleetView:
                         f"the last apply failed (block {last.get('index')})", now)
             Rollouts(self.engine).on_footprint(conn, host.name, doc, now)
         return Reply(200, "ok\n")
+
+    @staticmethod
+    def _summarize(conn: Any, host: str, doc: dict[str, Any], now: float) -> None:
+        """Keep the host's latest footprint in host_summary (drift_since survives while the drift lasts)."""
+        s = db.host_summary
+        before = conn.execute(select(s.c.drift, s.c.drift_since).where(s.c.host == host)).first()
+        since = before.drift_since if before is not None and before.drift > 0 else None
+        values = db.summary_values(host, doc, now, since)
+        if before is None:
+            conn.execute(s.insert().values(values))
+        else:
+            conn.execute(update(s).where(s.c.host == host).values(values))
 
     @staticmethod
     def _alert(conn: Any, host: str, kind: str, raised: bool, detail: str, now: float) -> None:
