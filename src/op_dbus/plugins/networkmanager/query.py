@@ -143,7 +143,8 @@ def profile_state(live: LiveProfile, want: Profile | None) -> Profile:
         names = list(declared[group]) if declared is not None else None
         values = codec.decode_group(group, raw, names)
         if declared is None:
-            values = {k: v for k, v in values.items() if v is not None and (k == "type" or v != codec.KEYS[group][k].default)}
+            defaults = codec.KEYS[group]
+            values = {k: v for k, v in values.items() if v is not None and (k == "type" or v != defaults[k].default)}
         groups[group] = values
     active = (live.active_path is not None) if want is None or want.active is not None else None
     return Profile.model_validate({**groups, "active": active}) if active is not None else Profile.model_validate(groups)
