@@ -58,9 +58,9 @@ async def running(client: dbus.Client) -> None:
     """Raise ServiceUnavailable with what to do when NetworkManager is not on the bus."""
     try:
         await client.get_property(NM, NM_PATH, NM, "Version")
-    except ServiceUnavailable as exc:
-        raise ServiceUnavailable("NetworkManager is not running (org.freedesktop.NetworkManager is not on the bus)",
-                                 hint=START_HINT) from exc
+    except BackendError as exc:  # not on the bus, or its bus activation failed (the unit is disabled or masked)
+        raise ServiceUnavailable("NetworkManager is not running (org.freedesktop.NetworkManager is not on the bus: "
+                                 f"{str(exc).rsplit(': ', 1)[-1]})", hint=START_HINT) from None
 
 
 async def read_profiles(client: dbus.Client, ids: set[str] | None) -> dict[str, list[LiveProfile]]:

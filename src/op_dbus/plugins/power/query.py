@@ -25,14 +25,17 @@ PPD_HINT = "start power-profiles-daemon (`systemctl start power-profiles-daemon`
 
 async def ppd(client: dbus.Client) -> tuple[str, str]:
     """(bus name, object path) of the running power-profiles-daemon; ServiceUnavailable saying what to do."""
+    why = ""
     for name, path in PPD_NAMES:
         try:
             await client.get_property(name, path, name, "ActiveProfile")
-        except ServiceUnavailable:
+        except BackendError as exc:
+            # not on the bus, or its bus activation failed (e.g. the unit is masked)
+            why = why or str(exc).rsplit(": ", 1)[-1]
             continue
         return name, path
     raise ServiceUnavailable("power-profiles-daemon is not running (neither net.hadess.PowerProfiles nor "
-                             "org.freedesktop.UPower.PowerProfiles is on the bus)", hint=PPD_HINT)
+                             f"org.freedesktop.UPower.PowerProfiles is on the bus: {why})", hint=PPD_HINT)
 
 
 async def profiles(client: dbus.Client) -> tuple[str, list[str]]:
@@ -47,7 +50,7 @@ async def upower_status(client: dbus.Client) -> PowerStatus:
     try:
         props = await client.get_all(UPOWER, UPOWER_PATH, UPOWER)
         (paths,) = await client.call(UPOWER, UPOWER_PATH, UPOWER, "EnumerateDevices")
-    except ServiceUnavailable:
+    except BackendError:
         return PowerStatus(upower="UPower is not running (`systemctl start upower`)")
 
     async def one(path: str) -> PowerDevice | None:
