@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -148,3 +149,51 @@ def test_without_networkmanager_the_message_says_what_to_start(lab: Any, op_dbus
         assert "systemctl start NetworkManager" in r.stderr
     finally:
         lab.run(["systemctl", "start", "NetworkManager.service"])
+
+
+def test_failed_apply_rolls_back_deletion_with_its_secret_and_update(lab: Any, op_dbus: str) -> None:
+    wifi = {"connection": {"type": "802-11-wireless"}, "802-11-wireless": {"ssid": "rb"},
+            "802-11-wireless-security": {"key-mgmt": "wpa-psk", "psk": {"secret": PSK}}}
+    setup = write_state(lab, "rb.json", nm({"rbwifi": wifi, "rblan": LAN}))
+    assert lab.run([op_dbus, "apply", setup], check=False).returncode == 0
+    uuid = nmcli(lab, "-g", "connection.uuid", "connection", "show", "rbwifi").strip()
+    # NetworkManager itself refuses the last step (manual method without an address) halfway through the apply.
+    bad = {"rbwifi": {"state": "absent"},
+           "rblan": {"ipv4": {"addresses": ["198.18.63.1/24"]}},
+           "rbbad": {"connection": {"type": "802-3-ethernet", "interface-name": "nm0"}, "ipv4": {"method": "manual"}}}
+    r = lab.run([op_dbus, "-o", "json", "apply", write_state(lab, "rb2.json", nm(bad))], check=False)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert PSK not in r.stdout + r.stderr
+    assert nmcli(lab, "-g", "connection.uuid", "connection", "show", "rbwifi").strip() == uuid
+    assert nmcli(lab, "-s", "-g", "802-11-wireless-security.psk", "connection", "show", "rbwifi").strip() == PSK
+    assert nmcli(lab, "-g", "ipv4.addresses", "connection", "show", "rblan").strip() == "198.18.60.1/24"
+    assert "rbbad" not in nmcli(lab, "-f", "NAME", "connection", "show")
+    assert lab.run([op_dbus, "diff", setup], check=False).returncode == 0
+    lab.run([op_dbus, "apply", write_state(lab, "rb3.json", nm({"rbwifi": {"state": "absent"},
+                                                                   "rblan": {"state": "absent"}}))])
+
+
+def test_watch_reports_profiles_changed_behind_its_back(lab: Any, op_dbus: str) -> None:
+    from op_dbus.plugin import SUBSCRIBED, Context, Settings
+    from op_dbus.plugins.networkmanager import NetworkManagerPlugin, NetworkManagerSection
+
+    async def first_events() -> list[str]:
+        scope = NetworkManagerSection.model_validate({"connections": {"w0": LAN}})
+        seen: list[str] = []
+        async with Context(Settings(bus_address=lab.bus_address)) as ctx:
+            events = NetworkManagerPlugin().watch(scope, ctx)
+            async for event in events:
+                seen.append(event.source)
+                if event.source == SUBSCRIBED:
+                    lab.run(["nmcli", "connection", "add", "type", "ethernet", "ifname", "nm0", "con-name", "w0"])
+                elif "NewConnection" in seen[-1]:
+                    lab.run(["nmcli", "connection", "delete", "w0"])
+                elif "ConnectionRemoved" in seen[-1]:
+                    break
+            await events.aclose()  # type: ignore[attr-defined]
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(first_events(), 60))
+    assert seen[0] == SUBSCRIBED
+    assert any(s.endswith("Settings.NewConnection") for s in seen)
+    assert seen[-1].endswith("Settings.ConnectionRemoved")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -69,3 +70,27 @@ def test_without_the_daemon_the_message_says_what_to_start(lab: Any, op_dbus: st
         assert r.returncode != 0 and "power-profiles-daemon is not running" in r.stderr, r.stdout + r.stderr
     finally:
         lab.run(["systemctl", "unmask", "--runtime", "power-profiles-daemon.service"])
+
+
+def test_watch_reports_a_profile_changed_behind_its_back(lab: Any, op_dbus: str) -> None:
+    from op_dbus.plugin import SUBSCRIBED, Context, Settings
+    from op_dbus.plugins.power import PowerPlugin, PowerSection
+
+    async def events() -> list[str]:
+        seen: list[str] = []
+        async with Context(Settings(bus_address=lab.bus_address)) as ctx:
+            stream = PowerPlugin().watch(PowerSection(profile="balanced"), ctx)
+            async for event in stream:
+                seen.append(event.source)
+                if event.source == SUBSCRIBED:
+                    lab.run(["busctl", "set-property", "net.hadess.PowerProfiles", "/net/hadess/PowerProfiles",
+                             "net.hadess.PowerProfiles", "ActiveProfile", "s", "power-saver"])
+                else:
+                    assert event.objects == ("profile",)
+                    break
+            await stream.aclose()  # type: ignore[attr-defined]
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(events(), 60)) == [SUBSCRIBED, "PropertiesChanged"]
+    lab.run(["busctl", "set-property", "net.hadess.PowerProfiles", "/net/hadess/PowerProfiles",
+             "net.hadess.PowerProfiles", "ActiveProfile", "s", "balanced"])
