@@ -9,6 +9,7 @@ from op_dbus.plugin import Change
 from .model import NetworkManagerSection, Profile
 
 PLUGIN = "networkmanager"
+ABSENT = Profile.model_validate({"state": "absent"})
 
 
 def _dump(profile: Profile) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def diff(desired: NetworkManagerSection, current: NetworkManagerSection) -> list
     middle: list[Change] = []
     last: list[Change] = []
     for pid, want in desired.connections.items():
-        have = current.connections.get(pid, Profile(state="absent"))
+        have = current.connections.get(pid, ABSENT)
         obj = f"connection {pid}"
         if want.state == "absent":
             if have.state != "absent":
@@ -56,11 +57,10 @@ def diff(desired: NetworkManagerSection, current: NetworkManagerSection) -> list
         if changed:
             groups = want.groups()
             sub = {g: {k: groups[g][k] for k in keys} for g, keys in changed.items()}
-            before = Profile.model_validate({g: {k: have.groups().get(g, {}).get(k) for k in keys}
-                                             for g, keys in changed.items()})
-            after = Profile.model_validate(sub)
+            was = Profile.model_validate({g: {k: have.groups().get(g, {}).get(k) for k in keys}
+                                          for g, keys in changed.items()})
             # An active profile takes new settings only when activated again.
-            middle.append(Change(PLUGIN, obj, "update", before=_dump(before), after=_dump(after),
+            middle.append(Change(PLUGIN, obj, "update", before=_dump(was), after=_dump(Profile.model_validate(sub)),
                                  payload={"id": pid, "groups": sub, "reactivate": active_now}))
         if want.active and not active_now:
             last.append(Change(PLUGIN, obj, "activate", before={"active": False}, after={"active": True},

@@ -162,6 +162,6 @@ def build_state(live: dict[str, list[LiveProfile]], scope: NetworkManagerSection
         return NetworkManagerSection(connections=out)
     connections: dict[str, Profile] = {}
     for pid, want in scope.connections.items():
-        profs = live.get(pid)
-        connections[pid] = profile_state(profs[0], want) if profs else Profile(state="absent")
+        found = live.get(pid)
+        connections[pid] = profile_state(found[0], want) if found else Profile.model_validate({"state": "absent"})
     return NetworkManagerSection(connections=connections)

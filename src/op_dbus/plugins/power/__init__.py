@@ -58,7 +58,7 @@ class PowerPlugin(Plugin[PowerSection]):
 
     async def query(self, ctx: Context, scope: PowerSection | None = None) -> PowerSection:
         client = await bus_client(ctx)
-        state = PowerSection()
+        state = PowerSection.model_validate({})
         if scope is None or scope.profile is not None:
             try:
                 state.profile, offered = await profiles(client)  # type: ignore[assignment]

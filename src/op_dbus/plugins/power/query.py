@@ -51,7 +51,7 @@ async def upower_status(client: dbus.Client) -> PowerStatus:
         props = await client.get_all(UPOWER, UPOWER_PATH, UPOWER)
         (paths,) = await client.call(UPOWER, UPOWER_PATH, UPOWER, "EnumerateDevices")
     except BackendError:
-        return PowerStatus(upower="UPower is not running (`systemctl start upower`)")
+        return PowerStatus.model_validate({"upower": "UPower is not running (`systemctl start upower`)"})
 
     async def one(path: str) -> PowerDevice | None:
         try:
