@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 PSK = "correct-horse-battery"
+VPN_KEY = "vpn-key-staple-42"
 NO_AUTO = "[main]\nno-auto-default=*\n"  # no "Wired connection N" profiles for the test's veths
 
 
@@ -92,20 +93,30 @@ def test_wifi_and_wireguard_are_stored_secrets_hidden_but_not_activated(lab: Any
                 "wireguard": {"private-key": {"secret": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="},
                               "listen-port": 51820},
                 "ipv4": {"method": "disabled"}, "ipv6": {"method": "disabled"}},
+        "vpn1": {"connection": {"type": "vpn"},
+                 "vpn": {"service-type": "org.freedesktop.NetworkManager.openvpn",
+                         "data": {"remote": "198.18.70.1", "connection-type": "password"},
+                         "secrets": {"password": {"secret": VPN_KEY}}}},
     }
     state = write_state(lab, "wifi.json", nm(profiles))
     r = lab.run([op_dbus, "apply", state], check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert PSK not in r.stdout + r.stderr
+    assert PSK not in r.stdout + r.stderr and VPN_KEY not in r.stdout + r.stderr
     assert lab.run([op_dbus, "diff", state], check=False).returncode == 0
+    assert nmcli(lab, "-s", "-g", "vpn.secrets", "connection", "show", "vpn1").strip() == f"password = {VPN_KEY}"
     # Read back: the profile and its secret are NetworkManager's, op-dbus shows only an HMAC.
     assert nmcli(lab, "-s", "-g", "802-11-wireless-security.psk", "connection", "show", "home").strip() == PSK
     out = lab.run([op_dbus, "-o", "json", "introspect", "networkmanager"]).stdout
-    assert PSK not in out
+    assert PSK not in out and VPN_KEY not in out
     home = json.loads(out)["plugins"]["networkmanager"]["connections"]["home"]
     assert set(home["802-11-wireless-security"]["psk"]) == {"secret_hmac"}
     log = lab.run(["sh", "-c", "cat /var/lib/op-dbus/*.db* | strings"], check=False).stdout
-    assert PSK not in log
+    assert PSK not in log and VPN_KEY not in log
+    # A changed secret is a difference, shown without its value.
+    changed = dict(profiles, vpn1={"vpn": {"secrets": {"password": {"secret": "another-key"}}}})
+    r = lab.run([op_dbus, "diff", write_state(lab, "vpn2.json", nm(changed))], check=False)
+    assert r.returncode == 3 and "update connection vpn1" in r.stdout, r.stdout + r.stderr
+    assert VPN_KEY not in r.stdout and "another-key" not in r.stdout
     # The introspected document re-applies as a no-op.
     lab.run(["sh", "-c", f"{op_dbus} introspect networkmanager > /root/intro.json"])
     assert lab.run([op_dbus, "diff", "/root/intro.json"], check=False).returncode == 0

@@ -62,14 +62,21 @@ def test_query_reports_upower_facts_under_status(lab: Any, op_dbus: str) -> None
     assert isinstance(status["devices"], list)
 
 
-def test_without_the_daemon_the_message_says_what_to_start(lab: Any, op_dbus: str) -> None:
-    lab.run(["systemctl", "mask", "--runtime", "power-profiles-daemon.service"])
-    lab.run(["systemctl", "stop", "power-profiles-daemon.service"])
+def test_without_the_daemon_reads_start_nothing_and_a_profile_is_refused(lab: Any, op_dbus: str) -> None:
+    lab.run(["systemctl", "stop", "upower.service", "power-profiles-daemon.service"])
     try:
+        out = json.loads(lab.run([op_dbus, "-o", "json", "introspect", "power"]).stdout)
+        assert out["plugins"]["power"] == {}
+        query = json.loads(lab.run([op_dbus, "-o", "json", "query", "power"]).stdout)
+        assert "UPower is not running" in json.dumps(query)
+        # Reading did not start either daemon through bus activation.
+        for unit in ("power-profiles-daemon.service", "upower.service"):
+            assert lab.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "inactive"
         r = lab.run([op_dbus, "apply", write_state(lab, "saver.json", {"profile": "power-saver"})], check=False)
         assert r.returncode != 0 and "power-profiles-daemon is not running" in r.stderr, r.stdout + r.stderr
+        assert "systemctl start power-profiles-daemon" in r.stderr
     finally:
-        lab.run(["systemctl", "unmask", "--runtime", "power-profiles-daemon.service"])
+        lab.run(["systemctl", "start", "upower.service", "power-profiles-daemon.service"])
 
 
 def test_watch_reports_a_profile_changed_behind_its_back(lab: Any, op_dbus: str) -> None:

@@ -38,10 +38,9 @@ Semantics:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from op_dbus.backends import dbus, netlink
-from op_dbus.errors import Problem
+from op_dbus.errors import Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 
 from . import apply as applier
@@ -122,8 +121,14 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
         client = await bus_client(ctx)
         ids = None if scope is None else set(scope.connections)
         if ids == set():
-            return NetworkManagerSection()
-        return build_state(await read_profiles(client, ids), scope)
+            return NetworkManagerSection.model_validate({})
+        try:
+            live = await read_profiles(client, ids)
+        except ServiceUnavailable:
+            if scope is not None:
+                raise
+            return NetworkManagerSection.model_validate({})  # introspect of a machine without NetworkManager
+        return build_state(live, scope)
 
     def diff(self, desired: NetworkManagerSection, current: NetworkManagerSection) -> list[Change]:
         return compute_diff(desired, current)
@@ -145,5 +150,3 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
         finally:
             dbus.close_client(client)
 
-    def dump(self, state: NetworkManagerSection) -> dict[str, Any]:
-        return state.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -56,11 +56,10 @@ class LiveProfile:
 
 async def running(client: dbus.Client) -> None:
     """Raise ServiceUnavailable with what to do when NetworkManager is not on the bus."""
-    try:
-        await client.get_property(NM, NM_PATH, NM, "Version")
-    except BackendError as exc:  # not on the bus, or its bus activation failed (the unit is disabled or masked)
-        raise ServiceUnavailable("NetworkManager is not running (org.freedesktop.NetworkManager is not on the bus: "
-                                 f"{str(exc).rsplit(': ', 1)[-1]})", hint=START_HINT) from None
+    # Only a running NetworkManager: reading must not start one through bus activation.
+    if not await client.has_owner(NM):
+        raise ServiceUnavailable("NetworkManager is not running (org.freedesktop.NetworkManager is not on the bus)",
+                                 hint=START_HINT)
 
 
 async def read_profiles(client: dbus.Client, ids: set[str] | None) -> dict[str, list[LiveProfile]]:

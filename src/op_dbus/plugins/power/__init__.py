@@ -17,7 +17,6 @@ no-op. Watching (the agent): PropertiesChanged of ActiveProfile.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from op_dbus.backends import dbus
 from op_dbus.errors import Problem, ServiceUnavailable
@@ -89,5 +88,3 @@ class PowerPlugin(Plugin[PowerSection]):
         finally:
             dbus.close_client(client)
 
-    def dump(self, state: PowerSection) -> dict[str, Any]:
-        return state.model_dump(mode="json", by_alias=True, exclude_none=True)

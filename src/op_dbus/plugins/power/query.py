@@ -25,17 +25,12 @@ PPD_HINT = "start power-profiles-daemon (`systemctl start power-profiles-daemon`
 
 async def ppd(client: dbus.Client) -> tuple[str, str]:
     """(bus name, object path) of the running power-profiles-daemon; ServiceUnavailable saying what to do."""
-    why = ""
+    # Only a running daemon: reading must not start one through bus activation.
     for name, path in PPD_NAMES:
-        try:
-            await client.get_property(name, path, name, "ActiveProfile")
-        except BackendError as exc:
-            # not on the bus, or its bus activation failed (e.g. the unit is masked)
-            why = why or str(exc).rsplit(": ", 1)[-1]
-            continue
-        return name, path
+        if await client.has_owner(name):
+            return name, path
     raise ServiceUnavailable("power-profiles-daemon is not running (neither net.hadess.PowerProfiles nor "
-                             f"org.freedesktop.UPower.PowerProfiles is on the bus: {why})", hint=PPD_HINT)
+                             "org.freedesktop.UPower.PowerProfiles is on the bus)", hint=PPD_HINT)
 
 
 async def profiles(client: dbus.Client) -> tuple[str, list[str]]:
@@ -47,6 +42,8 @@ async def profiles(client: dbus.Client) -> tuple[str, list[str]]:
 
 
 async def upower_status(client: dbus.Client) -> PowerStatus:
+    if not await client.has_owner(UPOWER):
+        return PowerStatus.model_validate({"upower": "UPower is not running (`systemctl start upower`)"})
     try:
         props = await client.get_all(UPOWER, UPOWER_PATH, UPOWER)
         (paths,) = await client.call(UPOWER, UPOWER_PATH, UPOWER, "EnumerateDevices")
