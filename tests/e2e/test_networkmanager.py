@@ -208,3 +208,29 @@ def test_watch_reports_profiles_changed_behind_its_back(lab: Any, op_dbus: str) 
     assert seen[0] == SUBSCRIBED
     assert any(s.endswith("Settings.NewConnection") for s in seen)
     assert seen[-1].endswith("Settings.ConnectionRemoved")
+
+
+def test_bridge_with_a_veth_port(lab: Any, op_dbus: str) -> None:
+    lab.run(["ip", "link", "add", "nm1", "type", "veth", "peer", "name", "nm1p"])
+    lab.run(["ip", "link", "set", "nm1p", "up"])
+    profiles = {
+        "br-lab": {"connection": {"type": "bridge", "interface-name": "nmbr0", "autoconnect": False},
+                   "bridge": {"stp": False, "forward-delay": 2},
+                   "ipv4": {"method": "manual", "addresses": ["198.18.64.1/24"]}, "ipv6": {"method": "disabled"},
+                   "active": True},
+        "br-lab-port": {"connection": {"type": "802-3-ethernet", "interface-name": "nm1", "master": "nmbr0",
+                                       "slave-type": "bridge", "autoconnect": False},
+                        "active": True},
+    }
+    state = write_state(lab, "br.json", nm(profiles))
+    r = lab.run([op_dbus, "apply", state], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    link = json.loads(lab.run(["ip", "-j", "-d", "link", "show", "nm1"]).stdout)[0]
+    assert link["master"] == "nmbr0"
+    assert json.loads(lab.run(["ip", "-j", "-d", "link", "show", "nmbr0"]).stdout)[0]["linkinfo"]["info_kind"] == "bridge"
+    assert lab.run([op_dbus, "diff", state], check=False).returncode == 0
+    r = lab.run([op_dbus, "apply", write_state(lab, "br-gone.json", nm({"br-lab-port": {"state": "absent"},
+                                                                         "br-lab": {"state": "absent"}}))],
+                check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "br-lab" not in nmcli(lab, "-f", "NAME", "connection", "show")
