@@ -129,8 +129,10 @@ def test_wifi_and_wireguard_are_stored_secrets_hidden_but_not_activated(lab: Any
 
 
 def test_bad_input_is_refused_and_nothing_changes(lab: Any, op_dbus: str) -> None:
+    lab.run(["nmcli", "connection", "add", "type", "ethernet", "ifname", "nm0", "con-name", "eth-old"])
     before = nmcli(lab, "-f", "NAME,UUID", "connection", "show")
     cases = [
+        ({"eth-old": {"connection": {"type": "bridge"}}}, "cannot change its type to bridge"),
         ({"x1": {**LAN, "ipv4": {"method": "manual", "colour": "blue"}}}, "colour"),
         ({"x2": {"ipv4": {"method": "auto"}}}, "needs `connection.type`"),
         ({"x3": {**LAN, "connection": {"type": "802-3-ethernet", "interface-name": "nosuch0"}, "active": True}},
@@ -141,6 +143,7 @@ def test_bad_input_is_refused_and_nothing_changes(lab: Any, op_dbus: str) -> Non
         assert r.returncode == 2, r.stdout + r.stderr
         assert message in r.stderr
     assert nmcli(lab, "-f", "NAME,UUID", "connection", "show") == before
+    lab.run(["nmcli", "connection", "delete", "eth-old"])
 
 
 def test_an_interface_in_both_net_and_networkmanager_is_refused(lab: Any, op_dbus: str) -> None:

@@ -27,8 +27,9 @@ Semantics:
 - `active: true/false` activates or deactivates the profile (ActivateConnection/DeactivateConnection); left
   out, activation is not managed. A changed profile that is active is activated again so its settings apply.
 - `check` refuses, before anything changes: an id that more than one profile carries, a new profile without
-  `connection.type`, activation of a Wi-Fi profile without a Wi-Fi device, of a WireGuard profile when the
-  kernel lacks WireGuard, of a profile bound to an interface NetworkManager does not know.
+  `connection.type`, a changed `connection.type`, activation of a Wi-Fi profile without a Wi-Fi device, of a
+  WireGuard profile when the kernel lacks WireGuard, of a profile bound to an interface NetworkManager does not
+  know.
 - An interface declared both here (`connection.interface-name`) and in the `net` section is refused by the
   engine's claims check (see `Plugin.claims`): the two would fight over the device.
 - `op-dbus introspect` writes every stored profile of the types above (not the ones NetworkManager makes up
@@ -95,6 +96,13 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
                 continue
             ptype = want.connection.type if want.connection and want.connection.type else (
                 profs[0].type if profs else None)
+            declared = want.connection.type if want.connection else None
+            if profs and declared and declared != profs[0].type:
+                problems.append(Problem(f"{path}.connection.type",
+                                        f"profile {pid!r} is a {profs[0].type} profile and NetworkManager cannot "
+                                        f"change its type to {declared}; declare it `state: absent` first, or use "
+                                        "another id"))
+                continue
             if not profs and ptype is None:
                 problems.append(Problem(f"{path}.connection.type", "a new profile needs `connection.type` "
                                         "(802-3-ethernet, bridge, 802-11-wireless, vpn or wireguard)"))
