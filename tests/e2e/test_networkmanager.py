@@ -53,6 +53,7 @@ def test_profile_create_activate_update_deactivate_delete(lab: Any, op_dbus: str
     assert r.returncode == 0, r.stdout + r.stderr
     assert "lan0:802-3-ethernet:nm0" in nmcli(lab, "-f", "NAME,TYPE,DEVICE", "connection", "show", "--active")
     assert addresses(lab) == ["198.18.60.1/24"]
+    assert nmcli(lab, "-g", "ipv4.dns", "connection", "show", "lan0").strip() == "198.18.60.53"
     assert lab.run([op_dbus, "diff", state], check=False).returncode == 0
 
     # An update of an active profile is applied to the device (activated again).
@@ -91,7 +92,10 @@ def test_wifi_and_wireguard_are_stored_secrets_hidden_but_not_activated(lab: Any
                  "802-11-wireless-security": {"key-mgmt": "wpa-psk", "psk": {"secret": PSK}}},
         "wg0": {"connection": {"type": "wireguard", "interface-name": "wg0"},
                 "wireguard": {"private-key": {"secret": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="},
-                              "listen-port": 51820},
+                              "listen-port": 51820,
+                              "peers": [{"public-key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+                                         "endpoint": "198.18.70.2:51820", "allowed-ips": ["198.18.71.0/24"],
+                                         "persistent-keepalive": 25}]},
                 "ipv4": {"method": "disabled"}, "ipv6": {"method": "disabled"}},
         "vpn1": {"connection": {"type": "vpn"},
                  "vpn": {"service-type": "org.freedesktop.NetworkManager.openvpn",
@@ -104,6 +108,8 @@ def test_wifi_and_wireguard_are_stored_secrets_hidden_but_not_activated(lab: Any
     assert PSK not in r.stdout + r.stderr and VPN_KEY not in r.stdout + r.stderr
     assert lab.run([op_dbus, "diff", state], check=False).returncode == 0
     assert nmcli(lab, "-s", "-g", "vpn.secrets", "connection", "show", "vpn1").strip() == f"password = {VPN_KEY}"
+    peers = lab.run(["sh", "-c", "cat /etc/NetworkManager/system-connections/wg0.nmconnection"]).stdout
+    assert "endpoint=198.18.70.2:51820" in peers and "198.18.71.0/24" in peers
     # Read back: the profile and its secret are NetworkManager's, op-dbus shows only an HMAC.
     assert nmcli(lab, "-s", "-g", "802-11-wireless-security.psk", "connection", "show", "home").strip() == PSK
     out = lab.run([op_dbus, "-o", "json", "introspect", "networkmanager"]).stdout

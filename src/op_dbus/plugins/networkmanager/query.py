@@ -50,8 +50,23 @@ class LiveProfile:
         """The whole settings with the secrets merged in: what re-creates or restores this profile."""
         merged = {g: dict(v) for g, v in self.settings.items()}
         for group, values in self.secrets.items():
-            merged.setdefault(group, {}).update(values)
+            merged[group] = merge_secrets(merged.get(group, {}), values)
         return merged
+
+
+def merge_secrets(settings: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+    """One group's settings with its secrets added. GetSecrets repeats the WireGuard peers with only their keys
+    and preshared keys: those are merged into the full peers by public key, not put in their place."""
+    out = dict(settings)
+    for key, value in secrets.items():
+        if key == "peers" and key in settings:
+            by_key = {p["public-key"]["data"]: p for p in value["data"] if "public-key" in p}
+            peers = [{**peer, **by_key.get(peer.get("public-key", {}).get("data"), {})}
+                     for peer in settings[key]["data"]]
+            out[key] = {"type": settings[key]["type"], "data": peers}
+        else:
+            out[key] = value
+    return out
 
 
 async def running(client: dbus.Client) -> None:
@@ -136,7 +151,7 @@ def profile_state(live: LiveProfile, want: Profile | None) -> Profile:
     for group in codec.KEYS:
         if declared is not None and group not in declared:
             continue
-        raw = {**live.settings.get(group, {}), **live.secrets.get(group, {})}
+        raw = merge_secrets(live.settings.get(group, {}), live.secrets.get(group, {}))
         if declared is None and not raw:
             continue
         names = list(declared[group]) if declared is not None else None
