@@ -36,6 +36,9 @@ PACKAGES = (
     "python3-venv",
     "iproute2",
     "systemd-resolved",
+    "network-manager",
+    "upower",
+    "power-profiles-daemon",
     "ethtool",
     "procps",
     "git",  # the agent's git source (op-dbus run --git) fetches with the git command
@@ -154,6 +157,9 @@ def mmdebstrap_options() -> list[str]:
         # Installed for the tests of DNS through its D-Bus API, which start it; off by default so other tests see
         # the same boot as before.
         'chroot "$1" systemctl disable systemd-resolved.service',
+        # Installed for the tests of the networkmanager and power plugins, which start them.
+        'chroot "$1" systemctl disable NetworkManager.service NetworkManager-wait-online.service '
+        'power-profiles-daemon.service upower.service',
         "sed -i -E '"
         + "; ".join(f"s/^# ({name} )/\\1/" for name in escaped)
         + '\' "$1/etc/locale.gen" && chroot "$1" locale-gen',

@@ -200,6 +200,15 @@ class Plugin(ABC, Generic[S]):
     @abstractmethod
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None: ...
 
+    def claims(self, desired: S) -> dict[str, str]:
+        """What this section takes charge of on the machine, for the engine's cross-plugin check.
+
+        Keys name a resource the same way in every plugin (e.g. `interface eth0`); values say where and how
+        the section claims it. A document in which two plugins claim the same resource is refused before
+        anything changes: both would manage it and undo each other's work. By default nothing is claimed.
+        """
+        return {}
+
     def settle_time(self, changes: list[Change]) -> float:
         """Seconds the result of `changes` must keep verifying before it counts (0: verify once).
 
@@ -226,6 +235,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "login1": "op_dbus.plugins.login1:Login1Plugin",
     "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
     "containers": "op_dbus.plugins.containers:ContainersPlugin",
+    "networkmanager": "op_dbus.plugins.networkmanager:NetworkManagerPlugin",
+    "power": "op_dbus.plugins.power:PowerPlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"

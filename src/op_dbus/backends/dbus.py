@@ -103,6 +103,12 @@ class Client:
         (props,) = await self.call(destination, path, PROPERTIES, "GetAll", "s", [interface])
         return {k: v.value for k, v in props.items()}
 
+    async def has_owner(self, name: str) -> bool:
+        """Whether a service owns `name` on the bus now (asking does not start a bus-activatable service)."""
+        (owned,) = await self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                   "NameHasOwner", "s", [name])
+        return bool(owned)
+
     async def add_match(self, rule: str) -> None:
         await self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", [rule])
 

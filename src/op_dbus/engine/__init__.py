@@ -106,6 +106,17 @@ def summarise(changes: list[Change], limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 12].rstrip(" ,;") + f" ... ({len(changes)})"
 
 
+def claim_conflicts(claims: dict[str, dict[str, str]]) -> list[Problem]:
+    """Resources (e.g. an interface) that more than one plugin of a document takes charge of."""
+    holders: dict[str, list[tuple[str, str]]] = {}
+    for plugin, claimed in claims.items():
+        for resource, where in claimed.items():
+            holders.setdefault(resource, []).append((plugin, where))
+    return [Problem(f"plugins.{held[0][0]}", f"{resource} is declared by {len(held)} plugins, which would fight over "
+                    "it; declare it in one only: " + "; ".join(f"{p}: {w}" for p, w in held))
+            for resource, held in holders.items() if len(held) > 1]
+
+
 class Engine:
     def __init__(self, ctx: Context, *, ledger: Callable[[], Any] | None = None,
                  load: Callable[[list[str] | None], dict[str, Plugin[Any]]] = load_plugins) -> None:
@@ -128,6 +139,9 @@ class Engine:
 
     async def plan(self, doc: StateDocument) -> Plan:
         plugins = self._load(list(doc.sections))
+        conflicts = claim_conflicts({n: p.claims(doc.sections[n]) for n, p in plugins.items()})
+        if conflicts:
+            raise StateFileError(doc.source, conflicts)
         # check and query read the same things (a unit's UnitFileState, the links): they run together, and a
         # problem check finds still wins over an error the query ran into.
         checked, queried = await asyncio.gather(

@@ -109,6 +109,11 @@ class NetPlugin(Plugin[NetSection]):
     model: ClassVar[type[NetSection]] = NetSection
     order: ClassVar[int] = 10
 
+    def claims(self, desired: NetSection) -> dict[str, str]:
+        # Only the host's own namespace: NetworkManager does not manage devices of other network namespaces.
+        return {f"interface {d.name}": f"plugins.net.interfaces[{i}]: op-dbus manages {d.name!r} over netlink"
+                for i, d in enumerate(desired.interfaces) if d.state != "absent" and not desired.netns}
+
     # --- connections ---
 
     @staticmethod
