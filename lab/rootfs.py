@@ -36,6 +36,7 @@ PACKAGES = (
     "python3-venv",
     "iproute2",
     "systemd-resolved",
+    "udisks2",
     "ethtool",
     "procps",
     "locales",
@@ -152,6 +153,8 @@ def mmdebstrap_options() -> list[str]:
         # Installed for the tests of DNS through its D-Bus API, which start it; off by default so other tests see
         # the same boot as before.
         'chroot "$1" systemctl disable systemd-resolved.service',
+        # udisks2 likewise: started by the storage tests (with udevd, which a container does not run by itself)
+        'chroot "$1" systemctl disable udisks2.service',
         "sed -i -E '"
         + "; ".join(f"s/^# ({name} )/\\1/" for name in escaped)
         + '\' "$1/etc/locale.gen" && chroot "$1" locale-gen',

@@ -225,6 +225,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "login1": "op_dbus.plugins.login1:Login1Plugin",
     "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
     "containers": "op_dbus.plugins.containers:ContainersPlugin",
+    "storage": "op_dbus.plugins.storage:StoragePlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"
