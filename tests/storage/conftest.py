@@ -9,6 +9,8 @@ host's network interfaces), and a writable sysfs so that it can synthesise the c
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -98,7 +100,11 @@ def storage(lab_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         _wait(lambda: lab.sh(f"udisksctl info -b {device}", check=False).returncode == 0, "udisksd to know the device")
         yield lab
     finally:
-        # the daemons live in the lab's PID namespace: they end with it; their nsenter parents then exit
+        # the daemons live in the lab's PID namespace, children of their nsenter: stopped first, by their PIDs
+        for proc in daemons:
+            with contextlib.suppress(OSError, ValueError):
+                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                    os.kill(int(child), signal.SIGTERM)
         with contextlib.suppress(Exception):
             machine.stop()
         for proc in daemons:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+from op_dbus.plugin import SUBSCRIBED, Context, Settings
+from op_dbus.plugins.storage import StoragePlugin, StorageState
 from tests.storage.conftest import StorageLab
 
 
@@ -36,6 +39,20 @@ def test_unmounted_by_hand_is_drift_and_apply_mounts_it_again(storage: StorageLa
     d = storage.op("-o", "json", "diff", state=want)
     assert d.returncode == 3
     assert [(c["object"], c["action"]) for c in json.loads(d.stdout)["changes"]] == [(storage.device, "mount")]
+    assert storage.op("apply", state=want).returncode == 0
+    assert storage.mounted_at() == ["/srv/data"]
+
+
+async def test_watch_names_the_device_unmounted_by_hand(storage: StorageLab) -> None:
+    want = declared(storage, mount_point="/srv/data", mounted=True)
+    async with Context(Settings(bus_address=storage.machine.bus_address)) as ctx:
+        events = StoragePlugin().watch(StorageState.model_validate(want), ctx)
+        first = await asyncio.wait_for(anext(events), 60)
+        assert first.source == SUBSCRIBED
+        await asyncio.to_thread(storage.sh, "umount /srv/data")
+        event = await asyncio.wait_for(anext(events), 60)
+        assert event.plugin == "storage" and event.objects == (storage.device,), event
+        await events.aclose()
     assert storage.op("apply", state=want).returncode == 0
     assert storage.mounted_at() == ["/srv/data"]
 

@@ -21,10 +21,10 @@ def _change(action: str, device: str, before: Any, after: Any, **payload: Any) -
     return Change("storage", device, action, before, after, payload)
 
 
-def fstab_fields(device: str, want: Filesystem, have: Filesystem) -> dict[str, Any]:
+def fstab_fields(device: str, want: Filesystem, have: Filesystem, opts: str) -> dict[str, Any]:
     """The fstab entry a declared mount point makes: the device as declared, so a path by UUID stays one."""
     return {"fsname": device, "dir": want.mount_point, "type": want.type or have.type or "auto",
-            "opts": want.options or DEFAULT_OPTIONS, "freq": 0, "passno": 0}
+            "opts": opts, "freq": 0, "passno": 0}
 
 
 def describe(fact: BlockFact) -> str:
@@ -43,8 +43,10 @@ def diff_device(device: str, want: Filesystem, have: Filesystem, fact: BlockFact
     if fmt and fact.usage and not want.allow_format:
         raise InvalidInput(refusal(device, describe(fact), want.type))
     fstab_change: str | None = None
+    opts = DEFAULT_OPTIONS
     if want.mount_point is not None:
-        opts = want.options or DEFAULT_OPTIONS
+        # options left out keep the entry's own (a new entry gets `defaults`)
+        opts = want.options or (have.options if have.mount_point is not None else None) or DEFAULT_OPTIONS
         if have.mount_point is None:
             fstab_change = "add-fstab"
         elif (have.mount_point, have.options) != (want.mount_point, opts) or (fmt and have.type != want.type):
@@ -69,8 +71,8 @@ def diff_device(device: str, want: Filesystem, have: Filesystem, fact: BlockFact
                                None))
     elif fstab_change is not None:
         changes.append(_change(fstab_change, device, {"mount_point": have.mount_point, "options": have.options},
-                               {"mount_point": want.mount_point, "options": want.options or DEFAULT_OPTIONS},
-                               fields=fstab_fields(device, want, have)))
+                               {"mount_point": want.mount_point, "options": opts},
+                               fields=fstab_fields(device, want, have, opts)))
     if final_mounted and (unmount or not mounts or elsewhere):
         where = want.mount_point
         changes.append(_change("mount", device, {"mounted": False}, {"mounted": True, "at": where},
