@@ -74,29 +74,30 @@ def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def storage(lab_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageLab]:
-    image = tmp_path_factory.mktemp("disk") / "disk.img"
+@contextlib.contextmanager
+def udisks_lab(rootfs: Path, wheels: Path, workdir: Path, size_mb: int = 96) -> Iterator[StorageLab]:
+    """Boot a lab machine with a fresh loop device (an image in `workdir`), udevd and udisksd running for it."""
+    image = workdir / "disk.img"
     with open(image, "wb") as f:
-        f.truncate(96 * 1024 * 1024)
+        f.truncate(size_mb * 1024 * 1024)
     attach = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=False)
     if attach.returncode != 0:
-        pytest.skip(f"no free loop device on this machine: {attach.stderr.strip()}")
+        raise LoopUnavailable(f"no free loop device on this machine: {attach.stderr.strip()}")
     device = attach.stdout.strip()
-    machine = LabMachine(lab_assets.rootfs, lab_assets.wheels, nspawn_args=[f"--bind={device}"])
+    machine = LabMachine(rootfs, wheels, nspawn_args=[f"--bind={device}"])
     daemons: list[subprocess.Popen[bytes]] = []
     try:
         machine.start()
         lab = StorageLab(machine, device, image, machine.install_op_dbus())
         lab.sh(SETUP)
         enter = ["nsenter", "-t", str(machine.leader), "-m", "-p", "--"]
-        log = open(image.parent / "daemons.log", "wb")  # noqa: SIM115 - open for the daemons' lifetime
-        daemons.append(subprocess.Popen([*enter, "/lib/systemd/systemd-udevd"], stdout=log, stderr=log))
-        _wait(lambda: (machine.root / "run/udev/control").exists(), "udevd's control socket")
-        sysname = Path(device).name
-        subprocess.run([*enter, "udevadm", "trigger", "--action=add", "--settle", f"/sys/devices/virtual/block/{sysname}"],
-                       check=True, timeout=60)
-        daemons.append(subprocess.Popen([*enter, "/usr/libexec/udisks2/udisksd"], stdout=log, stderr=log))
+        with open(workdir / "daemons.log", "wb") as log:
+            daemons.append(subprocess.Popen([*enter, "/lib/systemd/systemd-udevd"], stdout=log, stderr=log))
+            _wait(lambda: (machine.root / "run/udev/control").exists(), "udevd's control socket")
+            sysname = Path(device).name
+            subprocess.run([*enter, "udevadm", "trigger", "--action=add", "--settle",
+                            f"/sys/devices/virtual/block/{sysname}"], check=True, timeout=60)
+            daemons.append(subprocess.Popen([*enter, "/usr/libexec/udisks2/udisksd"], stdout=log, stderr=log))
         _wait(lambda: lab.sh(f"udisksctl info -b {device}", check=False).returncode == 0, "udisksd to know the device")
         yield lab
     finally:
@@ -114,3 +115,16 @@ def storage(lab_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 proc.kill()
                 proc.wait(timeout=10)
         subprocess.run(["losetup", "-d", device], check=False)
+
+
+class LoopUnavailable(RuntimeError):
+    """The machine has no free loop device."""
+
+
+@pytest.fixture(scope="module")
+def storage(lab_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageLab]:
+    try:
+        with udisks_lab(lab_assets.rootfs, lab_assets.wheels, tmp_path_factory.mktemp("disk")) as lab:
+            yield lab
+    except LoopUnavailable as exc:
+        pytest.skip(str(exc))
