@@ -49,6 +49,7 @@ from op_dbus.errors import Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 from op_dbus.state import format_path
 
+from . import probe
 from . import watch as watcher
 from .apply import apply_change
 from .diff import describe, refusal
@@ -101,8 +102,12 @@ class StoragePlugin(Plugin[StorageState]):
                 continue
             ifaces = objects[path]
             have = ifaces[u.BLOCK].get("IdType") or None
-            if want.type is not None and want.type != have and usage_of(ifaces) and not want.allow_format:
-                problems.append(Problem(where, refusal(device, describe(fact(ifaces)), want.type)))
+            if want.type is not None and want.type != have and not want.allow_format:
+                if usage_of(ifaces):
+                    problems.append(Problem(where, refusal(device, describe(fact(ifaces)), want.type)))
+                elif local and (found := probe.signature(device)) is not None:
+                    problems.append(Problem(where, refusal(device, f"{found} by its on-disk signature (UDisks2 "
+                                                                   "reports it empty: is udev running?)", want.type)))
             if want.mount_point is not None and local:
                 # only where op-dbus sees the managed machine's files: another machine's path means nothing here
                 try:
