@@ -114,3 +114,10 @@ def test_unmount_and_fstab_removal_then_reformat_with_allow_format(storage: Stor
     r = storage.op("apply", state=declared(storage, type="ext2", allow_format=True))
     assert r.returncode == 0, r.stderr
     assert storage.fs_type() == "ext2"
+
+
+def test_a_missing_mount_point_directory_is_made(storage: StorageLab) -> None:
+    assert storage.sh("test -e /srv/made", check=False).returncode != 0
+    r = storage.op("apply", state=declared(storage, type="ext2", mount_point="/srv/made", mounted=True))
+    assert r.returncode == 0, r.stderr
+    assert storage.mounted_at() == ["/srv/made"]

@@ -30,7 +30,8 @@ Semantics:
 Read-only facts (drives with vendor, model, serial, size and SMART data where the drive reports it; block
 devices with size, what they hold, label, UUID, mount points and loop backing file) are reported under `status`
 by `op-dbus query` only; `status` in a state file is ignored. `op-dbus introspect` writes every device holding a
-filesystem or having an fstab entry, which re-applies as a no-op.
+filesystem or having an fstab entry, which re-applies as a no-op; it asks UDisks2 only when it runs (never starts
+it through bus activation).
 
 Watching (the agent): UDisks2's InterfacesAdded/InterfacesRemoved and PropertiesChanged of MountPoints, the
 filesystem signature and the fstab configuration, mapped to the declared devices.
@@ -45,7 +46,7 @@ from typing import Any, ClassVar
 
 from op_dbus.backends import dbus
 from op_dbus.backends import udisks2 as u
-from op_dbus.errors import Problem, ServiceUnavailable
+from op_dbus.errors import BackendError, Problem, ServiceUnavailable
 from op_dbus.plugin import Change, Context, Plugin, UndoLog, WatchEvent
 from op_dbus.state import format_path
 
@@ -122,9 +123,13 @@ class StoragePlugin(Plugin[StorageState]):
     async def query(self, ctx: Context, scope: StorageState | None = None) -> StorageState:
         if scope is None:
             try:
-                objects = await self._objects(ctx)
-            except ServiceUnavailable:
-                # no UDisks2 on this machine: nothing to write down, and not a failure
+                # a read of everything must not start UDisks2 (it is bus-activated): only one that runs is asked
+                client = await bus_client(ctx)
+                (running,) = await client.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                               "NameHasOwner", "s", [u.UDISKS2])
+                objects = await self._objects(ctx) if running else {}
+            except BackendError:
+                # no bus or no UDisks2 here, or not allowed to ask: nothing to write down, and not a failure
                 return StorageState.model_construct(filesystems={}, status=None)
             state = build_state(objects, None)
             if ctx.settings.extra.get(FACTS_FLAG):
