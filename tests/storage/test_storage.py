@@ -121,3 +121,14 @@ def test_a_missing_mount_point_directory_is_made(storage: StorageLab) -> None:
     r = storage.op("apply", state=declared(storage, type="ext2", mount_point="/srv/made", mounted=True))
     assert r.returncode == 0, r.stderr
     assert storage.mounted_at() == ["/srv/made"]
+
+
+def test_a_failed_mount_rolls_back_the_fstab_entry(storage: StorageLab) -> None:
+    assert storage.op("apply", state=declared(storage, mounted=False, fstab=False)).returncode == 0
+    fstab = storage.fstab()
+    # mount(8) refuses the option, after the fstab entry was added: the entry is taken back out
+    r = storage.op("apply", state=declared(storage, mount_point="/srv/rollback", options="no-such-option", mounted=True))
+    assert r.returncode == 4, r.stderr
+    assert "mount" in r.stderr and storage.device in r.stderr
+    assert storage.fstab() == fstab
+    assert storage.mounted_at() == []
