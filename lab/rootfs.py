@@ -39,6 +39,7 @@ PACKAGES = (
     "network-manager",
     "upower",
     "power-profiles-daemon",
+    "udisks2",
     "ethtool",
     "procps",
     "git",  # the agent's git source (op-dbus run --git) fetches with the git command
@@ -160,6 +161,8 @@ def mmdebstrap_options() -> list[str]:
         # Installed for the tests of the networkmanager and power plugins, which start them.
         'chroot "$1" systemctl disable NetworkManager.service NetworkManager-wait-online.service '
         'power-profiles-daemon.service upower.service',
+        # udisks2 likewise: started by the storage tests (with udevd, which a container does not run by itself)
+        'chroot "$1" systemctl disable udisks2.service',
         "sed -i -E '"
         + "; ".join(f"s/^# ({name} )/\\1/" for name in escaped)
         + '\' "$1/etc/locale.gen" && chroot "$1" locale-gen',

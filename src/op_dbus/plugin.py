@@ -237,6 +237,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "containers": "op_dbus.plugins.containers:ContainersPlugin",
     "networkmanager": "op_dbus.plugins.networkmanager:NetworkManagerPlugin",
     "power": "op_dbus.plugins.power:PowerPlugin",
+    "storage": "op_dbus.plugins.storage:StoragePlugin",
 }
 
 ENTRY_POINT_GROUP = "op_dbus.plugins"

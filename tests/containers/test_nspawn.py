@@ -103,3 +103,33 @@ def test_two_nspawn_containers_on_a_bridge_talk_tcp(lab: Any, op: OpDbus, templa
         c["state"] = "absent"
     assert op("apply", str(op.state("nsgone", section))).code == 0
     assert lab.run(["ip", "-o", "link", "show", "master", "br-ns"]).stdout.strip() == ""
+
+
+def test_stop_and_absent_are_clean_and_leave_no_failed_unit(lab: Any, op: OpDbus, templates: Templates) -> None:
+    """A stop powers the container off through its stub init: the unit ends inactive, never failed or degraded."""
+    unit = "systemd-nspawn@clean-1.service"
+    section = {"templates": {"one": {"source": str(templates.one)}},
+               "containers": {"clean-1": {"backend": "nspawn", "image": "one", "command": SLEEP}}}
+
+    def unit_state() -> tuple[str, str]:
+        out = lab.run(["systemctl", "show", unit, "-p", "ActiveState", "-p", "Result"]).stdout
+        props = dict(line.split("=", 1) for line in out.split())
+        return props["ActiveState"], props["Result"]
+
+    assert op("apply", str(op.state("clean", section))).code == 0
+    assert unit_state()[0] == "active"
+    section["containers"]["clean-1"]["state"] = "stopped"
+    r = op("apply", str(op.state("clean-stopped", section)))
+    assert r.code == 0, r.err
+    assert unit_state() == ("inactive", "success")
+    journal = lab.run(["journalctl", "-u", unit, "--no-pager", "-o", "cat"], check=False).stdout
+    assert "signal KILL" not in journal and "status=1/FAILURE" not in journal, journal
+    assert lab.system_state() != "degraded", lab.run(["systemctl", "--failed", "--no-pager"]).stdout
+    section["containers"]["clean-1"]["state"] = "running"
+    assert op("apply", str(op.state("clean-again", section))).code == 0
+    section["containers"]["clean-1"]["state"] = "absent"
+    r = op("apply", str(op.state("clean-gone", section)))
+    assert r.code == 0, r.err
+    assert unit_state()[0] == "inactive"
+    assert lab.run(["systemctl", "is-failed", unit], check=False).stdout.strip() != "failed"
+    assert lab.system_state() != "degraded", lab.run(["systemctl", "--failed", "--no-pager"]).stdout

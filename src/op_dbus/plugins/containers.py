@@ -200,9 +200,27 @@ class ContainerConfig(Section):
         return self
 
 
+class PodConfig(Section):
+    """A pod from a Kubernetes Pod (or one-replica Deployment) manifest; its hash decides recreation."""
+
+    backend: Literal["podman"] = "podman"
+    manifest: dict[str, Any]
+    state: Literal["running", "stopped", "absent"] = "running"
+
+    @model_validator(mode="after")
+    def _supported(self) -> PodConfig:
+        from op_dbus.backends.containers.kube import check_manifest
+
+        problems = check_manifest(self.manifest)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class ContainersState(Section):
     templates: dict[Name, Template] = {}
     containers: dict[Name, ContainerConfig] = {}
+    pods: dict[Name, PodConfig] = {}
 
 
 # Fields fixed at creation; a difference in any of them recreates the container.
@@ -371,6 +389,20 @@ def _option(ctx: Context, key: str) -> Any:
     return (ctx.settings.extra.get("containers") or {}).get(key)
 
 
+async def pod_backend(ctx: Context, name: str) -> Any:
+    """The pod side of a backend (see op_dbus.backends.containers.kube.PodBackend); podman's libpod API today."""
+    from op_dbus.backends.containers.kube import PodmanPods
+
+    b: Any = await backend(ctx, name)
+    return PodmanPods(b.http, b.api)
+
+
+def pod_hash(manifest: dict[str, Any] | None) -> str | None:
+    from op_dbus.backends.containers.kube import manifest_hash
+
+    return manifest_hash(manifest) if manifest is not None else None
+
+
 async def backend(ctx: Context, name: str) -> ContainerBackend:
     factory = FACTORIES.get(name)
     if factory is None:
@@ -446,7 +478,20 @@ class ContainersPlugin(Plugin[ContainersState]):
             elif not needed.get(tname):
                 result_templates[tname] = Template.model_construct(
                     source=want_t.source, sha256=want_t.sha256)  # imported only where a container needs it
-        return ContainersState.model_construct(templates=result_templates, containers=containers)
+        pods: dict[str, PodConfig] = {}
+        if scope.pods:
+            infos_p = await (await pod_backend(ctx, "podman")).inspect_pods(sorted(scope.pods))
+            for pname, pinfo in infos_p.items():
+                if pinfo.managed:
+                    pods[pname] = self._pod_config(pinfo)
+        return ContainersState.model_construct(templates=result_templates, containers=containers, pods=pods)
+
+    @staticmethod
+    def _pod_config(info: Any) -> PodConfig:
+        # the manifest recorded at creation; a recorded hash that does not match it (edited labels) forces a recreation
+        manifest = info.manifest if pod_hash(info.manifest) == info.manifest_sha256 else {"unreadable": True}
+        return PodConfig.model_construct(backend="podman", manifest=manifest or {},
+                                         state="running" if info.running else "stopped")
 
     async def _query_all(self, ctx: Context) -> ContainersState:
         """Every container and template op-dbus manages, in every backend that answers."""
@@ -466,7 +511,15 @@ class ContainersPlugin(Plugin[ContainersState]):
                 containers.setdefault(cname, config_of(name, info, None))
             for tname, t in sorted(imported.items()):
                 templates.setdefault(tname, Template.model_construct(source=t.source or "", sha256=t.sha256))
-        return ContainersState.model_construct(templates=templates, containers=containers)
+        pods: dict[str, PodConfig] = {}
+        try:
+            for pinfo in await (await pod_backend(ctx, "podman")).list_pods():
+                pods[pinfo.name] = self._pod_config(pinfo)
+                for member in pinfo.containers:
+                    containers.pop(member, None)  # a pod's containers (they carry its labels) belong to the pod
+        except BackendError:
+            pass  # no podman here: no pods
+        return ContainersState.model_construct(templates=templates, containers=containers, pods=pods)
 
     @staticmethod
     def _template_backends(state: ContainersState) -> dict[str, list[str]]:
@@ -521,6 +574,17 @@ class ContainersPlugin(Plugin[ContainersState]):
                 problems += [Problem(path, msg) for msg in b.check_spec(spec_to_check(name, want))]
             imported_by[bname] = imported
         problems += await self._check_template_hashes(desired, imported_by)
+        if desired.pods:
+            try:
+                pb = await pod_backend(ctx, "podman")
+                existing = await pb.inspect_pods(sorted(desired.pods))
+            except BackendError as e:
+                return [*problems, Problem("plugins.containers.pods", f"the podman backend cannot be used: {e}")]
+            for pname, pinfo in existing.items():
+                if not pinfo.managed:
+                    problems.append(Problem(f'plugins.containers.pods["{pname}"]',
+                                            f"a podman pod named {pname!r} exists and was not created by op-dbus; "
+                                            "it is left alone: rename one of them"))
         return problems
 
     async def _check_template_hashes(self, desired: ContainersState,
@@ -578,7 +642,30 @@ class ContainersPlugin(Plugin[ContainersState]):
             elif have.state != want.state:
                 action = "start" if want.state == "running" else "stop"
                 changes.append(Change(self.name, name, action, {"state": have.state}, {"state": want.state}, payload))
+        changes += self._diff_pods(desired, current)
         changes.sort(key=lambda c: ACTION_ORDER[c.action])
+        return changes
+
+    def _diff_pods(self, desired: ContainersState, current: ContainersState) -> list[Change]:
+        changes = []
+        for name, want in desired.pods.items():
+            have = current.pods.get(name)
+            obj = f"pod:{name}"
+            payload: dict[str, Any] = {"pod": name, "backend": want.backend, "manifest": want.manifest,
+                                       "start": want.state == "running"}
+            if want.state == "absent":
+                if have is not None:
+                    changes.append(Change(self.name, obj, "remove", {"state": have.state}, {"state": "absent"},
+                                          payload))
+            elif have is None:
+                changes.append(Change(self.name, obj, "create", {"state": "absent"},
+                                      {"state": want.state, "manifest_sha256": pod_hash(want.manifest)}, payload))
+            elif pod_hash(have.manifest) != pod_hash(want.manifest):
+                changes.append(Change(self.name, obj, "recreate", {"manifest_sha256": pod_hash(have.manifest)},
+                                      {"manifest_sha256": pod_hash(want.manifest), "state": want.state}, payload))
+            elif have.state != want.state:
+                action = "start" if want.state == "running" else "stop"
+                changes.append(Change(self.name, obj, action, {"state": have.state}, {"state": want.state}, payload))
         return changes
 
     # -- applying ------------------------------------------------------------------------------------------------
@@ -627,7 +714,43 @@ class ContainersPlugin(Plugin[ContainersState]):
                                     "backends": [bname]}))
             await b.import_template(name, source, p.get("sha256"), tty_progress(f"importing {name} into {bname}"))
 
+    def dump(self, state: ContainersState) -> dict[str, Any]:
+        out = super().dump(state)
+        if not out.get("pods"):
+            out.pop("pods", None)  # a section without pods reads as it did before pods existed
+        return out
+
+    async def _pod(self, c: Change, ctx: Context, undo: UndoLog) -> None:
+        pb = await pod_backend(ctx, c.payload["backend"])
+        name = c.payload["pod"]
+        if c.action in ("start", "stop"):
+            undo.record(Change(self.name, c.object, "stop" if c.action == "start" else "start", c.after, c.before,
+                               c.payload))
+            await (pb.start_pod(name) if c.action == "start" else pb.stop_pod(name))
+            return
+        previous = (await pb.inspect_pods([name])).get(name)
+        if previous is not None and not previous.managed:
+            raise ApplyFailed(f"podman pod {name} was not created by op-dbus; it is left alone")
+        if previous is None:
+            if c.action == "remove":
+                return
+            undo.record(Change(self.name, c.object, "remove", c.after, c.before, {**c.payload}))
+            await pb.create_pod(name, c.payload["manifest"], c.payload["start"])
+            return
+        restore = {**c.payload, "manifest": previous.manifest, "start": previous.running}
+        if previous.manifest is None:
+            undo.irreversible(c)  # a pod whose manifest record is unreadable cannot be made again
+        else:
+            undo.record(Change(self.name, c.object, "create" if c.action == "remove" else "recreate", c.after,
+                               c.before, restore))
+        await pb.remove_pod(name)
+        if c.action == "recreate":
+            await pb.create_pod(name, c.payload["manifest"], c.payload["start"])
+
     async def _container(self, c: Change, ctx: Context, undo: UndoLog) -> None:
+        if c.payload.get("pod"):
+            await self._pod(c, ctx, undo)
+            return
         b = await backend(ctx, c.payload["backend"])
         name = c.object
         spec: ContainerSpec | None = c.payload.get("spec")

@@ -69,8 +69,9 @@ def render_settings(spec: ContainerSpec) -> str:
     lines = [marker_line(record), "[Exec]", f"Boot={'yes' if spec.boot else 'no'}",
              "PrivateUsers=no"]
     if not spec.boot:
-        # a stub init as PID 1 reaps the command's children and turns SIGTERM into a clean stop
-        lines.append("ProcessTwo=yes")
+        # a stub init as PID 1 reaps the command's children; it powers off cleanly on SIGRTMIN+4, while nspawn's
+        # default for a non-booting container is SIGKILL, which fails the unit and degrades the host's systemd
+        lines += ["ProcessTwo=yes", "KillSignal=SIGRTMIN+4"]
     if spec.command:
         lines.append("Parameters=" + shlex.join(spec.command))
     lines += [f"Environment={k}={v}" for k, v in sorted(spec.env.items())]
@@ -327,7 +328,9 @@ class NspawnBackend(ContainerBackend):
         settings = self.settings_file(spec.name)
         settings.parent.mkdir(parents=True, exist_ok=True)
         # 0600, atomic, never through a link: the settings carry the environment, secrets included
-        files.atomic_write(settings, render_settings(spec).encode(), 0o600)
+        # Another machine's root (/proc/PID/root) resolves to "/" from here, so the directory's ancestors cannot be
+        # checked by name; the write then stays relative to the directory opened once, never through a link.
+        files.atomic_write(settings, render_settings(spec).encode(), 0o600, check_dir=self.root == Path("/"))
         limits = render_limits(spec)
         if limits:
             self.limits_file(spec.name).parent.mkdir(parents=True, exist_ok=True)
