@@ -255,17 +255,6 @@ def abort(opts: Options) -> int:
     return ExitCode.OK
 
 
-@cli.command("_watchdog", hidden=True)
-@click.argument("txid")
-@click.pass_obj
-def watchdog(opts: Options, txid: str) -> int:
-    """Revert transaction TXID when its deadline passes or its op-dbus dies (started by apply --confirm-timeout)."""
-    outcome = with_engine(opts, lambda engine: engine.watch(txid))
-    if outcome:
-        click.echo(f"op-dbus watchdog: {outcome}", err=True)
-    return ExitCode.OK
-
-
 @cli.command()
 @click.option("--current", "mode", flag_value="current", default=True,
               help="Compare the live system with the state recorded in the last block (the default).")
