@@ -880,7 +880,7 @@ class Policy:
     quorum: str | None = None
 
 
-def _vkey(text: str, alg: int, what: str) -> tuple[str, bytes, bytes]:
+def _parse_vkey(text: str, alg: int, what: str) -> tuple[str, bytes, bytes]:
     parts = text.split("+", 2)
     if len(parts) != 3 or not parts[0]:
         raise ValueError(f"{what} is not a vkey (<name>+<hex key ID>+<base64 key>)")
@@ -911,7 +911,7 @@ def parse_policy(text: str) -> Policy:
         kind, args = fields[0], fields[1:]
         try:
             if kind == "log" and len(args) in (1, 2):
-                name, key_id, pub = _vkey(args[0], 0x01, "log key")
+                name, key_id, pub = _parse_vkey(args[0], 0x01, "log key")
                 if pub in seen_keys:
                     raise ValueError("duplicate key")
                 seen_keys.add(pub)
@@ -920,7 +920,7 @@ def parse_policy(text: str) -> Policy:
                 label = args[0]
                 if label == "none" or label in policy.witnesses or label in policy.groups:
                     raise ValueError(f"the name {label!r} is reserved or already defined")
-                name, key_id, pub = _vkey(args[1], COSIGNATURE_ALG, f"witness {label}")
+                name, key_id, pub = _parse_vkey(args[1], COSIGNATURE_ALG, f"witness {label}")
                 if pub in seen_keys:
                     raise ValueError("duplicate key")
                 seen_keys.add(pub)
