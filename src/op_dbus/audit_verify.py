@@ -347,7 +347,7 @@ class VerifierKey:
         return self.name == other.name and self.key_id == other.key_id and self.raw == other.raw
 
 
-def parse_verifier_key(text: str) -> VerifierKey:
+def parse_verifier_key(text: object) -> VerifierKey:
     if not isinstance(text, str):
         raise Unreadable("the key is not a C2SP verifier key (<name>+<hex key ID>+<base64 key>)")
     line = text.strip()
@@ -418,7 +418,7 @@ def _checkpoint_body(text: str) -> tuple[str, int, bytes]:
     return lines[0], int(lines[1]), root
 
 
-def open_checkpoint(signed: str, key: VerifierKey, *also: VerifierKey) -> tuple[str, int, bytes]:
+def open_checkpoint(signed: object, key: VerifierKey, *also: VerifierKey) -> tuple[str, int, bytes]:
     """Check the note's signature by `key` (and by each of `also`) and return the checkpoint's (origin, size, root).
 
     Raises ValueError naming what does not verify."""
@@ -718,7 +718,7 @@ class ExportCheck:
         elif claimed is None and report.first is None and size:
             report.fail(0, f"the export names no range and holds no blocks of the {size} its checkpoint signs")
         elif claimed is None and report.first is not None and (report.first != 0 or report.last != size - 1):
-            report.fail(report.last + 1 if report.first == 0 else 0,
+            report.fail((report.last or 0) + 1 if report.first == 0 else 0,
                         f"the export names no range, so it must hold the whole log (blocks 0..{size - 1}), but it "
                         f"holds blocks {report.first}..{report.last}")
         report.complete = whole and report.ok

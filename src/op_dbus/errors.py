@@ -35,8 +35,9 @@ drawn here whole. A subclass that also inherits a builtin keeps `except ValueErr
     │   └── KeyFileError                     (above, under UnsafeFile: exit 2)
     └── MissingExtra                         the collector's optional dependencies are not installed [cli.collector]
 
-Secrets (op_dbus.secret) raise SecretNeeded, or UnsafeFile for the HMAC key file. `python -m op_dbus.audit_verify` is a standalone verifier for auditors, with its own
-exit codes (0 ok, 2 unreadable, 3 failed) and no dependency on this tree.
+Secrets (op_dbus.secret) raise SecretNeeded, or UnsafeFile for the HMAC key file.
+`python -m op_dbus.audit_verify` is a standalone verifier for auditors, with its own exit codes (0 ok,
+2 unreadable, 3 failed) and no dependency on this tree.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ class Client:
                 queue.put_nowait(msg)
 
         self.bus.add_message_handler(handler)
-        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())
+        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         try:
             for rule in rules:
                 await self.add_match(rule)
@@ -174,11 +174,12 @@ class Client:
             if msg is None:
                 yield None
                 continue
-            names = set(msg.body[1]) | set(msg.body[2])
-            wanted = watched[msg.path]
+            names: set[str] = set(msg.body[1]) | set(msg.body[2])
+            path = str(msg.path)  # accept() let through only the watched paths
+            wanted = watched[path]
             hit = names if wanted is None else names & wanted
             if hit:
-                yield msg.path, msg.body[0], hit
+                yield path, str(msg.body[0]), hit
 
     async def credentials(self, sender: str) -> dict[str, Any]:
         """Who a bus peer is: pid, uid and command line (as far as the bus and /proc still tell)."""
@@ -274,14 +275,14 @@ class Callers:
         own = self.client.bus.unique_name
 
         def note(msg: Message) -> None:
-            if msg.sender == own:
+            if msg.sender == own or msg.sender is None:
                 return
             keys = self.keys(msg)
             if not keys:
                 return
             now = asyncio.get_running_loop().time()
             for key in keys:
-                self.seen[key] = (now, msg.sender, msg.member)
+                self.seen[key] = (now, msg.sender, msg.member or "")
             self._resolve(msg.sender)
 
         try:

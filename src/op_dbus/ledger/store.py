@@ -114,7 +114,8 @@ class BlockHeader:
         return merkle.leaf_hash(self.leaf)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.leaf)
+        header: dict[str, Any] = json.loads(self.leaf)
+        return header
 
     @classmethod
     def from_leaf(cls, leaf: bytes | str) -> BlockHeader:

@@ -13,6 +13,7 @@ e.g. /proc/PID/root, when op-dbus manages a container host over its bus from out
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -255,7 +256,7 @@ class NspawnBackend(ContainerBackend):
         names = [n for n in names if not n.startswith(TEMPLATE_PREFIX)]
         return list((await self.inspect(names)).values())
 
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: builtins.list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         if not names:
             return {}
         images, running = await asyncio.gather(self._images(), self._machines())
@@ -286,7 +287,7 @@ class NspawnBackend(ContainerBackend):
 
     # -- changing -------------------------------------------------------------------------------------------------
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         problems = []
         if spec.addresses and not spec.bridge:
             problems.append("network.ipv4 needs network.bridge: the address is set on the container's end of the veth")
