@@ -1,4 +1,4 @@
-"""The engine: every apply is one transaction across all plugins.
+"""The engine: every apply is one transaction across all plugins, and the only writer of the audit log.
 
     lock the state dir (exit 5 if another apply holds it) -> finish any interrupted transaction ->
     check -> query -> diff -> note which health probes pass -> write the intent record (the checkpoint:
