@@ -36,8 +36,9 @@ from pydantic_core import core_schema
 
 from op_dbus import files
 from op_dbus.errors import InvalidInput
+from op_dbus.statedir import SECRET_KEY
 
-KEY_NAME = "secret-hmac.key"
+KEY_NAME = SECRET_KEY
 KEY_BYTES = 32
 MAX_SECRET_FILE = 64 * 1024
 SEALED = "secret_hmac"  # the JSON key of a recorded secret

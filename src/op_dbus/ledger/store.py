@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op_dbus import files
+from op_dbus import files, statedir
 from op_dbus.errors import ExitCode, LedgerError
 from op_dbus.ledger import keys, merkle, note
 from op_dbus.ledger.canonical import CanonicalError, canonical, canonical_object
 
-DB_NAME = "ledger.db"
-KEY_NAME = "host.key"
+DB_NAME = statedir.LEDGER_DB
+KEY_NAME = statedir.HOST_KEY
 FORMAT = "op-dbus audit log"
 SCHEMA_VERSION = "1"
 BLOCK_VERSION = 1
