@@ -125,16 +125,10 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
     """`query --discover-all`: the whole bus, with a progress line on a terminal's stderr."""
     import sys
 
-    from op_dbus.backends import dbus
-    from op_dbus.discovery import discover
+    from op_dbus.discovery import discover_bus
 
-    async def go(progress: Any) -> Any:
-        client = dbus.Client(await dbus.connect(opts.bus), timeout=timeout)
-        try:
-            return await discover(client, activate=activate, timeout=timeout, concurrency=concurrency,
-                                  progress=progress)
-        finally:
-            client.bus.disconnect()
+    def go(progress: Any) -> Any:
+        return discover_bus(opts.bus, activate=activate, timeout=timeout, concurrency=concurrency, progress=progress)
 
     if sys.stderr.isatty():
         from rich.console import Console
