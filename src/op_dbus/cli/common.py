@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -63,6 +62,8 @@ def emit_json(value: Any) -> None:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """The command's one event loop."""
+    import asyncio  # here: `op-dbus --help` does not load it
+
     return asyncio.run(coro)
 
 
