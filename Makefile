@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(BIN)/ruff check src tests benchmarks lab
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test-fast: venv
 	$(BIN)/python -m pytest tests/unit -q

@@ -347,7 +347,7 @@ class VerifierKey:
         return self.name == other.name and self.key_id == other.key_id and self.raw == other.raw
 
 
-def parse_verifier_key(text: str) -> VerifierKey:
+def parse_verifier_key(text: object) -> VerifierKey:
     if not isinstance(text, str):
         raise Unreadable("the key is not a C2SP verifier key (<name>+<hex key ID>+<base64 key>)")
     line = text.strip()
@@ -418,7 +418,7 @@ def _checkpoint_body(text: str) -> tuple[str, int, bytes]:
     return lines[0], int(lines[1]), root
 
 
-def open_checkpoint(signed: str, key: VerifierKey, *also: VerifierKey) -> tuple[str, int, bytes]:
+def open_checkpoint(signed: object, key: VerifierKey, *also: VerifierKey) -> tuple[str, int, bytes]:
     """Check the note's signature by `key` (and by each of `also`) and return the checkpoint's (origin, size, root).
 
     Raises ValueError naming what does not verify."""
@@ -718,7 +718,7 @@ class ExportCheck:
         elif claimed is None and report.first is None and size:
             report.fail(0, f"the export names no range and holds no blocks of the {size} its checkpoint signs")
         elif claimed is None and report.first is not None and (report.first != 0 or report.last != size - 1):
-            report.fail(report.last + 1 if report.first == 0 else 0,
+            report.fail((report.last or 0) + 1 if report.first == 0 else 0,
                         f"the export names no range, so it must hold the whole log (blocks 0..{size - 1}), but it "
                         f"holds blocks {report.first}..{report.last}")
         report.complete = whole and report.ok
@@ -880,7 +880,7 @@ class Policy:
     quorum: str | None = None
 
 
-def _parse_policy_vkey(text: str, alg: int, what: str) -> tuple[str, bytes, bytes]:
+def _parse_vkey(text: str, alg: int, what: str) -> tuple[str, bytes, bytes]:
     parts = text.split("+", 2)
     if len(parts) != 3 or not parts[0]:
         raise ValueError(f"{what} is not a vkey (<name>+<hex key ID>+<base64 key>)")
@@ -911,7 +911,7 @@ def parse_policy(text: str) -> Policy:
         kind, args = fields[0], fields[1:]
         try:
             if kind == "log" and len(args) in (1, 2):
-                name, key_id, pub = _parse_policy_vkey(args[0], 0x01, "log key")
+                name, key_id, pub = _parse_vkey(args[0], 0x01, "log key")
                 if pub in seen_keys:
                     raise ValueError("duplicate key")
                 seen_keys.add(pub)
@@ -920,7 +920,7 @@ def parse_policy(text: str) -> Policy:
                 label = args[0]
                 if label == "none" or label in policy.witnesses or label in policy.groups:
                     raise ValueError(f"the name {label!r} is reserved or already defined")
-                name, key_id, pub = _parse_policy_vkey(args[1], COSIGNATURE_ALG, f"witness {label}")
+                name, key_id, pub = _parse_vkey(args[1], COSIGNATURE_ALG, f"witness {label}")
                 if pub in seen_keys:
                     raise ValueError("duplicate key")
                 seen_keys.add(pub)

@@ -211,3 +211,13 @@ async def discover(client: dbus.Client, *, activate: bool = False, timeout: floa
     await asyncio.gather(*(walker.service(r) for r in result.services.values() if not r.done))
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def discover_bus(address: str | None, *, activate: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                       concurrency: int = DEFAULT_CONCURRENCY, progress: Progress | None = None) -> Discovery:
+    """`discover` on a connection of its own to the bus at `address` (None: the system bus), closed after."""
+    client = dbus.Client(await dbus.connect(address), timeout=timeout)
+    try:
+        return await discover(client, activate=activate, timeout=timeout, concurrency=concurrency, progress=progress)
+    finally:
+        client.bus.disconnect()

@@ -1,15 +1,43 @@
 """The error tree and the exit codes every command uses.
 
-    OpDbusError                      exit 1 unless a subclass says otherwise
-    ├── InvalidInput (ValueError)    exit 2: the state file or an argument is wrong; nothing was changed
-    │   └── StateFileError           every problem of a document, each with its path
-    ├── BackendError                 a protocol peer failed; carries the peer's own error name / errno
-    │   ├── ServiceUnavailable       the bus, socket or daemon is not there (says what to start)
-    │   ├── PermissionDenied         the peer refused us (says how to grant access)
-    │   └── OperationTimeout (TimeoutError)
-    ├── ApplyFailed                  exit 4: a change failed; the engine rolled back what it had done
-    ├── LockHeld                     exit 5: another apply holds the state directory
-    └── LedgerError                  the audit log is unreadable or fails verification
+Every error op-dbus raises on purpose descends from OpDbusError; the CLI turns it into its exit code and
+message (with a hint saying what to do). Classes live beside the code that raises them (module in
+brackets) when moving them here would make the model layer import a backend or the ledger; the tree is
+drawn here whole. A subclass that also inherits a builtin keeps `except ValueError` (etc.) working.
+
+    OpDbusError                              exit 1 unless a subclass says otherwise
+    ├── InvalidInput (ValueError)            exit 2: the state file or an argument is wrong; nothing was changed
+    │   ├── StateFileError                   every problem of a document, each with its path
+    │   ├── SignatureMismatch                a value does not fit a D-Bus signature [backends.dbus_types]
+    │   ├── SecretNeeded                     a change sets a secret known only by its HMAC [secret]
+    │   └── UnsafeFile (PermissionError)     a file others could write (or read, for a secret) [files]
+    │       └── KeyFileError (+LedgerError)  the host key is unsafe, missing or not an Ed25519 key [ledger.keys]
+    ├── BackendError                         a protocol peer failed; `code` keeps its error name / errno name
+    │   ├── ServiceUnavailable               the bus, socket or daemon is not there (says what to start)
+    │   ├── PermissionDenied (PermissionError)  the peer refused us (says how to grant access)
+    │   ├── OperationTimeout (TimeoutError)
+    │   ├── NetlinkError                     the kernel refused a request; `errno`, extended ack [backends.netlink]
+    │   ├── NetlinkOverrun                   ENOBUFS: replies were dropped, the outcome is re-read [backends.netlink]
+    │   ├── MalformedMessage                 a netlink message that does not decode [backends.netlink]
+    │   ├── OvsdbError                       ovsdb-server answered with an error [backends.ovsdb]
+    │   ├── UnsupportedFeature               a container backend cannot do what the state asks [backends.containers]
+    │   ├── NotFound                         a container engine answered 404 [backends.containers.http]
+    │   └── Conflict                         a container engine answered 409 [backends.containers.http]
+    ├── ApplyFailed                          exit 4: a change failed; the engine rolled back what it had done
+    ├── LockHeld                             exit 5: another apply holds the state directory
+    ├── LedgerError                          the audit log is unreadable or fails verification
+    │   ├── LedgerCorrupt                    the database is damaged or contradicts itself [ledger.store]
+    │   │   └── LedgerVerificationFailed     exit 3: a check a command needs first fails [ledger.store]
+    │   ├── BlockNotFound (IndexError)       [ledger.store]
+    │   ├── ProofError (ValueError)          an inclusion or consistency proof does not verify [ledger.merkle]
+    │   ├── NoteError (ValueError)           a signed note or checkpoint is malformed or unsigned [ledger.note]
+    │   ├── CanonicalError (ValueError)      a value RFC 8785 cannot represent (NaN, ...) [ledger.canonical]
+    │   └── KeyFileError                     (above, under UnsafeFile: exit 2)
+    └── MissingExtra                         the collector's optional dependencies are not installed [cli.collector]
+
+Secrets (op_dbus.secret) raise SecretNeeded, or UnsafeFile for the HMAC key file.
+`python -m op_dbus.audit_verify` is a standalone verifier for auditors, with its own exit codes (0 ok,
+2 unreadable, 3 failed) and no dependency on this tree.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from op_dbus.errors import OpDbusError, Problem
+from op_dbus.statedir import DEFAULT_STATE_DIR
 
 
 class Section(BaseModel):
@@ -124,11 +125,12 @@ class Settings:
     """Where op-dbus talks to and keeps its data; set by global CLI options or the environment."""
 
     bus_address: str | None = None  # None: DBUS_SYSTEM_BUS_ADDRESS or the default system bus
-    state_dir: Path = Path("/var/lib/op-dbus")
+    state_dir: Path = DEFAULT_STATE_DIR
     job_timeout: float = 90.0  # seconds to wait for one systemd job / one backend operation
     netns: str | None = None
     ovsdb: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    read_only_facts: bool = False  # `op-dbus query`: plugins add their read-only facts under a `status` key
+    extra: dict[str, Any] = field(default_factory=dict)  # a backend's endpoints (e.g. "containers")
 
 
 class Context:

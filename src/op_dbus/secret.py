@@ -36,8 +36,9 @@ from pydantic_core import core_schema
 
 from op_dbus import files
 from op_dbus.errors import InvalidInput
+from op_dbus.statedir import SECRET_KEY, StateDir
 
-KEY_NAME = "secret-hmac.key"
+KEY_NAME = SECRET_KEY
 KEY_BYTES = 32
 MAX_SECRET_FILE = 64 * 1024
 SEALED = "secret_hmac"  # the JSON key of a recorded secret
@@ -86,8 +87,7 @@ def hmac_key() -> bytes:
 
 
 def _load_or_create_key(path: Path) -> bytes:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files.check_directory(path.parent, "state directory")
+    StateDir(path.parent).trusted()
     try:
         return _read_key(path)
     except FileNotFoundError:

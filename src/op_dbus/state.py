@@ -225,12 +225,12 @@ def _parse_yaml(text: str, source: str) -> Any:
                 mark = event.start_mark
                 raise yaml.composer.ComposerError(
                     None, None, "anchors and aliases (&name, *name) are not allowed in a state file", mark)
-            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = set()
         for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node, deep=deep)
             if key in keys:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             keys.add(key)
@@ -295,6 +295,7 @@ def validate_document(value: Any, source: str, load: Any = None) -> StateDocumen
         problems.extend(problems_from_validation(e, ("probes",)))
     if problems:
         raise StateFileError(source, problems)
+    assert isinstance(version, int)  # checked above: one of SUPPORTED_VERSIONS
     return StateDocument(version=int(version), sections=sections, source=source, probes=probes)
 
 

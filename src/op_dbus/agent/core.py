@@ -44,12 +44,11 @@ from op_dbus.agent.metrics import Metrics
 from op_dbus.agent.notify import Notifier
 from op_dbus.agent.status import write_status
 from op_dbus.engine import Engine, actor, summarise
-from op_dbus.engine.journal import Journal
-from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, BackendError, LockHeld, OpDbusError, ServiceUnavailable
 from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Settings, WatchEvent, load_plugins
 from op_dbus.secret import collect, redact_record, supply
 from op_dbus.state import StateDocument, load_document, parse_text, read_state_file, validate_document
+from op_dbus.statedir import StateDir
 
 MODES = ("shadow", "enforce")
 SUBSCRIBE_TIMEOUT = 10.0
@@ -106,22 +105,6 @@ def drift_record(c: Change) -> dict[str, Any]:
     """A difference as the log records it: declared -> live (`repair` is the action that restores it)."""
     return {"plugin": c.plugin, "object": c.object, "action": "drift", "repair": c.action,
             "before": c.after, "after": c.before}
-
-
-class _SharedLedger:
-    """The agent's one open log, lent to the engine, which closes what it opens after each apply."""
-
-    def __init__(self, ledger: Any) -> None:
-        self._ledger = ledger
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def __len__(self) -> int:
-        return len(self._ledger)
-
-    def close(self) -> None:
-        pass
 
 
 class Agent:
@@ -237,7 +220,7 @@ class Agent:
     # -- running -------------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        files.trusted_dir(self.settings.state_dir)  # in every mode, --no-log included: agent.json and the locks live there
+        StateDir(self.settings.state_dir).trusted()  # in every mode, --no-log included: agent.json and the locks live there
         self._hold_agent_lock()
         loop = asyncio.get_running_loop()
         for sig, item in ((signal.SIGTERM, ("stop", "SIGTERM")), (signal.SIGINT, ("stop", "SIGINT")),
@@ -369,8 +352,7 @@ class Agent:
     async def _session(self, reason: str) -> None:
         assert self.doc is not None
         async with Context(self.settings) as ctx:
-            engine = Engine(ctx, ledger=(lambda: _SharedLedger(self._ledger)) if self._ledger is not None else None,
-                            load=self._load)
+            engine = Engine(ctx, log=self._ledger, load=self._load)  # the agent keeps its log open and closes it
             self._engine = engine
             outcome = await engine.recover()
             if outcome:
@@ -603,15 +585,15 @@ class Agent:
             for n in names:
                 self.known[n] = keys[n]
             return
-        if not self._may_write():
+        engine = self._engine
+        if engine.busy():  # a change made with `apply --confirm-timeout` awaits confirmation: not ours to judge
             self._defer(names)
             return
-        lock = StateLock(self.settings.state_dir)
-        if not lock.try_acquire():
-            self._defer(names)
-            return
-        self._deferring = False
-        try:
+        with engine.try_hold() as held:
+            if not held:
+                self._defer(names)
+                return
+            self._deferring = False
             if self._adopt():
                 # the state to keep changed under us: compare again against it
                 changes, current, names = await self._drift(names, full)
@@ -625,17 +607,11 @@ class Agent:
             block = None
             if new or resolved:
                 block = self._record_drift(burst, changes, new, resolved, full)
-        finally:
-            lock.release()
         if changes and self.mode == "enforce":
             failed_before = self._failed == set().union(*keys.values())
             if failed_before and not full:
                 return  # the same difference could not be repaired: the next full reconciliation tries again
             await self._repair(burst, changes, block, set().union(*keys.values()), full)
-
-    def _may_write(self) -> bool:
-        """False while a change made with `apply --confirm-timeout` awaits confirmation: it is not ours to judge."""
-        return not Journal(self.settings.state_dir).pending()
 
     def _defer(self, names: set[str]) -> None:
         """Check `names` again shortly: one timer at a time, and one log line per episode (a confirm-pending
@@ -711,13 +687,10 @@ class Agent:
             meta["resolved"] = [json.loads(k)[:3] for k in resolved][:50]
         who: dict[str, Any] = dict(burst.origin) if burst.origin else {"unknown": "the event source does not say who"}
         who["observed_by"] = actor()
-        block = None
-        if self._ledger is not None:
-            state = {"version": 1, "plugins": dict(self.live)}
-            if len(self._ledger) == 0:
-                self._ledger.append("genesis", [], state, actor=actor(), summary="initial state, as the agent found it")
-            block = self._ledger.append("drift", [drift_record(c) for c in changes], state, actor=who,
-                                        summary=summary[:500], meta=meta)
+        assert self._engine is not None
+        block = self._engine.record_drift([drift_record(c) for c in changes], {"version": 1, "plugins": dict(self.live)},
+                                          observed=who, summary=summary, meta=meta)
+        if block is not None:
             self.seen_index = block.index
         if latency is not None:
             self.metrics.observe_latency(latency / 1000)
@@ -826,26 +799,25 @@ class Agent:
         """A `refused` block: the commit and why; the system and the kept state are untouched."""
         if self._ledger is None:
             return
-        lock = StateLock(self.settings.state_dir)
+        meta = dict(outcome.meta)
+        meta["reason"] = meta.get("reason", outcome.reason)[:4000]
+        summary = f"refused git commit {outcome.commit[:12]}: {outcome.reason}"
         deadline = time.monotonic() + 30
-        while not lock.try_acquire():
+        while True:
+            engine = self._engine  # None while the session reconnects
+            if engine is not None:
+                with engine.try_hold() as held:
+                    if held:
+                        block = engine.record_observation("refused", [], {"version": 1, "plugins": dict(self.live)},
+                                                          observed=actor(), summary=summary, meta=meta)
+                        if block is not None:
+                            self.seen_index = block.index
+                        return
             if time.monotonic() > deadline:
                 self._emit(logging.ERROR, "git-refused", "could not record the refusal: the state directory "
                            "stayed locked")
                 return
             await asyncio.sleep(DEFER_DELAY)  # an apply holds it: let it finish
-        try:
-            meta = dict(outcome.meta)
-            meta["reason"] = meta.get("reason", outcome.reason)[:4000]
-            state = {"version": 1, "plugins": dict(self.live)}
-            if len(self._ledger) == 0:
-                self._ledger.append("genesis", [], state, actor=actor(), summary="initial state, as the agent found it")
-            block = self._ledger.append("refused", [], state, actor=actor(),
-                                        summary=f"refused git commit {outcome.commit[:12]}: {outcome.reason}"[:500],
-                                        meta=meta)
-            self.seen_index = block.index
-        finally:
-            lock.release()
 
 
 def _iso(epoch: float) -> str:

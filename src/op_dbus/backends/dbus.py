@@ -13,6 +13,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, DBusError
 
 from op_dbus.errors import BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
+from op_dbus.plugin import Context
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 DEFAULT_SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
@@ -28,11 +29,12 @@ def system_bus_address(explicit: str | None = None) -> str:
     return explicit or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
 
 
-async def connect(address: str | None = None, *, timeout: float = 10.0) -> MessageBus:
-    """Open and authenticate a connection to the system bus (or the bus at `address`)."""
+async def connect(address: str | None = None, *, timeout: float = 10.0, unix_fds: bool = False) -> MessageBus:
+    """Open and authenticate a connection to the system bus (or the bus at `address`); `unix_fds`: one that may
+    carry file descriptors (importd's ImportTar takes the tarball's)."""
     addr = system_bus_address(address)
     try:
-        bus = MessageBus(bus_address=addr, bus_type=BusType.SYSTEM)
+        bus = MessageBus(bus_address=addr, bus_type=BusType.SYSTEM, negotiate_unix_fd=unix_fds)
         return await asyncio.wait_for(bus.connect(), timeout)
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise ServiceUnavailable(
@@ -140,7 +142,7 @@ class Client:
                 queue.put_nowait(msg)
 
         self.bus.add_message_handler(handler)
-        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())
+        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         try:
             for rule in rules:
                 await self.add_match(rule)
@@ -178,11 +180,12 @@ class Client:
             if msg is None:
                 yield None
                 continue
-            names = set(msg.body[1]) | set(msg.body[2])
-            wanted = watched[msg.path]
+            names: set[str] = set(msg.body[1]) | set(msg.body[2])
+            path = str(msg.path)  # accept() let through only the watched paths
+            wanted = watched[path]
             hit = names if wanted is None else names & wanted
             if hit:
-                yield msg.path, msg.body[0], hit
+                yield path, str(msg.body[0]), hit
 
     async def credentials(self, sender: str) -> dict[str, Any]:
         """Who a bus peer is: pid, uid and command line (as far as the bus and /proc still tell)."""
@@ -233,6 +236,29 @@ def close_client(client: Client) -> None:
     client.bus.disconnect()
 
 
+SYSTEM_CLIENT = "dbus.system"  # the context resource key of the command's one system-bus client
+
+
+async def system_client(ctx: Context) -> Client:
+    """The command's one system-bus client: opened on first use, shared, and closed with the context."""
+    client: Client = await ctx.resource(
+        SYSTEM_CLIENT, lambda: open_client(ctx.settings.bus_address, ctx.settings.job_timeout), close_client)
+    return client
+
+
+async def name_has_owner(client: Client, name: str) -> bool:
+    (owned,) = await client.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                 "NameHasOwner", "s", [name])
+    return bool(owned)
+
+
+async def unit_active_state(client: Client, unit: str) -> str:
+    """systemd's ActiveState of `unit` (active, inactive, failed ...), loaded or not."""
+    (rows,) = await client.call("org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                                "org.freedesktop.systemd1.Manager", "ListUnitsByNames", "as", [[unit]])
+    return str(rows[0][3])
+
+
 class Callers:
     """Who recently called a service's methods, noted by a bus monitor: key -> (when, sender/method/pid/uid/command).
 
@@ -255,14 +281,14 @@ class Callers:
         own = self.client.bus.unique_name
 
         def note(msg: Message) -> None:
-            if msg.sender == own:
+            if msg.sender == own or msg.sender is None:
                 return
             keys = self.keys(msg)
             if not keys:
                 return
             now = asyncio.get_running_loop().time()
             for key in keys:
-                self.seen[key] = (now, msg.sender, msg.member)
+                self.seen[key] = (now, msg.sender, msg.member or "")
             self._resolve(msg.sender)
 
         try:

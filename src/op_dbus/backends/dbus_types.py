@@ -25,7 +25,7 @@ from xml.etree import ElementTree
 from dbus_fast import SignatureTree, SignatureType, Variant
 from dbus_fast.errors import InvalidSignatureError
 
-from op_dbus.errors import BackendError
+from op_dbus.errors import BackendError, InvalidInput
 from op_dbus.state import json_type
 
 INT_RANGES = {
@@ -40,7 +40,7 @@ INT_RANGES = {
 _OBJECT_PATH = re.compile(r"/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?")
 
 
-class SignatureMismatch(ValueError):
+class SignatureMismatch(InvalidInput):
     """A JSON value does not fit a D-Bus signature; `errors` holds (path suffix, message) for every misfit."""
 
     def __init__(self, errors: list[tuple[str, str]]) -> None:

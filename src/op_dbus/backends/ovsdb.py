@@ -235,7 +235,7 @@ class Ovsdb:
                 detail = res.get("details", "")
                 raise OvsdbError(f"OVSDB transaction failed at {where}: {res['error']}" + (f": {detail}" if detail else ""),
                                  code=res["error"])
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def select(self, table: str, columns: list[str] | None = None,
                      where: list[Any] | None = None) -> list[dict[str, Any]]:

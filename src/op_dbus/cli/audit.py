@@ -8,21 +8,21 @@ from typing import Any
 
 import click
 
-from op_dbus.cli.commands import recover
-from op_dbus.cli.main import Options, _emit_json
+from op_dbus.cli.common import Options, emit_json, maintain_log, read_log, with_engine
 from op_dbus.errors import ExitCode, InvalidInput
 
 
 def export(opts: Options, span: str | None, records: bool, path: str | None) -> int:
     from op_dbus.ledger.export import iter_export, parse_range, read_view
 
-    recover(opts)
-    with opts.ledger() as ledger:
+    def read(ledger: Any) -> Any:
         size = len(ledger)
         if size == 0:
             raise InvalidInput("the audit log is empty: nothing to export")
         first, last = parse_range(span, size) if span else (0, size - 1)
-        view = read_view(ledger, first, last, payloads=records)
+        return first, last, read_view(ledger, first, last, payloads=records)
+
+    first, last, view = read_log(opts, read)
     chunks = iter_export(view)
     if path is None:
         out = sys.stdout
@@ -40,17 +40,17 @@ def export(opts: Options, span: str | None, records: bool, path: str | None) -> 
 def prove(opts: Options, index: int) -> int:
     from op_dbus.ledger import note
 
-    recover(opts)
-    with opts.ledger() as ledger:
+    def read(ledger: Any) -> Any:
         if index >= len(ledger):
             raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
-        proof = ledger.prove(index)
-        vkey = ledger.verifier_key
+        return ledger.prove(index), ledger.verifier_key
+
+    proof, vkey = read_log(opts, read)
     h = proof.block.header
     body = {**proof.to_dict(), "block_hash": h.hash, "header": h.leaf.decode(), "verifier_key": vkey,
             "verified": True}
     if opts.json:
-        _emit_json(body)
+        emit_json(body)
         return ExitCode.OK
     cp = note.parse_checkpoint(note.parse(proof.checkpoint).text)
     click.echo(f"block {index} ({h.kind}, {h.time}) is leaf {index} of the signed tree of {proof.size} blocks")
@@ -73,11 +73,9 @@ def archive(opts: Options, date: str, path: str | None) -> int:
     from op_dbus.ledger.archive import parse_date
 
     cutoff = parse_date(date)
-    recover(opts)
-    with opts.ledger() as ledger, _no_apply_running(opts):
-        outcome = run_archive(ledger, cutoff, Path(path) if path else None)
+    outcome = maintain_log(opts, lambda ledger: run_archive(ledger, cutoff, Path(path) if path else None))
     if opts.json:
-        _emit_json({"before": cutoff, **outcome.to_dict()})
+        emit_json({"before": cutoff, **outcome.to_dict()})
     elif outcome.blocks == 0:
         click.echo(f"no block is older than {cutoff}: nothing archived")
     else:
@@ -91,13 +89,15 @@ def archive(opts: Options, date: str, path: str | None) -> int:
 def compact(opts: Options, keep: int, vacuum: bool) -> int:
     from op_dbus.ledger.archive import compact as run_compact
 
-    recover(opts)
-    with opts.ledger() as ledger, _no_apply_running(opts):
+    def work(ledger: Any) -> Any:
         outcome = run_compact(ledger, keep=keep)
         if vacuum:
             ledger.vacuum()
+        return outcome
+
+    outcome = maintain_log(opts, work)
     if opts.json:
-        _emit_json({"keep": keep, "vacuum": vacuum, **outcome.to_dict()})
+        emit_json({"keep": keep, "vacuum": vacuum, **outcome.to_dict()})
     elif outcome.dropped == 0:
         click.echo("nothing to compact: no block older than the last "
                    f"{keep} holds a state snapshot of its own")
@@ -108,37 +108,22 @@ def compact(opts: Options, keep: int, vacuum: bool) -> int:
 
 
 def rotate_key(opts: Options) -> int:
-    from op_dbus.engine import actor
+    async def rotate(engine: Any) -> dict[str, Any]:
+        body: dict[str, Any] = engine.rotate_key()
+        return body
 
-    recover(opts)
-    with opts.ledger() as ledger, _no_apply_running(opts):
-        if len(ledger) == 0:
-            raise InvalidInput("the audit log is empty: there is no history to carry over to a new key",
-                               hint="the first `op-dbus apply` creates the log and its key")
-        old = ledger.verifier
-        header = ledger.rotate_key(actor=actor())
-        new = ledger.verifier
-        kept = ledger.old_public_key_path(old.key_id)
-        body = {"block": header.index, "kind": header.kind, "old_key": old.vkey, "new_key": new.vkey,
-                "old_public_key": str(kept), "public_key": str(ledger.public_key_path),
-                "checkpoint": ledger.checkpoint(header.index + 1)}
+    body = with_engine(opts, rotate, recover=True)
+    ids = {k: body.pop(k) for k in ("old_key_id", "new_key_id")}
     if opts.json:
-        _emit_json(body)
+        emit_json(body)
         return ExitCode.OK
-    click.echo(f"rotated the host key: {old.key_id.hex()} -> {new.key_id.hex()}; recorded block {header.index} "
+    click.echo(f"rotated the host key: {ids['old_key_id']} -> {ids['new_key_id']}; recorded block {body['block']} "
                "(key-rotation), its checkpoint signed by both keys")
-    click.echo(f"  new public key  {ledger.public_key_path}: {new.vkey}")
-    click.echo(f"  old public key  kept as {kept}")
+    click.echo(f"  new public key  {body['public_key']}: {body['new_key']}")
+    click.echo(f"  old public key  kept as {body['old_public_key']}")
     click.echo("give the new public key to your auditors; exports carry the rotation, so the old key still checks "
                "them (python -m op_dbus.audit_verify follows a rotation signed by both keys)")
     return ExitCode.OK
-
-
-def _no_apply_running(opts: Options) -> Any:
-    """The state-dir lock: records are not dropped in the middle of an apply (a pending confirm keeps its head block)."""
-    from op_dbus.engine.lock import StateLock
-
-    return StateLock(opts.state_dir).acquire(5.0)
 
 
 def _size(n: int) -> str:
@@ -154,13 +139,15 @@ def search(opts: Options, query: str, limit: int, semantic: bool, reindex: bool)
 
     if not query.strip():
         raise InvalidInput("search: the query is empty")
-    recover(opts)
-    with opts.ledger() as ledger, SearchIndex.open(ledger) as index:
-        if reindex:
-            index.rebuild()
-        hits = index.search(query, limit=limit, semantic=semantic)
+    def read(ledger: Any) -> Any:
+        with SearchIndex.open(ledger) as index:
+            if reindex:
+                index.rebuild()
+            return index.search(query, limit=limit, semantic=semantic)
+
+    hits = read_log(opts, read)
     if opts.json:
-        _emit_json({"query": query, "mode": "semantic" if semantic else "fts5", "hits": [h.to_dict() for h in hits]})
+        emit_json({"query": query, "mode": "semantic" if semantic else "fts5", "hits": [h.to_dict() for h in hits]})
         return ExitCode.OK
     if not hits:
         click.echo(f"no block matches {query!r}")

@@ -281,11 +281,12 @@ def read_collectors(path: Path) -> list[tuple[str, str]]:
     from op_dbus import files
 
     try:
-        data = files.read_checked(path, "collectors file", limit=1 << 20)
+        # checked as every trusted file: a collectors file (or a directory above it) others can write is refused
+        text = files.read_checked(path, "collectors file", limit=1 << 20).decode("utf-8")
     except FileNotFoundError:
         return []
     entries = []
-    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

@@ -7,30 +7,15 @@ from typing import Any
 
 import click
 
-from op_dbus.cli.main import Options, _emit_json, _run
+from op_dbus.cli.common import Options, emit_json, read_log, run, with_engine
 from op_dbus.errors import ExitCode, InvalidInput
 
 
-def recover(opts: Options) -> None:
-    """Finish a transaction an op-dbus that died left behind, before reading anything (said on stderr)."""
-    from op_dbus.engine import Engine
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx, ledger=opts.ledger).recover()
-
-    outcome = _run(go())
-    if outcome:
-        click.echo(f"op-dbus: recovered an interrupted transaction: {outcome}", err=True)
-
-
 def verify(opts: Options, mode: str) -> int:
-    recover(opts)
     if mode == "full":
-        with opts.ledger() as ledger:
-            report = ledger.verify_full()
+        report = read_log(opts, lambda ledger: ledger.verify_full())
         if opts.json:
-            _emit_json(dataclasses.asdict(report))
+            emit_json(dataclasses.asdict(report))
         elif report.ok:
             click.echo(f"ok: {report.size} block(s) verified: hashes, links, Merkle root and signatures")
         else:
@@ -43,46 +28,27 @@ def verify(opts: Options, mode: str) -> int:
 
 
 def verify_current(opts: Options) -> int:
-    from op_dbus.engine import Engine, document_from_snapshot
-
-    with opts.ledger() as ledger:
-        head = ledger.head()
-        if head is None:
-            raise InvalidInput("the audit log is empty: nothing to verify against",
-                               hint="run `op-dbus apply FILE` first; it records the state to verify against")
-        # Compare only against a block the latest signed checkpoint covers, with its state matching its hash:
-        # O(log n) hashes and one signature, where `verify --full` rereads everything.
-        from op_dbus.ledger import LedgerCorrupt, NoteError, ProofError
-
-        try:
-            block = ledger.prove(head.index).block
-        except (ProofError, NoteError, LedgerCorrupt) as exc:
-            if opts.json:
-                _emit_json({"ok": False, "block": head.index, "error": f"the last block does not verify: {exc}"})
-            else:
-                click.secho(f"FAILED: block {head.index}, the last block, is not covered by a validly signed "
-                            f"checkpoint: {exc}", fg="red", bold=True)
-                click.echo("run `op-dbus verify --full` to find the first bad block")
-            return ExitCode.DIFFERENCE
-    if block.state is None:
-        raise InvalidInput(f"block {head.index}'s state snapshot was compacted away; cannot compare against it")
-    doc = document_from_snapshot(block.state, f"block {head.index}")
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx).drift(doc)
-
-    drift, _current = _run(go())
+    report = with_engine(opts, lambda engine: engine.verify_current(), recover=True)
+    if report.error is not None:
+        if opts.json:
+            emit_json({"ok": False, "block": report.block, "error": report.error})
+        else:
+            click.secho(f"FAILED: block {report.block}, the last block, is not covered by a validly signed "
+                        f"checkpoint: {report.error.removeprefix('the last block does not verify: ')}",
+                        fg="red", bold=True)
+            click.echo("run `op-dbus verify --full` to find the first bad block")
+        return ExitCode.DIFFERENCE
+    drift = report.drift
     if opts.json:
         from op_dbus.cli.render import records
 
-        _emit_json({"ok": not drift, "block": head.index, "state_hash": head.state_hash, "drift": records(drift)})
+        emit_json({"ok": not drift, "block": report.block, "state_hash": report.state_hash, "drift": records(drift)})
     elif not drift:
-        click.echo(f"ok: the live system matches block {head.index} (state {head.state_hash[:16]})")
+        click.echo(f"ok: the live system matches block {report.block} (state {report.state_hash[:16]})")
     else:
         from op_dbus.cli.render import change_line
 
-        click.secho(f"DRIFT: {len(drift)} difference(s) from block {head.index}:", fg="red", bold=True)
+        click.secho(f"DRIFT: {len(drift)} difference(s) from block {report.block}:", fg="red", bold=True)
         for c in drift:
             # a drift is reported as "recorded -> live": the change that would restore the record, reversed
             rec = c.to_record()
@@ -94,13 +60,13 @@ def verify_current(opts: Options) -> int:
 
 
 def blockchain_list(opts: Options, limit: int | None) -> int:
-    recover(opts)
-    with opts.ledger() as ledger:
+    def read(ledger: Any) -> Any:
         size = len(ledger)
-        start = max(0, size - limit) if limit else 0
-        headers = ledger.headers(start)
+        return ledger.headers(max(0, size - limit) if limit else 0)
+
+    headers = read_log(opts, read)
     if opts.json:
-        _emit_json([h.to_dict() for h in headers])
+        emit_json([h.to_dict() for h in headers])
         return ExitCode.OK
     if not headers:
         click.echo("the audit log is empty")
@@ -121,14 +87,15 @@ def blockchain_list(opts: Options, limit: int | None) -> int:
 
 
 def blockchain_show(opts: Options, index: int) -> int:
-    recover(opts)
-    with opts.ledger() as ledger:
+    def read(ledger: Any) -> Any:
         if index >= len(ledger):
             raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
-        block = ledger.get(index)
+        return ledger.get(index)
+
+    block = read_log(opts, read)
     body = {**block.header.to_dict(), "changes": block.changes, "state": block.state}
     if opts.json:
-        _emit_json(body)
+        emit_json(body)
         return ExitCode.OK
     from op_dbus.cli.render import change_line
 
@@ -158,16 +125,10 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
     """`query --discover-all`: the whole bus, with a progress line on a terminal's stderr."""
     import sys
 
-    from op_dbus.backends import dbus
-    from op_dbus.discovery import discover
+    from op_dbus.discovery import discover_bus
 
-    async def go(progress: Any) -> Any:
-        client = dbus.Client(await dbus.connect(opts.bus), timeout=timeout)
-        try:
-            return await discover(client, activate=activate, timeout=timeout, concurrency=concurrency,
-                                  progress=progress)
-        finally:
-            client.bus.disconnect()
+    def go(progress: Any) -> Any:
+        return discover_bus(opts.bus, activate=activate, timeout=timeout, concurrency=concurrency, progress=progress)
 
     if sys.stderr.isatty():
         from rich.console import Console
@@ -181,12 +142,12 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
             def progress(d: Any) -> None:
                 bar.update(task, total=len(d.services), completed=d.services_done, objects=d.objects)
 
-            result = _run(go(progress))
+            result = run(go(progress))
     else:
-        result = _run(go(None))
+        result = run(go(None))
     if opts.json:
         if sys.stdout.isatty():
-            _emit_json(result.to_dict())
+            emit_json(result.to_dict())
         else:
             # tens of thousands of properties: indented JSON would take Python's slow encoder path
             import json
@@ -210,42 +171,23 @@ def discover_all(opts: Options, *, activate: bool, timeout: float, concurrency: 
     click.echo(f"{s['services']} services ({', '.join(f'{k} {v}' for k, v in s['by_status'].items())}); "
                f"{s['objects']} objects, {s['interfaces']} interfaces, {s['properties']} properties "
                f"in {s['seconds']:.2f} s ({rate:.0f} objects/s)")
+    return ExitCode.OK
 
 
 def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | None,
              secrets_file: str | None = None) -> int:
-    from op_dbus.engine import Engine, document_from_snapshot
+    from op_dbus.state import load_document
 
-    recover(opts)
-    with opts.ledger() as ledger:
-        if index >= len(ledger):
-            raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
-        proof = ledger.prove(index)
+    secrets = load_document(secrets_file) if secrets_file is not None else None
+    outcome = with_engine(opts, lambda engine: engine.rollback_to(index, dry_run=dry_run, confirm_timeout=confirm_timeout,
+                                                                  secrets=secrets), recover=True)
+    proof, result = outcome.proof, outcome.result
     block = proof.block
-    if block.state is None:
-        raise InvalidInput(f"block {index}'s state snapshot was compacted away: only its hash is kept, so there is "
-                           "nothing to roll back to", hint="roll back to a later block whose state is kept")
-    doc = document_from_snapshot(block.state, f"block {index}")
-    if secrets_file is not None:
-        from op_dbus import secret
-        from op_dbus.state import load_document
-
-        secret.use_key_dir(opts.state_dir)
-        # the recorded secrets are HMACs: a value from FILE fills one only if it hashes to the same
-        secret.supply(doc.sections, secret.collect(load_document(secrets_file).sections))
-    meta = {"to_block": index, "to_state": block.header.state_hash}
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
-            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, kind="rollback", meta=meta)
-
-    result = _run(go())
     changes = result.plan.all_changes if dry_run else result.applied
     if opts.json:
         from op_dbus.cli.render import records
 
-        _emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run, "changes": records(changes),
+        emit_json({"to_block": index, "proof": proof.to_dict(), "dry_run": dry_run, "changes": records(changes),
                     "block": result.block.to_dict() if result.block is not None else None})
         return ExitCode.OK
     from op_dbus.cli.render import print_changes
@@ -265,7 +207,7 @@ def status(opts: Options) -> int:
 
     st = read_status(opts.state_dir)
     if opts.json:
-        _emit_json(st or {"running": False})
+        emit_json(st or {"running": False})
         return ExitCode.OK if st and st["running"] else ExitCode.INTERNAL
     if st is None:
         click.echo(f"op-dbus agent: not running (no status in {opts.state_dir})")

@@ -3,7 +3,6 @@ and rich load only inside the command that needs them."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,49 +10,14 @@ from typing import Any
 import click
 
 from op_dbus import __version__
+from op_dbus.cli import common
+from op_dbus.cli.common import Options, emit_json, output_option, with_engine
 from op_dbus.errors import EXIT_CODES_HELP, ExitCode, OpDbusError
+from op_dbus.statedir import DEFAULT_STATE_DIR
 
-DEFAULT_STATE_DIR = "/var/lib/op-dbus"
 _OPTIONS: list[Options] = []  # the global options of this invocation, for error reporting in main()
-
-
-class Options:
-    """Global options, shared by every command through click's context object."""
-
-    def __init__(self, bus: str | None, state_dir: str, job_timeout: float, output: str,
-                 netns: str | None = None, ovsdb: str | None = None) -> None:
-        self.bus = bus
-        self.netns = netns
-        self.ovsdb = ovsdb
-        self.state_dir = Path(state_dir)
-        self.job_timeout = job_timeout
-        self.output = output
-
-    @property
-    def json(self) -> bool:
-        return self.output == "json"
-
-    def context(self) -> Any:
-        from op_dbus.plugin import Context, Settings
-
-        return Context(Settings(bus_address=self.bus, state_dir=self.state_dir, job_timeout=self.job_timeout,
-                                netns=self.netns, ovsdb=self.ovsdb))
-
-    def ledger(self) -> Any:
-        from op_dbus.ledger import Ledger
-
-        return Ledger.open(self.state_dir)
-
-
-def output_option(f: Any) -> Any:
-    """`-o json|text` accepted after the command too (`op-dbus diff x.json -o json`)."""
-
-    def set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-        if value:
-            ctx.find_root().obj.output = value
-
-    return click.option("-o", "--output", type=click.Choice(["text", "json"]), expose_value=False,
-                        callback=set_output, is_eager=False, help="Output format (text, or json for scripts).")(f)
+_run = common.run
+_emit_json = emit_json
 
 
 def _check_netns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -71,7 +35,7 @@ def _check_netns(_ctx: click.Context, _param: click.Parameter, value: str | None
              epilog=EXIT_CODES_HELP)
 @click.option("--bus", metavar="ADDRESS", envvar="OP_DBUS_BUS",
               help="D-Bus address of the system bus to manage [default: $DBUS_SYSTEM_BUS_ADDRESS or the system bus].")
-@click.option("--state-dir", metavar="DIR", envvar="OP_DBUS_STATE_DIR", default=DEFAULT_STATE_DIR, show_default=True,
+@click.option("--state-dir", metavar="DIR", envvar="OP_DBUS_STATE_DIR", default=str(DEFAULT_STATE_DIR), show_default=True,
               help="Where the audit log and keys live.")
 @click.option("--job-timeout", metavar="SECONDS", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
               help="How long to wait for one systemd job or backend operation.")
@@ -101,16 +65,6 @@ def cli(ctx: click.Context, bus: str | None, state_dir: str, job_timeout: float,
     _OPTIONS.append(ctx.obj)
 
 
-def _run(coro: Any) -> Any:
-    import asyncio
-
-    return asyncio.run(coro)
-
-
-def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
-
-
 @cli.command()
 @click.argument("plugin", required=False)
 @click.option("--discover-all", is_flag=True,
@@ -138,14 +92,8 @@ def query(opts: Options, plugin: str | None, discover_all: bool, activate: bool,
         from op_dbus.cli import commands
 
         return commands.discover_all(opts, activate=activate, timeout=call_timeout, concurrency=concurrency)
-    from op_dbus.engine import Engine
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            ctx.settings.extra["read_only_facts"] = True
-            return await Engine(ctx).query([plugin] if plugin else None)
-
-    _emit_json(_run(go()))
+    emit_json(with_engine(opts, lambda engine: engine.query([plugin] if plugin else None), log=False,
+                          read_only_facts=True))
     return ExitCode.OK
 
 
@@ -161,16 +109,10 @@ def introspect(opts: Options, plugins: tuple[str, ...], layout: str) -> int:
 
     Applying the output changes nothing: `op-dbus introspect > state.json && op-dbus apply state.json`.
     """
-    from op_dbus.engine import Engine
-
     if layout == "nmstate" and plugins not in ((), ("net",)):
         raise click.UsageError("--format nmstate describes the net section only: give no PLUGINS, or `net`")
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx).introspect(["net"] if layout == "nmstate" else list(plugins) or None)
-
-    doc = _run(go())
+    names = ["net"] if layout == "nmstate" else list(plugins) or None
+    doc = with_engine(opts, lambda engine: engine.introspect(names), log=False)
     if layout == "nmstate":
         import yaml
 
@@ -178,11 +120,11 @@ def introspect(opts: Options, plugins: tuple[str, ...], layout: str) -> int:
 
         state = to_nmstate(doc["plugins"]["net"])
         if opts.json:
-            _emit_json(state)
+            emit_json(state)
         else:
             click.echo(yaml.safe_dump(state, sort_keys=False, default_flow_style=False), nl=False)
         return ExitCode.OK
-    _emit_json(doc)
+    emit_json(doc)
     return ExitCode.OK
 
 
@@ -192,21 +134,15 @@ def introspect(opts: Options, plugins: tuple[str, ...], layout: str) -> int:
 @click.pass_obj
 def diff(opts: Options, file: str) -> int:
     """Show what applying FILE would change. Exit 0: no difference; 3: differences."""
-    from op_dbus.engine import Engine
     from op_dbus.state import load_document
 
     doc = load_document(file)
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx).plan(doc)
-
-    plan = _run(go())
+    plan = with_engine(opts, lambda engine: engine.plan(doc), log=False)
     changes = plan.all_changes
     if opts.json:
         from op_dbus.cli.render import records
 
-        _emit_json({"file": file, "changes": records(changes), "count": len(changes)})
+        emit_json({"file": file, "changes": records(changes), "count": len(changes)})
     else:
         from op_dbus.cli.render import print_changes
 
@@ -234,17 +170,11 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
     not verify, or a health probe that passed before fails after, everything applied is undone and the
     attempt is recorded (exit 4). Another apply running: exit 5.
     """
-    from op_dbus.engine import Engine
     from op_dbus.state import load_document
 
     doc = load_document(file)
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            engine = Engine(ctx, ledger=None if dry_run else opts.ledger)
-            return await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, lock_wait=lock_wait)
-
-    result = _run(go())
+    result = with_engine(opts, lambda engine: engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout,
+                                                           lock_wait=lock_wait), log=not dry_run)
     changes = result.plan.all_changes if dry_run else result.applied
     block = result.block
     if block is not None and not no_report:
@@ -254,7 +184,7 @@ def apply(opts: Options, file: str, dry_run: bool, confirm_timeout: float | None
     if opts.json:
         from op_dbus.cli.render import records
 
-        _emit_json({"file": file, "dry_run": dry_run, "changes": records(changes),
+        emit_json({"file": file, "dry_run": dry_run, "changes": records(changes),
                     "block": block.to_dict() if block is not None else None, "confirm_by": result.confirm_by})
     else:
         from op_dbus.cli.render import print_changes
@@ -304,15 +234,9 @@ def rollback(opts: Options, index: int, dry_run: bool, confirm_timeout: float | 
 @click.pass_obj
 def confirm(opts: Options) -> int:
     """Keep the change an `apply --confirm-timeout` made (before its deadline)."""
-    from op_dbus.engine import Engine
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx, ledger=opts.ledger).confirm()
-
-    block = _run(go())
+    block = with_engine(opts, lambda engine: engine.confirm())
     if opts.json:
-        _emit_json({"confirmed": True, "block": block.to_dict() if block is not None else None})
+        emit_json({"confirmed": True, "block": block.to_dict() if block is not None else None})
     else:
         click.echo("confirmed: the change is kept" + (f" (block {block.index})" if block is not None else ""))
     return ExitCode.OK
@@ -323,34 +247,11 @@ def confirm(opts: Options) -> int:
 @click.pass_obj
 def abort(opts: Options) -> int:
     """Revert now the change an `apply --confirm-timeout` made, instead of waiting for its deadline."""
-    from op_dbus.engine import Engine
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx, ledger=opts.ledger).abort()
-
-    outcome = _run(go())
+    outcome = with_engine(opts, lambda engine: engine.abort())
     if opts.json:
-        _emit_json({"aborted": True, "outcome": outcome})
+        emit_json({"aborted": True, "outcome": outcome})
     else:
         click.echo(outcome)
-    return ExitCode.OK
-
-
-@cli.command("_watchdog", hidden=True)
-@click.argument("txid")
-@click.pass_obj
-def watchdog(opts: Options, txid: str) -> int:
-    """Revert transaction TXID when its deadline passes or its op-dbus dies (started by apply --confirm-timeout)."""
-    from op_dbus.engine import Engine
-
-    async def go() -> Any:
-        async with opts.context() as ctx:
-            return await Engine(ctx, ledger=opts.ledger).watch(txid)
-
-    outcome = _run(go())
-    if outcome:
-        click.echo(f"op-dbus watchdog: {outcome}", err=True)
     return ExitCode.OK
 
 
@@ -573,7 +474,7 @@ def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str
     config = AgentConfig(Path(state_file or "git"), mode=mode, read_only=read_only, interval=interval,
                          debounce=debounce, metrics=metrics, source=source, collectors=tuple(targets))
     agent = Agent(config, settings, ledger=None if no_log else opts.ledger)
-    return int(_run(agent.run()))
+    return int(common.run(agent.run()))
 
 
 @cli.command()
@@ -630,7 +531,7 @@ def schema(opts: Options, plugin: str | None) -> int:
     """Print the JSON Schema of state files for all installed plugins (or only PLUGIN)."""
     from op_dbus.schema import document_schema
 
-    _emit_json(document_schema([plugin] if plugin else None))
+    emit_json(document_schema([plugin] if plugin else None))
     return ExitCode.OK
 
 
@@ -654,7 +555,7 @@ def _report(error: OpDbusError, opts: Options | None) -> None:
             body["hint"] = error.hint
         if isinstance(error, StateFileError):
             body["problems"] = [{"path": p.path, "message": p.message} for p in error.problems]
-        _emit_json(body)
+        emit_json(body)
     click.echo(f"op-dbus: error: {error}", err=True)
 
 

@@ -1,4 +1,4 @@
-"""The engine: every apply is one transaction across all plugins.
+"""The engine: every apply is one transaction across all plugins, and the only writer of the audit log.
 
     lock the state dir (exit 5 if another apply holds it) -> finish any interrupted transaction ->
     check -> query -> diff -> note which health probes pass -> write the intent record (the checkpoint:
@@ -27,17 +27,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
 from typing import Any, NoReturn
 
-from op_dbus import files, secret
+from op_dbus import secret
+from op_dbus.auditlog import AuditLog, AuditLogOpener, BlockHeaderView, InclusionProofView
 from op_dbus.engine import faults, probes
 from op_dbus.engine.confirm import settings_from_record, settings_record, spawn_watchdog, watchdog_alive
-from op_dbus.engine.journal import Intent, Journal
-from op_dbus.engine.lock import StateLock
 from op_dbus.errors import ApplyFailed, InvalidInput, LedgerError, LockHeld, OpDbusError, Problem, StateFileError
+from op_dbus.journal import Intent, Journal
 from op_dbus.plugin import Change, Context, Plugin, Section, UndoLog, load_plugins
 from op_dbus.state import StateDocument, validate_document
+from op_dbus.statedir import StateDir
 
 # Verification re-reads the system a few times before it gives up: a unit that was just started can
 # take a moment to settle, a link a moment to come up.
@@ -62,10 +62,33 @@ class Plan:
 
 
 @dataclass
+class RollbackResult:
+    """`rollback_to`: the proof that the target block is in the signed log, and the transaction that returned to it."""
+
+    index: int
+    proof: InclusionProofView
+    result: ApplyResult
+
+
+@dataclass
+class CurrentReport:
+    """`verify_current`: the live system against the state recorded in the last block."""
+
+    block: int
+    state_hash: str
+    drift: list[Change] = field(default_factory=list)
+    error: str | None = None  # the last block does not verify (nothing was compared)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.drift
+
+
+@dataclass
 class ApplyResult:
     plan: Plan
     applied: list[Change] = field(default_factory=list)
-    block: Any = None  # the ledger's BlockHeader, when a log is kept
+    block: BlockHeaderView | None = None  # when a log is kept
     dry_run: bool = False
     confirm_by: float | None = None  # epoch seconds; the change reverts then unless confirmed
 
@@ -118,10 +141,17 @@ def claim_conflicts(claims: dict[str, dict[str, str]]) -> list[Problem]:
 
 
 class Engine:
-    def __init__(self, ctx: Context, *, ledger: Callable[[], Any] | None = None,
+    """The one writer of the audit log: applies, rollbacks, confirmations and recorded drift all go through here.
+
+    `ledger` opens the log for each operation (and the engine closes it after); `log` is a log its owner
+    keeps open and closes itself (the agent's). Neither: no log is kept (dry runs, agent --no-log).
+    """
+
+    def __init__(self, ctx: Context, *, ledger: AuditLogOpener | None = None, log: AuditLog | None = None,
                  load: Callable[[list[str] | None], dict[str, Plugin[Any]]] = load_plugins) -> None:
         self.ctx = ctx
-        self._open_ledger = ledger  # None: agent mode, no log is kept
+        self._open_ledger = ledger
+        self._lent_log = log
         self._load = load
         secret.use_key_dir(ctx.settings.state_dir)  # secrets are recorded as HMACs under this host's key
 
@@ -181,8 +211,7 @@ class Engine:
             plan = await self.plan(doc)
             secret.require_known(plan.all_changes)
             return ApplyResult(plan, dry_run=True)
-        state_dir = self._state_dir()
-        with StateLock(state_dir).acquire(lock_wait), self._log() as ledger:
+        with self.state_dir.lock().acquire(lock_wait), self._log() as ledger:
             await self._recover_locked(ledger)
             pending = self.journal.read()
             if pending is not None:
@@ -193,7 +222,7 @@ class Engine:
             secret.require_known(plan.all_changes)  # a recorded secret cannot be set back without its value
             return await self._transaction(plan, ledger, confirm_timeout, kind, meta or {})
 
-    async def _transaction(self, plan: Plan, ledger: Any, confirm_timeout: float | None, kind: str,
+    async def _transaction(self, plan: Plan, ledger: AuditLog | None, confirm_timeout: float | None, kind: str,
                            extra: dict[str, Any]) -> ApplyResult:
         if ledger is not None and len(ledger) == 0:
             ledger.append("genesis", [], plan.snapshot(), actor=actor(), summary="initial state")
@@ -262,7 +291,8 @@ class Engine:
         current = await self._query_scoped(plan.plugins, plan.document)
         return current, [c for n, p in plan.plugins.items() for c in p.diff(plan.document.sections[n], current[n])]
 
-    async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: Any, intent: Intent) -> NoReturn:
+    async def _fail(self, plan: Plan, undo: UndoLog, error: BaseException, ledger: AuditLog | None,
+                    intent: Intent) -> NoReturn:
         """Undo what was applied, check the result against the checkpoint, record the attempt, raise."""
         undo_errors = await self.rollback(undo)
         undo_errors += [f"{c.summary()} cannot be undone" for c in undo.irreversible_steps]
@@ -309,20 +339,24 @@ class Engine:
     # -- interrupted transactions and commit-confirm ---------------------------------------------------
 
     @property
+    def state_dir(self) -> StateDir:
+        return StateDir(self.ctx.settings.state_dir)
+
+    @property
     def journal(self) -> Journal:
-        return Journal(self._state_dir())
+        return self.state_dir.journal()
 
     async def recover(self) -> str | None:
         """Finish a transaction a dead op-dbus left behind (if any, and if no other op-dbus is busy)."""
         if not self.journal.pending():
             return None
-        lock = StateLock(self._state_dir())
+        lock = self.state_dir.lock()
         if not lock.try_acquire():
             return None  # its owner is alive and will finish it
         with lock, self._log() as ledger:
             return await self._recover_locked(ledger)
 
-    async def _recover_locked(self, ledger: Any) -> str | None:
+    async def _recover_locked(self, ledger: AuditLog | None) -> str | None:
         intent = self.journal.read()
         if intent is None:
             return None
@@ -346,7 +380,7 @@ class Engine:
             self.journal.write(intent)
         return None
 
-    async def _revert(self, intent: Intent, ledger: Any, kind: str, reason: str) -> str:
+    async def _revert(self, intent: Intent, ledger: AuditLog | None, kind: str, reason: str) -> str:
         """Converge back to the intent's checkpoint, with the settings it was applied with, and record it."""
         errors: list[str] = []
         checkpoint = document_from_snapshot(intent.checkpoint, f"checkpoint of {intent.id}", self._load)
@@ -363,8 +397,8 @@ class Engine:
         outcome = f"{reason}; reverted {len(undoing)} change(s)"
         return outcome + (" — incomplete: " + "; ".join(errors) if errors else "")
 
-    async def confirm(self) -> Any:
-        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
+    async def confirm(self) -> BlockHeaderView | None:
+        with self.state_dir.lock().acquire(5.0), self._log() as ledger:
             intent = self.journal.read()
             if intent is None or intent.phase != "confirm-pending":
                 raise InvalidInput("no change awaits confirmation")
@@ -378,7 +412,7 @@ class Engine:
             return block
 
     async def abort(self) -> str:
-        with StateLock(self._state_dir()).acquire(5.0), self._log() as ledger:
+        with self.state_dir.lock().acquire(5.0), self._log() as ledger:
             intent = self.journal.read()
             if intent is None:
                 raise InvalidInput("no change awaits confirmation: nothing to abort")
@@ -386,7 +420,7 @@ class Engine:
 
     async def watch(self, txid: str, poll: float = 0.2) -> str | None:
         """The commit-confirm watchdog: revert transaction `txid` if its op-dbus dies or its deadline passes."""
-        lock = StateLock(self._state_dir())
+        lock = self.state_dir.lock()
         while True:
             intent = self.journal.read()
             if intent is None or intent.id != txid:
@@ -404,6 +438,114 @@ class Engine:
                         # else the apply had been recorded and now awaits confirmation: keep watching
             await asyncio.sleep(poll)
 
+    # -- the log's other writers: drift, maintenance, key rotation -----------------------------------------
+
+    @contextlib.contextmanager
+    def hold(self, wait: float = 5.0) -> Iterator[None]:
+        """The state-dir lock for `wait` seconds at most (else LockHeld, exit 5): no apply runs meanwhile."""
+        with self.state_dir.lock().acquire(wait):
+            yield
+
+    @contextlib.contextmanager
+    def try_hold(self) -> Iterator[bool]:
+        """The state-dir lock if it is free now (True), else False at once: for callers that come back later."""
+        lock = self.state_dir.lock()
+        held = lock.try_acquire()
+        try:
+            yield held
+        finally:
+            if held:
+                lock.release()
+
+    def busy(self) -> bool:
+        """A transaction is in progress or a change awaits `op-dbus confirm`: not the time to judge the system."""
+        return self.state_dir.pending()
+
+    def record_drift(self, changes: list[dict[str, Any]], state: dict[str, Any], *, observed: dict[str, Any],
+                     summary: str, meta: dict[str, Any]) -> BlockHeaderView | None:
+        """Record a `drift` block (and the genesis block first, on an empty log); None when no log is kept.
+
+        `observed` is who made the change, as far as the event source says. The caller holds the state-dir
+        lock (`try_hold`), so the block cannot land in the middle of a transaction.
+        """
+        return self.record_observation("drift", changes, state, observed=observed, summary=summary, meta=meta)
+
+    def record_observation(self, kind: str, changes: list[dict[str, Any]], state: dict[str, Any], *,
+                           observed: dict[str, Any], summary: str, meta: dict[str, Any]) -> BlockHeaderView | None:
+        """Record a block of something seen rather than done: `drift`, or `refused` (a git commit not applied,
+        with the reason in `meta`); the genesis block first on an empty log. None when no log is kept. The
+        caller holds the state-dir lock (`try_hold`)."""
+        with self._log() as ledger:
+            if ledger is None:
+                return None
+            if len(ledger) == 0:
+                ledger.append("genesis", [], state, actor=actor(), summary="initial state, as the agent found it")
+            return ledger.append(kind, changes, state, actor=observed, summary=summary[:500], meta=meta)
+
+    def rotate_key(self) -> dict[str, Any]:
+        """Replace the host key, recording a `key-rotation` block (under the lock); what changed, for the CLI."""
+        with self.hold(5.0), self._log() as opened:
+            if opened is None:
+                raise InvalidInput("no audit log is kept: there is no key to rotate")
+            ledger: Any = opened  # the ledger's key management is beyond what AuditLog promises
+            if len(ledger) == 0:
+                raise InvalidInput("the audit log is empty: there is no history to carry over to a new key",
+                                   hint="the first `op-dbus apply` creates the log and its key")
+            old = ledger.verifier
+            header = ledger.rotate_key(actor=actor())
+            new = ledger.verifier
+            return {"block": header.index, "kind": header.kind, "old_key": old.vkey, "new_key": new.vkey,
+                    "old_key_id": old.key_id.hex(), "new_key_id": new.key_id.hex(),
+                    "old_public_key": str(ledger.old_public_key_path(old.key_id)),
+                    "public_key": str(ledger.public_key_path), "checkpoint": ledger.checkpoint(header.index + 1)}
+
+    # -- returning to a recorded state, comparing with it ------------------------------------------------
+
+    async def rollback_to(self, index: int, *, dry_run: bool = False, confirm_timeout: float | None = None,
+                          secrets: StateDocument | None = None) -> RollbackResult:
+        """Return the system to the state recorded in block `index`, after proving the block is in the signed log.
+
+        `secrets` fills recorded secret HMACs with values that hash to the same (the log keeps no secret).
+        The rollback is one transaction recording a `rollback` block (none when `dry_run`).
+        """
+        with self._log() as ledger:
+            if ledger is None:
+                raise InvalidInput("no audit log is kept: there is no recorded state to roll back to")
+            if index >= len(ledger):
+                raise InvalidInput(f"no block {index}: the log has {len(ledger)} block(s) (0..{len(ledger) - 1})")
+            proof = ledger.prove(index)
+        block = proof.block
+        if block.state is None:
+            raise InvalidInput(f"block {index}'s state snapshot was compacted away: only its hash is kept, so there is "
+                               "nothing to roll back to", hint="roll back to a later block whose state is kept")
+        doc = document_from_snapshot(block.state, f"block {index}", self._load)
+        if secrets is not None:
+            secret.supply(doc.sections, secret.collect(secrets.sections))
+        meta = {"to_block": index, "to_state": block.header.state_hash}
+        engine = self if not dry_run else Engine(self.ctx, load=self._load)
+        result = await engine.apply(doc, dry_run=dry_run, confirm_timeout=confirm_timeout, kind="rollback", meta=meta)
+        return RollbackResult(index, proof, result)
+
+    async def verify_current(self) -> CurrentReport:
+        """Compare the live system with the state of the last block, once that block proves against the signed
+        checkpoint: O(log n) hashes and one signature, where `verify --full` rereads everything."""
+        from op_dbus.ledger import LedgerCorrupt, NoteError, ProofError
+
+        with self._log() as ledger:
+            head = ledger.head() if ledger is not None else None
+            if ledger is None or head is None:
+                raise InvalidInput("the audit log is empty: nothing to verify against",
+                                   hint="run `op-dbus apply FILE` first; it records the state to verify against")
+            try:
+                block = ledger.prove(head.index).block
+            except (ProofError, NoteError, LedgerCorrupt) as exc:
+                return CurrentReport(head.index, head.state_hash, error=f"the last block does not verify: {exc}")
+        if block.state is None:
+            raise InvalidInput(f"block {head.index}'s state snapshot was compacted away; cannot compare against it")
+        doc = document_from_snapshot(block.state, f"block {head.index}", self._load)
+        drift, _current = await self.drift(doc)
+        return CurrentReport(head.index, head.state_hash, drift)
+
     async def rollback(self, undo: UndoLog) -> list[str]:
         """Replay recorded inverse steps newest first, one plugin batch at a time; return what failed."""
         errors: list[str] = []
@@ -415,12 +557,12 @@ class Engine:
                 errors.append(f"{name}: {e}" if isinstance(e, OpDbusError) else f"{name}: {type(e).__name__}: {e}")
         return errors
 
-    def _state_dir(self) -> Path:
-        return files.trusted_dir(self.ctx.settings.state_dir)
-
     @contextlib.contextmanager
-    def _log(self) -> Iterator[Any]:
-        """The audit log for the duration of a block (None in agent mode, where no log is kept)."""
+    def _log(self) -> Iterator[AuditLog | None]:
+        """The audit log for the duration of a block (None when no log is kept)."""
+        if self._lent_log is not None:
+            yield self._lent_log  # its owner closes it
+            return
         ledger = self._ledger()
         try:
             yield ledger
@@ -428,7 +570,7 @@ class Engine:
             if ledger is not None:
                 ledger.close()
 
-    def _ledger(self) -> Any:
+    def _ledger(self) -> AuditLog | None:
         if self._open_ledger is None:
             return None
         try:

@@ -7,48 +7,28 @@ a probe that was already failing cannot make a good change roll back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import TYPE_CHECKING
 
 from op_dbus.errors import ApplyFailed, OpDbusError
 from op_dbus.plugin import Context
 from op_dbus.state import Probe
 
-if TYPE_CHECKING:
-    from op_dbus.backends import dbus
-
 RETRY_EVERY = 0.2
-
-
-async def _bus(ctx: Context) -> dbus.Client:
-    # Imported here: the D-Bus client library is only loaded by a command that has a D-Bus probe.
-    from op_dbus.backends import dbus
-
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system", lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout), dbus.close_client)
 
 
 async def check(probe: Probe, ctx: Context) -> str | None:
     """None when the probe passes, else why it does not."""
+    # Imported here: the D-Bus client library is only loaded by a command that has a probe.
+    from op_dbus.backends import dbus, tcp
+
     try:
         if probe.tcp is not None:
-            host, _, port = probe.tcp.rpartition(":")
-            try:
-                _reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 2.0)
-            except (OSError, TimeoutError) as e:
-                return f"no TCP connection to {probe.tcp}: {e or type(e).__name__}"
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return None
-        bus = await _bus(ctx)
+            return await tcp.reachable(probe.tcp)
+        bus = await dbus.system_client(ctx)
         if probe.dbus_name is not None:
-            (owned,) = await bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                      "NameHasOwner", "s", [probe.dbus_name])
+            owned = await dbus.name_has_owner(bus, probe.dbus_name)
             return None if owned else f"{probe.dbus_name} has no owner on the bus"
-        (rows,) = await bus.call("org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                                 "org.freedesktop.systemd1.Manager", "ListUnitsByNames", "as", [[probe.unit_active]])
-        state = rows[0][3]
+        assert probe.unit_active is not None
+        state = await dbus.unit_active_state(bus, probe.unit_active)
         return None if state == "active" else f"{probe.unit_active} is {state}"
     except OpDbusError as e:
         return str(e).splitlines()[0]

@@ -85,7 +85,7 @@ def compact(ledger: Ledger, *, keep: int = 1) -> Outcome:
     """Drop the state snapshots of every block but the last `keep` (at least 1); one write transaction."""
     if keep < 1:
         raise InvalidInput("compact must keep the state of at least the last block (verify --current needs it)")
-    with ledger._transaction("compact", write=True) as db:
+    with ledger.transaction("compact", write=True) as db:
         rows = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx").fetchall()
         cut = max(0, len(rows) - keep)
         drop: set[str] = set()
@@ -109,7 +109,7 @@ def archive(ledger: Ledger, before: str, path: Path | None = None) -> Outcome:
     """Move the records of every block older than `before` (a `parse_date` string) to an archive file."""
     from op_dbus import audit_verify
 
-    with ledger._transaction("archive", write=False) as db:
+    with ledger.transaction("archive", write=False) as db:
         row = db.execute("SELECT MIN(idx) FROM blocks WHERE time >= ?", (before,)).fetchone()
         (size,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
     # A contiguous prefix: a block older than the date that follows a newer one (a clock stepped back) stays.
@@ -133,7 +133,7 @@ def archive(ledger: Ledger, before: str, path: Path | None = None) -> Outcome:
         files.trusted_dir(path.parent, "archive directory")
         files.atomic_write(path, text.encode(), 0o600, replace=False, what="archive")
 
-    with ledger._transaction("archive", write=True) as db:
+    with ledger.transaction("archive", write=True) as db:
         rows = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx").fetchall()
         drop: set[str] = set()
         kept: set[str] = set()

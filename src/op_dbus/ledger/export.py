@@ -97,7 +97,7 @@ def read_view(ledger: Ledger, first: int = 0, last: int | None = None, *, payloa
     with the host key or that does not cover exactly the stored blocks, and a block row missing from
     the range: an export must never be quietly shorter than the log it claims to be.
     """
-    with ledger._transaction("export", write=False) as db:
+    with ledger.transaction("export", write=False) as db:
         row = db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if row is None:
             raise LedgerError("the audit log is empty: nothing to export")
@@ -194,7 +194,7 @@ class _NodeCache:
         key = (level, idx)
         h = self._cache.get(key)
         if h is None:
-            h = self._cache[key] = self._ledger._node(self._db, level, idx)
+            h = self._cache[key] = self._ledger.node(self._db, level, idx)
         return h
 
 

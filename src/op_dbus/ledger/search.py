@@ -306,7 +306,7 @@ class SearchIndex:
 
     def _semantic(self, query: str, limit: int) -> list[tuple[int, float]]:
         model = self._model()  # first: without the extra this says how to get it (numpy comes with the extra)
-        import numpy as np
+        import numpy as np  # type: ignore[import-not-found, unused-ignore]
 
         self.embed_missing()
         rows = self._conn.execute("SELECT idx, vec FROM vectors WHERE model = ? ORDER BY idx", (MODEL_NAME,)).fetchall()

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op_dbus import files
+from op_dbus import files, statedir
 from op_dbus.errors import ExitCode, LedgerError
 from op_dbus.ledger import keys, merkle, note
 from op_dbus.ledger.canonical import CanonicalError, canonical, canonical_object
 
-DB_NAME = "ledger.db"
-KEY_NAME = "host.key"
+DB_NAME = statedir.LEDGER_DB
+KEY_NAME = statedir.HOST_KEY
 FORMAT = "op-dbus audit log"
 SCHEMA_VERSION = "1"
 BLOCK_VERSION = 1
@@ -114,7 +114,8 @@ class BlockHeader:
         return merkle.leaf_hash(self.leaf)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.leaf)
+        header: dict[str, Any] = json.loads(self.leaf)
+        return header
 
     @classmethod
     def from_leaf(cls, leaf: bytes | str) -> BlockHeader:
@@ -265,7 +266,7 @@ class Ledger:
         self.key_path = key_path
         self.public_key_path = key_path.with_suffix(".pub")
         self._signer = signer
-        self._busy_timeout = busy_timeout
+        self.busy_timeout = busy_timeout
         self._frontier: merkle.Frontier | None = None
         self._frontier_head = ZERO_HASH
         self._rotation_seen: int | None = None  # index of the latest key-rotation block this instance signs after
@@ -360,7 +361,7 @@ class Ledger:
             text = str(exc)
             if "locked" in text or "busy" in text:
                 raise LedgerError(
-                    f"{self.db_path}: {action}: another process held the audit log for more than {self._busy_timeout:g}s"
+                    f"{self.db_path}: {action}: another process held the audit log for more than {self.busy_timeout:g}s"
                 ) from exc
             if "malformed" in text or "not a database" in text:
                 raise _corrupt(self.db_path, exc) from exc
@@ -369,7 +370,9 @@ class Ledger:
             raise _corrupt(self.db_path, exc) from exc
 
     @contextlib.contextmanager
-    def _transaction(self, action: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def transaction(self, action: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction (BEGIN IMMEDIATE when `write`) for the log's own modules (archive, export,
+        verify) that read or rewrite several tables at once; errors become LedgerError naming `action`."""
         with self._errors(action):
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -434,7 +437,7 @@ class Ledger:
         if meta_value is not None and len(canonical(meta_value)) > MAX_META_BYTES:
             raise CanonicalError(f"meta: larger than {MAX_META_BYTES} bytes; record large data as changes or state")
 
-        with self._transaction("append", write=True) as db:
+        with self.transaction("append", write=True) as db:
             tail = db.execute("SELECT idx, leaf FROM blocks ORDER BY idx DESC LIMIT 1").fetchone()
             index = 0 if tail is None else tail[0] + 1
             prev = ZERO_HASH if tail is None else _sha256_hex(as_bytes(tail[1]))
@@ -519,7 +522,7 @@ class Ledger:
         keys.create_private_key(self.next_key_path)
         new = note.Signer(self.origin, keys.load_private_key(self.next_key_path))
         old = self._signer
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             row = db.execute("SELECT leaf FROM blocks ORDER BY idx DESC LIMIT 1").fetchone()
             last = BlockHeader.from_leaf(row[0])
             raw = db.execute("SELECT data FROM blobs WHERE hash = ?", (bytes.fromhex(last.state_hash),)).fetchone()
@@ -551,13 +554,13 @@ class Ledger:
 
     def key_rotations(self) -> list[tuple[int, note.Verifier, note.Verifier]]:
         """Every key rotation in the log: (block index, old key, new key), in order."""
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             rows = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx", (KEY_ROTATION,)).fetchall()
         return [(int(idx), *rotation_keys(BlockHeader.from_leaf(leaf))) for idx, leaf in rows]
 
     def _finish_rotation(self) -> None:
         """At open: complete a rotation whose block was written but whose key was not installed; drop one never written."""
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             row = db.execute("SELECT idx, leaf FROM blocks WHERE kind = ? ORDER BY idx DESC LIMIT 1",
                              (KEY_ROTATION,)).fetchone()
         latest = None if row is None else rotation_keys(BlockHeader.from_leaf(row[1]))
@@ -595,10 +598,11 @@ class Ledger:
         cached = self._frontier
         if cached is not None and cached.size == size and self._frontier_head == head:
             return merkle.Frontier(size, cached.hashes)
-        hashes = [self._node(db, level, idx) for level, idx in merkle.Frontier.positions(size)]
+        hashes = [self.node(db, level, idx) for level, idx in merkle.Frontier.positions(size)]
         return merkle.Frontier(size, hashes)
 
-    def _node(self, db: sqlite3.Connection, level: int, idx: int) -> bytes:
+    def node(self, db: sqlite3.Connection, level: int, idx: int) -> bytes:
+        """The stored hash of the perfect Merkle subtree at (`level`, `idx`), read inside `db`'s transaction."""
         row = db.execute("SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, idx)).fetchone()
         if row is None or not isinstance(row[0], bytes) or len(row[0]) != merkle.HASH_SIZE:
             raise LedgerCorrupt(
@@ -630,7 +634,7 @@ class Ledger:
 
     def get(self, index: int) -> Block:
         """A block with its changes and state, each checked against the hash in its header."""
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             if index < 0:
                 (n,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
                 index += n
@@ -669,19 +673,19 @@ class Ledger:
 
     def root(self, size: int | None = None) -> bytes:
         """The RFC 6962 tree head over the first `size` blocks (default: all)."""
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             size = self._size_arg(db, size)
-            return merkle.root(size, lambda level, idx: self._node(db, level, idx))
+            return merkle.root(size, lambda level, idx: self.node(db, level, idx))
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             size = self._size_arg(db, size)
-            return merkle.inclusion_proof(index, size, lambda level, idx: self._node(db, level, idx))
+            return merkle.inclusion_proof(index, size, lambda level, idx: self.node(db, level, idx))
 
     def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
-        with self._transaction("read", write=False) as db:
+        with self.transaction("read", write=False) as db:
             new = self._size_arg(db, new)
-            return merkle.consistency_proof(old, new, lambda level, idx: self._node(db, level, idx))
+            return merkle.consistency_proof(old, new, lambda level, idx: self.node(db, level, idx))
 
     def checkpoint(self, size: int | None = None) -> str:
         """The signed checkpoint note for `size` blocks (default: the latest)."""

@@ -350,8 +350,8 @@ def verify_full(ledger: Ledger, *, verifier_dir: Path, update: bool, all_signatu
     notes: list[str] = []
     pinned, last_text = _read_verifier_state(verifier_dir, ledger.verifier, problems)
     origin = ledger.origin
-    timeout = ledger._busy_timeout
-    with ThreadPoolExecutor(max_workers=2) as pool, ledger._transaction("verify", write=False) as db:
+    timeout = ledger.busy_timeout
+    with ThreadPoolExecutor(max_workers=2) as pool, ledger.transaction("verify", write=False) as db:
         # Fix this connection's snapshot first: the helpers' later snapshots can only hold more.
         (blocks,) = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM blocks").fetchone()
         links_job = pool.submit(_link_check, ledger.db_path, timeout, blocks > CHILD_THRESHOLD)

@@ -55,9 +55,6 @@ SEAT = "org.freedesktop.login1.Seat"
 
 LINGER_DIR = "/var/lib/systemd/linger"  # logind's flag files, one per lingering user
 
-# What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
-FACTS_FLAG = "read_only_facts"
-
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}\$?")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -280,7 +277,7 @@ class Login1Plugin(Plugin[Login1State]):
         if scope is None:
             state = Login1State.model_construct(
                 users={u.name: UserState.model_construct(linger=u.linger) for u in users}, sessions=None, status=None)
-            if ctx.settings.extra.get(FACTS_FLAG):
+            if ctx.settings.read_only_facts:
                 state.status = Status.model_construct(seats=await self._seats(client), sessions=sessions, users=users)
             return state
         return scoped_state(scope, users, sessions)

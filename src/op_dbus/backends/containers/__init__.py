@@ -12,6 +12,7 @@ touched. Templates are imported once per backend under a name derived from the t
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import json
@@ -167,7 +168,7 @@ class ContainerBackend(ABC):
         """Every container of this manager, managed or not (settings may be partial: use inspect)."""
 
     @abstractmethod
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: builtins.list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         """Information about the named containers; names that do not exist are left out.
 
         `fields` names the settings the caller will read (None: all of them); a backend may answer from a
@@ -191,7 +192,7 @@ class ContainerBackend(ABC):
         """Change settings listed in `mutable` in place."""
         raise UnsupportedFeature(f"{self.name}: cannot change {', '.join(changes)} of {name} in place")
 
-    async def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+    async def events(self, since: float, until: float | None = None) -> builtins.list[dict[str, Any]]:
         """Container lifecycle events of this manager since a UNIX time: [{"time", "name", "action"}]."""
         raise UnsupportedFeature(f"the {self.name} backend keeps no event history")
 
@@ -207,7 +208,7 @@ class ContainerBackend(ABC):
     @abstractmethod
     async def remove_template(self, name: str) -> None: ...
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         """What this backend cannot do of `spec`, as messages (empty: supported)."""
         return []
 

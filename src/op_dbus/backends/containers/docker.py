@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 from pathlib import Path
@@ -56,7 +57,7 @@ class DockerBackend(EngineAPIBackend):
             found.append(info)
         return found
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         problems = []
         if spec.boot:
             problems.append("docker containers run one command; `boot` is for nspawn and lxc")

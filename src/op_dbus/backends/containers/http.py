@@ -27,7 +27,8 @@ class Response:
     def json_lines(self) -> list[Any]:
         """A reply that is a sequence of JSON documents (event and progress streams)."""
         decoder = json.JSONDecoder()
-        text, out, pos = self.body.decode(), [], 0
+        text, pos = self.body.decode(), 0
+        out: list[Any] = []
         while True:
             while pos < len(text) and text[pos].isspace():
                 pos += 1

@@ -17,6 +17,7 @@ gets `lxc.net.0.type = empty` (loopback only): LXC never creates networking on t
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -179,7 +180,7 @@ class LxcBackend(ContainerBackend):
         names = sorted(p.parent.name for p in self.lxcpath.glob("*/config") if not p.parent.name.startswith("."))
         return list((await self.inspect(names)).values())
 
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: builtins.list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         running = self._running()
         found = {}
         for name in names:
@@ -194,12 +195,12 @@ class LxcBackend(ContainerBackend):
 
     # -- changing -------------------------------------------------------------------------------------------------
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         if spec.addresses and not spec.bridge:
             return ["network.ipv4 needs network.bridge: the address is set on the container's end of the veth"]
         if not spec.boot and not spec.command:
             return ["an lxc container that does not boot needs a command"]
-        problems: list[str] = []
+        problems: builtins.list[str] = []
         # LXC trims a config value and splits a mount entry into fstab fields at whitespace
         for key, value in sorted(spec.env.items()):
             if value != value.strip():

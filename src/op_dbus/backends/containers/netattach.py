@@ -9,16 +9,15 @@ addresses are rtnetlink requests on a socket opened in the namespace they concer
 from __future__ import annotations
 
 import ctypes
-import errno
 import hashlib
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from op_dbus.backends import netlink
 from op_dbus.backends.containers import UnsupportedFeature
 from op_dbus.errors import BackendError
 
@@ -26,14 +25,6 @@ NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
-
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 17, 18, 20, 22
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 10, 18, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-IFF_UP = 1
 PEER = "eth0"
 
 T = TypeVar("T")
@@ -49,96 +40,22 @@ def host_veth(container: str) -> str:
     return "opd" + hashlib.sha256(container.encode()).hexdigest()[:11]
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+def _index(nl: netlink.Netlink, name: str) -> int | None:
+    link = nl.link_by_name(name)
+    return link.index if link is not None else None
 
 
-def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, change)
+def _set_up(nl: netlink.Netlink, index: int) -> None:
+    nl.request(netlink.link_set("", index=index, up=True), f"set link {index} up")
 
 
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out, pos = {}, 0
-    while pos + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, pos)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[pos + 4:pos + length]
-        pos += (length + 3) & ~3
-    return out
+def _ipv4(nl: netlink.Netlink, index: int) -> list[str]:
+    return [f"{a.ip}/{a.prefix}" for a in nl.addresses(socket.AF_INET) if a.index == index]
 
 
-class Netlink:
-    """One rtnetlink socket; requests are answered in order, errors become OSError with the kernel's errno."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(self, kind: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
-        self.seq += 1
-        self.sock.send(struct.pack("=LHHLL", 16 + len(body), kind, flags | NLM_F_REQUEST, self.seq, 0) + body)
-        replies: list[tuple[int, bytes]] = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            pos = 0
-            while pos + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=LHHLL", data, pos)
-                payload = data[pos + 16:pos + length]
-                pos += (length + 3) & ~3
-                if seq != self.seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", payload)
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return replies
-                if mtype == NLMSG_DONE:
-                    return replies
-                replies.append((mtype, payload))
-                # a plain get is answered by one message; a dump ends with DONE, an acked request with ERROR 0
-                if not flags & NLM_F_DUMP and not flags & NLM_F_ACK:
-                    return replies
-
-    def index(self, name: str) -> int | None:
-        try:
-            (_, payload), *_ = self.request(RTM_GETLINK, 0, _ifinfo() + _attr(IFLA_IFNAME, name.encode() + b"\0"))
-        except OSError as e:
-            if e.errno == errno.ENODEV:
-                return None
-            raise
-        return int(struct.unpack_from("=BxHiII", payload)[2])
-
-    def link(self, index: int) -> dict[int, bytes]:
-        (_, payload), *_ = self.request(RTM_GETLINK, 0, _ifinfo(index))
-        return _attrs(payload[16:])
-
-    def set_up(self, index: int) -> None:
-        self.request(RTM_NEWLINK, NLM_F_ACK, _ifinfo(index, IFF_UP, IFF_UP))
-
-    def delete(self, index: int) -> None:
-        self.request(RTM_DELLINK, NLM_F_ACK, _ifinfo(index))
-
-    def add_address(self, index: int, cidr: str) -> None:
-        ip, _, prefix = cidr.partition("/")
-        packed = socket.inet_aton(ip)
-        body = struct.pack("=BBBBI", socket.AF_INET, int(prefix or 32), 0, 0, index)
-        body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
-        self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
-
-    def addresses(self, index: int) -> list[str]:
-        found = []
-        for _, payload in self.request(RTM_GETADDR, NLM_F_DUMP, struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0)):
-            family, prefix, _flags, _scope, ifindex = struct.unpack_from("=BBBBI", payload)
-            attrs = _attrs(payload[8:])
-            if family == socket.AF_INET and ifindex == index and IFA_LOCAL in attrs:
-                found.append(f"{socket.inet_ntoa(attrs[IFA_LOCAL])}/{prefix}")
-        return found
+def _add_ipv4(nl: netlink.Netlink, index: int, cidr: str) -> None:
+    ip, _, prefix = cidr.partition("/")
+    nl.request(netlink.addr_req(True, index, ip, int(prefix or 32)), f"add address {cidr}")
 
 
 def _in_thread(fn: Callable[[], T]) -> T:
@@ -166,22 +83,10 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _inside(path: Path, fn: Callable[[Netlink], T]) -> T:
+def _inside(path: Path, fn: Callable[[netlink.Netlink], T]) -> T:
     """`fn` with a netlink socket that belongs to the namespace at `path`."""
-
-    def run() -> T:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
-        finally:
-            os.close(fd)
-        nl = Netlink()
-        try:
-            return fn(nl)
-        finally:
-            nl.close()
-
-    return _in_thread(run)
+    with netlink.Netlink(str(path)) as nl:
+        return fn(nl)
 
 
 def create_netns(path: Path) -> None:
@@ -209,67 +114,58 @@ def delete_netns(path: Path) -> None:
 
 def attach(container: str, bridge: str, addresses: list[str]) -> Path:
     """Make the container's namespace, a veth from `bridge` into it, and its addresses; return the namespace path."""
-    nl = Netlink()
-    try:
-        master = nl.index(bridge)
+    with netlink.Netlink() as nl:
+        master = nl.link_by_name(bridge)
         if master is None:
             raise BackendError(f"bridge {bridge} does not exist in this network namespace",
                                hint="create it first (the net plugin, applied before containers, does)")
-        kind = _attrs(nl.link(master).get(IFLA_LINKINFO, b"")).get(IFLA_INFO_KIND, b"").rstrip(b"\0")
-        if kind != b"bridge":
-            raise UnsupportedFeature(f"{bridge} is not a Linux bridge ({kind.decode() or 'no link kind'}): a port of "
+        if master.kind != "bridge":
+            raise UnsupportedFeature(f"{bridge} is not a Linux bridge ({master.kind or 'no link kind'}): a port of "
                                      "an OVS bridge is added through OVSDB; use an LXC container, or a Linux bridge")
         path = netns_path(container)
         if path.exists():
             delete_netns(path)
-        create_netns(path)
+        try:
+            create_netns(path)
+        except OSError as e:
+            raise BackendError(f"attaching {container} to {bridge}: {e.strerror or e}") from None
         name = host_veth(container)
         try:
-            old = nl.index(name)
+            old = _index(nl, name)
             if old is not None:
-                nl.delete(old)
-            fd = os.open(path, os.O_RDONLY)
+                nl.request(netlink.link_del(name, old), f"delete {name}")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                peer = _ifinfo() + _attr(IFLA_IFNAME, PEER.encode() + b"\0") + _attr(IFLA_NET_NS_FD, struct.pack("=I", fd))
-                info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
-                body = (_ifinfo() + _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_MASTER, struct.pack("=I", master))
-                        + _attr(IFLA_LINKINFO, info))
-                nl.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+                nl.request(netlink.link_add(name, "veth", data=netlink.veth_data(PEER, peer_netns_fd=fd),
+                                            master=master.index), f"attaching {container} to {bridge}")
             finally:
                 os.close(fd)
-            index = nl.index(name)
+            index = _index(nl, name)
             assert index is not None
-            nl.set_up(index)
+            _set_up(nl, index)
 
-            def configure(inner: Netlink) -> None:
-                lo, eth = inner.index("lo"), inner.index(PEER)
+            def configure(inner: netlink.Netlink) -> None:
+                lo, eth = _index(inner, "lo"), _index(inner, PEER)
                 assert lo is not None and eth is not None
-                inner.set_up(lo)
+                _set_up(inner, lo)
                 for cidr in addresses:
-                    inner.add_address(eth, cidr)
-                inner.set_up(eth)
+                    _add_ipv4(inner, eth, cidr)
+                _set_up(inner, eth)
 
             _inside(path, configure)
         except BaseException:
             detach(container)
             raise
         return path
-    except OSError as e:
-        raise BackendError(f"attaching {container} to {bridge}: {e.strerror or e}",
-                           code=errno.errorcode.get(e.errno or 0)) from None
-    finally:
-        nl.close()
 
 
 def detach(container: str) -> None:
     """Remove the container's veth and namespace (the container must be gone or about to be)."""
-    nl = Netlink()
-    try:
-        index = nl.index(host_veth(container))
+    name = host_veth(container)
+    with netlink.Netlink() as nl:
+        index = _index(nl, name)
         if index is not None:
-            nl.delete(index)
-    finally:
-        nl.close()
+            nl.request(netlink.link_del(name, index), f"delete {name}")
     delete_netns(netns_path(container))
 
 
@@ -278,21 +174,15 @@ def read(container: str) -> tuple[str | None, list[str]]:
     path = netns_path(container)
     if not path.exists():
         return None, []
-    nl = Netlink()
-    try:
-        index = nl.index(host_veth(container))
-        bridge = None
-        if index is not None:
-            attrs = nl.link(index)
-            if IFLA_MASTER in attrs:
-                master = nl.link(struct.unpack("=I", attrs[IFLA_MASTER][:4])[0])
-                bridge = master.get(IFLA_IFNAME, b"").rstrip(b"\0").decode() or None
-    finally:
-        nl.close()
+    bridge = None
+    with netlink.Netlink() as nl:
+        veth = nl.link_by_name(host_veth(container))
+        if veth is not None and veth.master:
+            bridge = next((link.name for link in nl.links() if link.index == veth.master), None)
 
-    def inside(inner: Netlink) -> list[str]:
-        eth = inner.index(PEER)
-        return inner.addresses(eth) if eth is not None else []
+    def inside(inner: netlink.Netlink) -> list[str]:
+        eth = _index(inner, PEER)
+        return _ipv4(inner, eth) if eth is not None else []
 
     return bridge, _inside(path, inside)
 
@@ -300,33 +190,29 @@ def read(container: str) -> tuple[str | None, list[str]]:
 def configure(netns: Path, interface: str, addresses: list[str]) -> None:
     """Bring `interface` (and loopback) up inside the namespace at `netns` and give it `addresses`."""
 
-    def run(inner: Netlink) -> None:
-        index, lo = inner.index(interface), inner.index("lo")
+    def run(inner: netlink.Netlink) -> None:
+        index, lo = _index(inner, interface), _index(inner, "lo")
         if index is None:
             raise BackendError(f"no interface {interface} in the container's network namespace")
         if lo is not None:
-            inner.set_up(lo)
-        present = set(inner.addresses(index))
+            _set_up(inner, lo)
+        present = set(_ipv4(inner, index))
         for cidr in addresses:
             if cidr not in present:
-                inner.add_address(index, cidr)
-        inner.set_up(index)
+                _add_ipv4(inner, index, cidr)
+        _set_up(inner, index)
 
-    try:
-        _inside(netns, run)
-    except OSError as e:
-        raise BackendError(f"configuring {interface} in {netns}: {e.strerror or e}",
-                           code=errno.errorcode.get(e.errno or 0)) from None
+    _inside(netns, run)
 
 
 def addresses_in(netns: Path, interface: str) -> list[str]:
     """The IPv4 addresses of `interface` inside the namespace at `netns` ([] when it is not there)."""
 
-    def run(inner: Netlink) -> list[str]:
-        index = inner.index(interface)
-        return inner.addresses(index) if index is not None else []
+    def run(inner: netlink.Netlink) -> list[str]:
+        index = _index(inner, interface)
+        return _ipv4(inner, index) if index is not None else []
 
     try:
         return _inside(netns, run)
-    except OSError:
+    except (BackendError, OSError):
         return []

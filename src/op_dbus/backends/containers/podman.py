@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 import time
@@ -168,7 +169,7 @@ class PodmanBackend(EngineAPIBackend):
 
     # -- changing ----------------------------------------------------------------------------------------------
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         problems = []
         if spec.boot:
             problems.append("podman containers run one command; `boot` is for nspawn and lxc")

@@ -14,6 +14,7 @@ Proxmox containers are system containers: they always boot their own init, so `c
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import gzip
 import json
@@ -140,7 +141,7 @@ class ProxmoxBackend(ContainerBackend):
         rows = await self._table()
         return list((await self.inspect([name for _, _, name in rows])).values())
 
-    async def inspect(self, names: list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
+    async def inspect(self, names: builtins.list[str], fields: frozenset[str] | None = None) -> dict[str, ContainerInfo]:
         rows = await self._table()
         status = {name: (vmid, st) for vmid, st, name in rows}
         found = {}
@@ -154,7 +155,7 @@ class ProxmoxBackend(ContainerBackend):
             found[name] = info
         return found
 
-    def check_spec(self, spec: ContainerSpec) -> list[str]:
+    def check_spec(self, spec: ContainerSpec) -> builtins.list[str]:
         problems = []
         if spec.command:
             problems.append("Proxmox containers boot their own init: `command` is not supported")

@@ -29,8 +29,6 @@ from .query import ppd, profiles, upower_status
 
 __all__ = ["PowerPlugin", "PowerSection"]
 
-# What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
-FACTS_FLAG = "read_only_facts"
 
 
 async def bus_client(ctx: Context) -> dbus.Client:
@@ -65,7 +63,7 @@ class PowerPlugin(Plugin[PowerSection]):
                 if scope is not None:
                     raise
                 offered = []
-        if scope is None and ctx.settings.extra.get(FACTS_FLAG):
+        if scope is None and ctx.settings.read_only_facts:
             status: PowerStatus = await upower_status(client)
             status.profiles = offered
             state.status = status

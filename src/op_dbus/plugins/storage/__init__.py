@@ -60,8 +60,6 @@ from .query import build_state, fact, find_block, status, usage_of
 
 __all__ = ["StoragePlugin", "StorageState"]
 
-# What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
-FACTS_FLAG = "read_only_facts"
 
 
 async def bus_client(ctx: Context) -> dbus.Client:
@@ -132,7 +130,7 @@ class StoragePlugin(Plugin[StorageState]):
                 # no bus or no UDisks2 here, or not allowed to ask: nothing to write down, and not a failure
                 return StorageState.model_construct(filesystems={}, status=None)
             state = build_state(objects, None)
-            if ctx.settings.extra.get(FACTS_FLAG):
+            if ctx.settings.read_only_facts:
                 state.status = status(objects)
             return state
         if not scope.filesystems:
