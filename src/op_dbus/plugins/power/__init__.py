@@ -30,7 +30,6 @@ from .query import ppd, profiles, upower_status
 __all__ = ["PowerPlugin", "PowerSection"]
 
 
-
 async def bus_client(ctx: Context) -> dbus.Client:
     return await ctx.resource(  # type: ignore[no-any-return]
         "dbus.system",

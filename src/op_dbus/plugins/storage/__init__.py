@@ -61,7 +61,6 @@ from .query import build_state, fact, find_block, status, usage_of
 __all__ = ["StoragePlugin", "StorageState"]
 
 
-
 async def bus_client(ctx: Context) -> dbus.Client:
     return await ctx.resource(  # type: ignore[no-any-return]
         "dbus.system",
