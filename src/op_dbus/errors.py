@@ -33,6 +33,7 @@ drawn here whole. A subclass that also inherits a builtin keeps `except ValueErr
     │   ├── NoteError (ValueError)           a signed note or checkpoint is malformed or unsigned [ledger.note]
     │   ├── CanonicalError (ValueError)      a value RFC 8785 cannot represent (NaN, ...) [ledger.canonical]
     │   └── KeyFileError                     (above, under UnsafeFile: exit 2)
+    ├── GitError                             git failed (fetch, signature check, reading objects) [gitops.git]
     └── MissingExtra                         the collector's optional dependencies are not installed [cli.collector]
 
 Secrets (op_dbus.secret) raise SecretNeeded, or UnsafeFile for the HMAC key file.

@@ -13,7 +13,7 @@ from op_dbus import errors
 
 # Control flow that never leaves its module, and the auditors' standalone verifier (no op_dbus imports by design).
 INTERNAL = {"op_dbus.agent.core._Restart", "op_dbus.state._DuplicateKey", "op_dbus.fleet.app.BodyTooLarge",
-            "op_dbus.audit_verify.Unreadable"}
+            "op_dbus.audit_verify.Unreadable", "op_dbus.fleet.users.RateLimited"}
 
 
 def _error_classes() -> dict[str, type[BaseException]]:
