@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, PrivateAttr
+from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
 from op_dbus.backends import dbus, inotify
 from op_dbus.errors import ApplyFailed, BackendError, Problem, ServiceUnavailable
@@ -131,6 +131,15 @@ class Login1State(Section):
     # The live facts a scoped query saw, for diff (which must not do I/O) to name what it terminates.
     _sessions: list[SessionFact] = PrivateAttr(default_factory=list)
     _users: dict[str, tuple[int, bool]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _facts_from_status(self) -> Login1State:
+        # A query's output names the live facts under `status`; read back, they are what diff needs to name
+        # what it terminates (a declared state ignores them: diff reads only the current state's facts).
+        if self.status is not None:
+            self._sessions = list(self.status.sessions)
+            self._users = {u.name: (u.uid, u.linger) for u in self.status.users}
+        return self
 
 
 async def bus_client(ctx: Context) -> dbus.Client:
