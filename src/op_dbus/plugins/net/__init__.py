@@ -61,6 +61,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from op_dbus.backends import dhcp
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import DEFAULT_SOCKET, Ovsdb
 from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
@@ -153,9 +154,9 @@ class NetPlugin(Plugin[NetSection]):
                     problems.append(Problem(path, f"interface {iface.name!r}: this kernel does not support interface "
                                                   f"type {iface.type!r} ({text}); nothing was changed"))
             for fam, ip in (("ipv4", iface.ipv4), ("ipv6", iface.ipv6)):
-                if ip is not None and ip.dhcp and (ip.enabled is not False) and applier.find_dhcp_client() is None:
+                if ip is not None and ip.dhcp and (ip.enabled is not False) and dhcp.find_client() is None:
                     problems.append(Problem(f"{path}.{fam}.dhcp", f"interface {iface.name!r}: dhcp is requested but no "
-                                            f"DHCP client is installed (looked for {', '.join(applier.DHCP_CLIENTS)})"))
+                                            f"DHCP client is installed (looked for {', '.join(dhcp.CLIENTS)})"))
         ovs_ports: set[str] = set()
         if needs_ovs:
             db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
