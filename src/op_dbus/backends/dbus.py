@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, DBusError
 
 from op_dbus.errors import BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from op_dbus.plugin import Context
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 DEFAULT_SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
@@ -225,6 +228,13 @@ async def open_client(ctx_settings_bus: str | None, timeout: float) -> Client:
 
 def close_client(client: Client) -> None:
     client.bus.disconnect()
+
+
+async def system_client(ctx: Context) -> Client:
+    """The one system-bus connection of a command (its settings' bus): opened at first use, closed with `ctx`."""
+    client: Client = await ctx.resource(
+        "dbus.system", lambda: open_client(ctx.settings.bus_address, ctx.settings.job_timeout), close_client)
+    return client
 
 
 class Callers:

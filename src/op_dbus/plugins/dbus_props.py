@@ -184,13 +184,6 @@ def _where(*keys: str) -> str:
     return format_path(("plugins", "dbus", *keys))
 
 
-async def bus_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
 
 async def _cache(ctx: Context) -> dict[tuple[str, str], ObjectInfo]:
     async def empty() -> dict[tuple[str, str], ObjectInfo]:
@@ -203,7 +196,7 @@ async def introspect(ctx: Context, service: str, path: str) -> ObjectInfo:
     """The object's introspection, read once per command (this also activates a bus-activatable service)."""
     cache = await _cache(ctx)
     if (service, path) not in cache:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         (xml,) = await client.call(service, path, INTROSPECTABLE, "Introspect")
         cache[(service, path)] = parse_introspection(xml, f"{service} {path}")
     return cache[(service, path)]
@@ -295,7 +288,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
     # -- reading -------------------------------------------------------------------------------------
 
     async def query(self, ctx: Context, scope: DbusState | None = None) -> DbusState:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         services: dict[str, Objects] = {}
         if scope is None:
             available = await self._available(client)
@@ -330,7 +323,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
     async def watch(self, scope: DbusState, ctx: Context) -> AsyncIterator[WatchEvent]:
         if not scope.services:
             return
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         targets = watched(scope)
         owners: dict[str, str | None] = {}
 
@@ -474,7 +467,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         if changes and all(c.payload.get("undo") for c in changes):
             await self._roll_back(changes, ctx, client)
             return

@@ -142,13 +142,6 @@ class Login1State(Section):
         return self
 
 
-async def bus_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
 
 def _since(usec: int) -> str:
     if not usec:
@@ -278,7 +271,7 @@ class Login1Plugin(Plugin[Login1State]):
         return seats
 
     async def query(self, ctx: Context, scope: Login1State | None = None) -> Login1State:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         try:
             users, sessions = await asyncio.gather(self._users(client), self._sessions(client))
         except ServiceUnavailable:
@@ -310,7 +303,7 @@ class Login1Plugin(Plugin[Login1State]):
     async def watch(self, scope: Login1State, ctx: Context) -> AsyncIterator[WatchEvent]:
         if not scope.users and scope.sessions is None:
             return
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         users: dict[int, str] = {}  # uid -> name, for signals that carry only a uid
         session_user: dict[str, str] = {}  # session id -> user name, for SessionRemoved (the object is gone then)
 
@@ -430,7 +423,7 @@ class Login1Plugin(Plugin[Login1State]):
     # -- checking ------------------------------------------------------------------------------------
 
     async def check(self, desired: Login1State, ctx: Context) -> list[Problem]:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         known = {u.name for u in await self._users(client)}
         problems = []
         names = [("users", n) for n in desired.users]
@@ -493,7 +486,7 @@ class Login1Plugin(Plugin[Login1State]):
     # -- applying ------------------------------------------------------------------------------------
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         # Reversible first: a failure there is rolled back before anything irreversible has happened.
         for c in [c for c in changes if c.action != "terminate"]:
             uid = c.payload["uid"]

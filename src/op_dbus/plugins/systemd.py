@@ -131,13 +131,6 @@ async def _empty() -> str:
     return ""
 
 
-async def systemd_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
 
 class SystemdPlugin(Plugin[SystemdState]):
     name = "systemd"
@@ -156,7 +149,7 @@ class SystemdPlugin(Plugin[SystemdState]):
         """
         if not names:
             return {}
-        client = await systemd_client(ctx)
+        client = await dbus.system_client(ctx)
         (rows,) = await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitsByNames", "as", [names])
         if len(rows) != len(names):
             raise ApplyFailed(f"systemd answered ListUnitsByNames with {len(rows)} units for {len(names)} names")
@@ -191,7 +184,7 @@ class SystemdPlugin(Plugin[SystemdState]):
         return await self._query_all(ctx)
 
     async def _query_all(self, ctx: Context) -> SystemdState:
-        client = await systemd_client(ctx)
+        client = await dbus.system_client(ctx)
         (loaded,), (files,) = await asyncio.gather(
             client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnits"),
             client.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFiles"),
@@ -223,7 +216,7 @@ class SystemdPlugin(Plugin[SystemdState]):
         names = list(scope.units)
         if not names:
             return
-        client = await systemd_client(ctx)
+        client = await dbus.system_client(ctx)
         await self._subscribe(client)
         by_path: dict[str, list[str]] = {}
         by_id: dict[str, list[str]] = {}
@@ -379,7 +372,7 @@ class SystemdPlugin(Plugin[SystemdState]):
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
         if not changes:
             return
-        client = await systemd_client(ctx)
+        client = await dbus.system_client(ctx)
         # Unit-file calls refuse alias names, so resolve them to unit ids; jobs take any name as it is.
         file_units = sorted({c.object for c in changes if c.action not in ("start", "stop")})
         infos = await self.inspect(ctx, file_units, file_state=False)

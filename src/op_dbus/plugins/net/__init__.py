@@ -61,7 +61,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from op_dbus.backends import dhcp
+from op_dbus.backends import dbus, dhcp
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import DEFAULT_SOCKET, Ovsdb
 from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
@@ -175,7 +175,7 @@ class NetPlugin(Plugin[NetSection]):
             return [Problem(path, "op-dbus sets DNS on a link through systemd-resolved; list an interface with static "
                                   "addresses in this file to carry it (as nmstate does)")]
         try:
-            missing = await dns.resolved_missing(await dns.client(ctx))
+            missing = await dns.resolved_missing(await dbus.system_client(ctx))
         except ServiceUnavailable as exc:
             missing = f"{exc.message}; op-dbus sets DNS only through systemd-resolved"
         return [Problem(path, missing)] if missing else []
@@ -257,7 +257,7 @@ class NetPlugin(Plugin[NetSection]):
         index = next((link.index for link in links if link.name == name), None)
         if index is None:
             return None  # the carrier is created by this file: nothing is set yet
-        return await dns.read(await dns.client(ctx), index)
+        return await dns.read(await dbus.system_client(ctx), index)
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)
@@ -291,7 +291,7 @@ class NetPlugin(Plugin[NetSection]):
                         if reply.error:
                             raise nl.error_for(reply, f"net: bring up {name}")
             elif backend == "dns":
-                await dns.run(await dns.client(ctx), await self._netlink(ctx, netns), group, undo)
+                await dns.run(await dbus.system_client(ctx), await self._netlink(ctx, netns), group, undo)
             else:
                 applier.run_dhcp(group, undo, netns)
             i = j
