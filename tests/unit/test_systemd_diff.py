@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from op_dbus.plugins.systemd import SystemdPlugin, SystemdState, UnitState
+from op_dbus.plugins.systemd import diff as systemd_diff
 
 
 def test_diff_never_touches_undeclared_units() -> None:
@@ -17,5 +18,5 @@ def test_inverse_of_each_change_restores_before() -> None:
     current = SystemdState(units={"a.service": UnitState(active_state="inactive", enabled=False, masked=False)})
     desired = SystemdState(units={"a.service": UnitState(active_state="active", enabled=True)})
     for change in plugin.diff(desired, current):
-        inverse = plugin._inverse(change)
+        inverse = systemd_diff.inverse(change)
         assert inverse.after == change.before and inverse.before == change.after
