@@ -1,4 +1,4 @@
-"""Properties of any D-Bus service, declared by service, object path and interface (the `dbus` section).
+"""The `dbus` plugin: properties of any D-Bus service, declared by service, object path and interface.
 
 State section::
 
@@ -26,12 +26,8 @@ bus monitor notes who called the service's methods to name them as the origin of
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, ClassVar
-
-from dbus_fast import SignatureTree, Variant
-from pydantic import AfterValidator, ValidationError, model_validator
+from typing import Any, ClassVar
 
 from op_dbus.backends import dbus
 from op_dbus.backends.dbus_types import (
@@ -39,146 +35,42 @@ from op_dbus.backends.dbus_types import (
     ObjectInfo,
     PropertyInfo,
     SignatureMismatch,
+    argument_signatures,
     from_json,
     parse_introspection,
     to_json,
+    variant,
 )
 from op_dbus.errors import ApplyFailed, BackendError, OpDbusError, PermissionDenied, Problem, ServiceUnavailable
-from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Section, UndoLog, WatchEvent
+from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, UndoLog, WatchEvent
 from op_dbus.state import format_path
 
-INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
-BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+from .diff import diff as compute_diff
+from .diff import same
+from .model import (
+    BUS,
+    INTROSPECTABLE,
+    WELL_KNOWN_OBJECTS,
+    WELL_KNOWN_SETTERS,
+    DbusState,
+    Objects,
+    Setter,
+    object_name,
+    referenced,
+    setter_for,
+    substitute,
+)
 
-_BUS_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+")
-_INTERFACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
-_OBJECT_PATH = re.compile(r"/([A-Za-z0-9_]+(/[A-Za-z0-9_]+)*)?")
-_MEMBER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _matching(pattern: re.Pattern[str], what: str) -> Any:
-    def check(value: str) -> str:
-        if len(value) > 255 or not pattern.fullmatch(value):
-            raise ValueError(f"not a D-Bus {what}: {value!r}")
-        return value
-
-    return AfterValidator(check)
-
-
-BusName = Annotated[str, _matching(_BUS_NAME, "well-known bus name")]
-InterfaceName = Annotated[str, _matching(_INTERFACE, "interface name")]
-ObjectPath = Annotated[str, _matching(_OBJECT_PATH, "object path")]
-MemberName = Annotated[str, _matching(_MEMBER, "member name")]
-
-
-class Setter(Section):
-    """A method that sets a read-only property: `interface.method(*args)`, `"$Prop"` substituted in `args`."""
-
-    method: MemberName
-    args: list[Any] | None = None  # default: ["$<the property>"]
-    interface: InterfaceName | None = None  # default: the property's own interface
-
-
-Properties = dict[MemberName, Any]
-Objects = dict[ObjectPath, dict[InterfaceName, Properties]]
-
-
-class DbusState(Section):
-    """`{SERVICE: {PATH: {INTERFACE: {PROPERTY: VALUE}}}, "setters": {INTERFACE: {PROPERTY: SETTER}}}`."""
-
-    services: dict[BusName, Objects] = {}
-    setters: dict[InterfaceName, dict[MemberName, Setter]] = {}
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _split(cls, data: Any, handler: Any) -> Any:
-        # In the file, services sit directly in the section next to the one reserved key "setters" (a bus name
-        # always has a dot, so the two cannot clash); error paths are given as the file has them.
-        if not isinstance(data, dict):
-            return handler(data)
-        rest = {k: v for k, v in data.items() if k != "setters"}
-        try:
-            return handler({"services": rest, **({"setters": data["setters"]} if "setters" in data else {})})
-        except ValidationError as e:
-            errors: list[Any] = []
-            for err in e.errors(include_url=False):
-                loc = err["loc"][1:] if err["loc"][:1] == ("services",) else err["loc"]
-                errors.append({k: v for k, v in {**err, "loc": loc}.items() if k in ("type", "loc", "input", "ctx")})
-            raise ValidationError.from_exception_data(e.title, errors) from None
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        inner = super().model_json_schema(*args, **kwargs)
-        setters = inner["properties"]["setters"]
-        return {
-            "title": "dbus", "type": "object", "$defs": inner.get("$defs", {}),
-            "description": "Properties of any D-Bus service: {SERVICE: {OBJECT_PATH: {INTERFACE: {PROPERTY: VALUE}}}}, "
-                           "plus setter methods for read-only properties under \"setters\".",
-            "properties": {"setters": setters},
-            "patternProperties": {_BUS_NAME.pattern: {"type": "object", "patternProperties": {
-                _OBJECT_PATH.pattern: {"type": "object", "patternProperties": {
-                    _INTERFACE.pattern: {"type": "object", "additionalProperties": True}}}}}},
-            "additionalProperties": False,
-        }  # fmt: skip
-
-
-def _s(method: str, *props: str, extra: tuple[Any, ...] = (False,)) -> dict[str, Setter]:
-    spec = Setter.model_construct(method=method, args=[f"${p}" for p in props] + list(extra), interface=None)
-    return {p: spec for p in props}
-
-
-# Read-only properties of the well-known systemd services and the methods that set them. The trailing
-# booleans are "interactive" (never ask polkit to prompt) and, where present, the methods' other flags:
-# SetLocalRTC's fix_system (do not step the clock) and the keyboard methods' convert (leave the other
-# keymap alone).
-WELL_KNOWN_SETTERS: dict[str, dict[str, Setter]] = {
-    "org.freedesktop.hostname1": {
-        **_s("SetStaticHostname", "StaticHostname"), **_s("SetPrettyHostname", "PrettyHostname"),
-        **_s("SetIconName", "IconName"), **_s("SetChassis", "Chassis"),
-        **_s("SetDeployment", "Deployment"), **_s("SetLocation", "Location"),
-    },
-    "org.freedesktop.timedate1": {
-        **_s("SetTimezone", "Timezone"), **_s("SetNTP", "NTP"),
-        **_s("SetLocalRTC", "LocalRTC", extra=(False, False)),
-    },
-    "org.freedesktop.locale1": {
-        **_s("SetLocale", "Locale"),
-        **_s("SetVConsoleKeyboard", "VConsoleKeymap", "VConsoleKeymapToggle", extra=(False, False)),
-        **_s("SetX11Keyboard", "X11Layout", "X11Model", "X11Variant", "X11Options", extra=(False, False)),
-    },
-}  # fmt: skip
-
-# What `introspect` writes out: the declarable properties of the well-known services (service, path, interface).
-WELL_KNOWN_OBJECTS = {
-    "org.freedesktop.hostname1": ("/org/freedesktop/hostname1", "org.freedesktop.hostname1"),
-    "org.freedesktop.timedate1": ("/org/freedesktop/timedate1", "org.freedesktop.timedate1"),
-    "org.freedesktop.locale1": ("/org/freedesktop/locale1", "org.freedesktop.locale1"),
-}
-
-
-def substitute(args: list[Any], values: dict[str, Any]) -> list[Any]:
-    """Replace `"$Name"` with `values[Name]` (and `"$$x"` with the literal `"$x"`)."""
-    out = []
-    for a in args:
-        if isinstance(a, str) and a.startswith("$$"):
-            out.append(a[1:])
-        elif isinstance(a, str) and a.startswith("$"):
-            out.append(values[a[1:]])
-        else:
-            out.append(a)
-    return out
-
-
-def referenced(args: list[Any]) -> list[str]:
-    return [a[1:] for a in args if isinstance(a, str) and a.startswith("$") and not a.startswith("$$")]
-
-
-def setter_for(setters: dict[str, dict[str, Setter]], interface: str, prop: str) -> Setter | None:
-    spec = setters.get(interface, {}).get(prop) or WELL_KNOWN_SETTERS.get(interface, {}).get(prop)
-    if spec is not None and spec.args is None:
-        spec = Setter.model_construct(method=spec.method, args=[f"${prop}"], interface=spec.interface)
-    return spec
-
+__all__ = [
+    "WELL_KNOWN_SETTERS",
+    "DbusPropertiesPlugin",
+    "DbusState",
+    "Setter",
+    "object_name",
+    "referenced",
+    "setter_for",
+    "substitute",
+]
 
 def _where(*keys: str) -> str:
     return format_path(("plugins", "dbus", *keys))
@@ -207,7 +99,7 @@ async def read_all(client: dbus.Client, service: str, path: str, interface: str,
     """Properties of one interface as canonical JSON (GetAll; per-property Get if the service fails GetAll)."""
     try:
         (props,) = await client.call(service, path, dbus.PROPERTIES, "GetAll", "s", [interface])
-        variants: dict[str, Variant] = props
+        variants: dict[str, Any] = props
     except (ServiceUnavailable, PermissionDenied):
         raise
     except BackendError:
@@ -426,7 +318,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
         missing = [r for r in referenced(args) if r not in iface.properties]
         if missing:
             return [Problem(where, f"setter {spec.method} refers to unknown properties: {', '.join(missing)}")]
-        types = SignatureTree(method.in_signature).types
+        types = argument_signatures(method.in_signature)
         if len(types) != len(args):
             return [Problem(where, f"setter {spec.method} takes {len(types)} argument(s) ({method.in_signature}), "
                                    f"the setter names {len(args)}")]
@@ -446,23 +338,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
     # -- planning ------------------------------------------------------------------------------------
 
     def diff(self, desired: DbusState, current: DbusState) -> list[Change]:
-        changes = []
-        for service, objects in desired.services.items():
-            for path, interfaces in objects.items():
-                for interface, props in interfaces.items():
-                    have = current.services.get(service, {}).get(path, {}).get(interface, {})
-                    for prop, want in props.items():
-                        before = have.get(prop)
-                        # values are canonical JSON on both sides once check() passed: 1 == 1.0 for a "d"
-                        if prop in have and _same(before, want):
-                            continue
-                        spec = setter_for(desired.setters, interface, prop)
-                        changes.append(Change(
-                            self.name, object_name(service, path, interface, prop), "set", {prop: before}, {prop: want},
-                            payload={"service": service, "path": path, "interface": interface, "property": prop,
-                                     "value": want, "setter": spec.model_dump() if spec else None},
-                        ))
-        return changes
+        return compute_diff(desired, current)
 
     # -- applying ------------------------------------------------------------------------------------
 
@@ -505,7 +381,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
             p = c.payload
             try:
                 live = await read_all(client, p["service"], p["path"], p["interface"], [p["property"]])
-                if p["property"] in live and _same(live[p["property"]], p["value"]):
+                if p["property"] in live and same(live[p["property"]], p["value"]):
                     continue
                 await self._apply_group(ctx, client, [c], UndoLog())
             except OpDbusError as e:
@@ -518,7 +394,7 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
         self._record_undo(c, undo)
         p = c.payload
         await client.call(p["service"], p["path"], dbus.PROPERTIES, "Set", "ssv",
-                          [p["interface"], p["property"], Variant(prop.signature, value)])
+                          [p["interface"], p["property"], variant(prop.signature, value)])
 
     async def _call_setter(self, client: dbus.Client, group: list[Change], iface: InterfaceInfo,
                            spec: dict[str, Any], undo: UndoLog) -> None:
@@ -536,8 +412,8 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
         method = iface.methods.get(spec["method"]) if method_iface == iface.name else None
         if method is None:
             raise ApplyFailed(f"{group[0].object}: {method_iface} has no method {spec['method']}")
-        types = SignatureTree(method.in_signature).types
-        body = [_convert(t.signature, v, group[0].object) for t, v in zip(types, substitute(args, values), strict=True)]
+        types = argument_signatures(method.in_signature)
+        body = [_convert(t, v, group[0].object) for t, v in zip(types, substitute(args, values), strict=True)]
         for c in group:
             self._record_undo(c, undo)
         await client.call(p["service"], p["path"], method_iface, spec["method"], method.in_signature, body)
@@ -548,23 +424,6 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
             return  # the property could not be read before: there is nothing known to go back to
         undo.record(Change(self.name, c.object, "set", c.after, c.before,
                            payload={**c.payload, "value": before, "undo": True}))
-
-
-def object_name(service: str, path: str, interface: str, prop: str) -> str:
-    """`org.freedesktop.hostname1.StaticHostname` when object and interface are the service's own, else in full."""
-    if interface == service and path == "/" + service.replace(".", "/"):
-        return f"{interface}.{prop}"
-    return f"{service} {path} {interface}.{prop}"
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def _mismatches(signature: str, value: Any) -> list[tuple[str, str]]:
