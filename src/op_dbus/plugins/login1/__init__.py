@@ -1,4 +1,4 @@
-"""logind over org.freedesktop.login1: which users linger, which sessions must not exist (the `login1` section).
+"""The `login1` plugin: logind over org.freedesktop.login1, which users linger, which sessions must not exist.
 
 State section::
 
@@ -34,113 +34,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pwd
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
-
-from pydantic import AfterValidator, Field, PrivateAttr, model_validator
+from typing import Any
 
 from op_dbus.backends import dbus, inotify
 from op_dbus.errors import ApplyFailed, BackendError, Problem, ServiceUnavailable
-from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, Section, UndoLog, WatchEvent
+from op_dbus.plugin import SUBSCRIBED, Change, Context, Plugin, UndoLog, WatchEvent
 from op_dbus.state import format_path
 
-LOGIN1 = "org.freedesktop.login1"
-LOGIN1_PATH = "/org/freedesktop/login1"
-MANAGER = "org.freedesktop.login1.Manager"
-SESSION = "org.freedesktop.login1.Session"
-USER = "org.freedesktop.login1.User"
-SEAT = "org.freedesktop.login1.Seat"
+from .diff import diff as compute_diff
+from .model import (
+    FACTS_FLAG,
+    LINGER_DIR,
+    LOGIN1,
+    LOGIN1_PATH,
+    MANAGER,
+    SEAT,
+    SESSION,
+    USER,
+    Login1State,
+    SeatFact,
+    SessionFact,
+    SessionsState,
+    Status,
+    UserFact,
+    UserState,
+)
 
-LINGER_DIR = "/var/lib/systemd/linger"  # logind's flag files, one per lingering user
-
-# What `op-dbus query` (not introspect) sets in Settings.extra to ask plugins for their read-only facts too.
-FACTS_FLAG = "read_only_facts"
-
-_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}\$?")
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _pattern(pattern: re.Pattern[str], what: str) -> Any:
-    def check(value: str) -> str:
-        if not pattern.fullmatch(value):
-            raise ValueError(f"not a {what}: {value!r}")
-        return value
-
-    return AfterValidator(check)
-
-
-UserName = Annotated[str, _pattern(_USER_NAME, "user name")]
-SessionId = Annotated[str, _pattern(_SESSION_ID, "session id")]
-
-
-class UserState(Section):
-    linger: bool | None = None
-
-
-class SessionsState(Section):
-    absent: list[SessionId] = []
-    absent_for_users: list[UserName] = []
-    absent_remote: bool | None = None
-
-
-class SessionFact(Section):
-    id: str
-    user: str
-    uid: int
-    seat: str = ""
-    class_: str = Field("", alias="class")
-    type: str = ""
-    state: str = ""
-    remote: bool = False
-    remote_host: str = ""
-    remote_user: str = ""
-    service: str = ""
-    tty: str = ""
-    since: str = ""
-
-
-class UserFact(Section):
-    uid: int
-    name: str
-    state: str
-    linger: bool
-    sessions: list[str] = []
-
-
-class SeatFact(Section):
-    id: str
-    active_session: str = ""
-    sessions: list[str] = []
-
-
-class Status(Section):
-    """What logind reports; output of `op-dbus query` only, ignored when a state file carries it."""
-
-    seats: list[SeatFact] = []
-    sessions: list[SessionFact] = []
-    users: list[UserFact] = []
-
-
-class Login1State(Section):
-    users: dict[UserName, UserState] = {}
-    sessions: SessionsState | None = None
-    status: Status | None = Field(None, description="Output only (what `op-dbus query` reports); ignored here.")
-
-    # The live facts a scoped query saw, for diff (which must not do I/O) to name what it terminates.
-    _sessions: list[SessionFact] = PrivateAttr(default_factory=list)
-    _users: dict[str, tuple[int, bool]] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _facts_from_status(self) -> Login1State:
-        # A query's output names the live facts under `status`; read back, they are what diff needs to name
-        # what it terminates (a declared state ignores them: diff reads only the current state's facts).
-        if self.status is not None:
-            self._sessions = list(self.status.sessions)
-            self._users = {u.name: (u.uid, u.linger) for u in self.status.users}
-        return self
-
+__all__ = ["FACTS_FLAG", "Login1Plugin", "Login1State", "SessionFact", "UserFact", "scoped_state"]
 
 
 def _since(usec: int) -> str:
@@ -442,46 +364,7 @@ class Login1Plugin(Plugin[Login1State]):
     # -- planning ------------------------------------------------------------------------------------
 
     def diff(self, desired: Login1State, current: Login1State) -> list[Change]:
-        changes: list[Change] = []
-        for name, want in desired.users.items():
-            have = current.users.get(name)
-            linger = bool(have.linger) if have is not None else False
-            if want.linger is not None and linger != want.linger:
-                uid = current._users.get(name, (None, False))[0]
-                changes.append(Change(self.name, f"user {name}", "linger" if want.linger else "unlinger",
-                                      {"linger": linger}, {"linger": want.linger},
-                                      payload={"user": name, "uid": uid, "linger": want.linger}))
-        if desired.sessions is None:
-            return changes
-        have_s = current.sessions or SessionsState.model_construct(absent=[], absent_for_users=[], absent_remote=None)
-        doomed: set[str] = set()
-        for name in desired.sessions.absent_for_users:
-            if name in have_s.absent_for_users:
-                continue
-            ids = [s.id for s in current._sessions if s.user == name]
-            if not ids:
-                continue
-            doomed.update(ids)
-            uid, lingers = current._users.get(name, (None, False))
-            stays = lingers or bool(desired.users.get(name, UserState()).linger)
-            changes.append(self._terminate(f"user {name}", ids, {"user": name, "uid": uid, "ids": ids,
-                                                                 "whole_user": not stays}))
-        for sid in desired.sessions.absent:
-            if sid in have_s.absent or sid in doomed:
-                continue
-            if any(s.id == sid for s in current._sessions):
-                doomed.add(sid)
-                changes.append(self._terminate(f"session {sid}", [sid], {"ids": [sid], "whole_user": False}))
-        if desired.sessions.absent_remote and not have_s.absent_remote:
-            for s in current._sessions:
-                if s.remote and s.id not in doomed:
-                    doomed.add(s.id)
-                    changes.append(self._terminate(f"session {s.id}", [s.id], {"ids": [s.id], "whole_user": False}))
-        return changes
-
-    def _terminate(self, obj: str, ids: list[str], payload: dict[str, Any]) -> Change:
-        return Change(self.name, obj, "terminate", {"sessions": ids}, {"sessions": [], "reversible": False},
-                      payload=payload)
+        return compute_diff(desired, current)
 
     # -- applying ------------------------------------------------------------------------------------
 
