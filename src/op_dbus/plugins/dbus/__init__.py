@@ -327,12 +327,12 @@ class DbusPropertiesPlugin(Plugin[DbusState]):
             refs = referenced([a])
             if refs:
                 ref_sig = iface.properties[refs[0]].signature
-                if ref_sig != t.signature:
-                    problems.append(Problem(where, f"setter {spec.method} argument {i} is {t.signature}, but "
+                if ref_sig != t:
+                    problems.append(Problem(where, f"setter {spec.method} argument {i} is {t}, but "
                                                    f"{refs[0]} is {ref_sig}"))
             else:
                 problems += [Problem(where, f"setter {spec.method} argument {i}{sub}: {msg}")
-                             for sub, msg in _mismatches(t.signature, substitute([a], {})[0])]
+                             for sub, msg in _mismatches(t, substitute([a], {})[0])]
         return problems
 
     # -- planning ------------------------------------------------------------------------------------
