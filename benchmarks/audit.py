@@ -1,6 +1,6 @@
 """Auditing the log: export of N blocks (time, size), the auditor's verification of it, search latency, compaction.
 
-    python benchmarks/audit.py [--blocks 10000] [--rounds 5] [--semantic] [--dir /var/tmp]
+    python benchmarks/audit.py [--blocks 10000] [--rounds 5] [--semantic] [--dir /var/tmp] [--smoke]
 
 One run; variants interleaved round by round; prints medians and ratios. The log is built with
 `synchronous=OFF` (building it is not what is measured). `--semantic` adds embedding search (needs the
@@ -79,7 +79,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--semantic", action="store_true")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--smoke", action="store_true", help="one round, tiny sizes (a test runs this)")
     args = ap.parse_args()
+    if args.smoke:
+        args.blocks, args.rounds = 100, 1
     base = Path(tempfile.mkdtemp(prefix="op-dbus-audit-bench-", dir=args.dir))
     print(f"building a log of {args.blocks} blocks in {base} ...", flush=True)
     t0 = time.perf_counter()

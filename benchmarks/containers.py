@@ -1,6 +1,6 @@
 """Container backends: op-dbus (plugin in-process) vs the CLI a user would script, per backend, in one run.
 
-    python benchmarks/containers.py [--rounds N] [--backends podman,docker,lxc,nspawn]
+    python benchmarks/containers.py [--rounds N] [--backends podman,docker,lxc,nspawn] [--smoke]
 
 For each backend two operations, interleaved round by round (the order alternates) and summarised by medians:
   create+start 10 containers from an imported template, then
@@ -227,7 +227,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backends", default="podman,docker,lxc,nspawn")
+    parser.add_argument("--smoke", action="store_true", help="one round, tiny sizes (a test runs this)")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 1
     wanted = args.backends.split(",")
     work = Path(tempfile.mkdtemp(prefix="op-dbus-bench-"))
     tarball = make_tarball(make_rootfs(work / "rootfs", "bench"), work / "bench.tar")

@@ -1,6 +1,6 @@
 """`op-dbus query --discover-all` vs the busctl script a user would write, on a booted lab system's bus.
 
-    python benchmarks/discover.py [ROUNDS]
+    python benchmarks/discover.py [ROUNDS | --smoke]
 
 Boots a fresh lab machine (all its services running), installs op-dbus in it from wheels, and runs both
 sides inside it as root, interleaved, ROUNDS times (default 5):
@@ -47,7 +47,8 @@ def timed(lab: LabMachine, argv: list[str]) -> tuple[float, str]:
 
 
 def main() -> int:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    # --smoke: one round (a test runs this to prove the benchmark still runs)
+    rounds = 1 if "--smoke" in sys.argv[1:] else int(sys.argv[1]) if len(sys.argv) > 1 else 5
     with LabMachine(rootfs.ensure(), wheels.build()) as lab:
         exe = lab.install_op_dbus()
         (lab.root / "root/busctl-walk.sh").write_text(BUSCTL_SCRIPT)

@@ -1,6 +1,6 @@
 """Drift detection and repair latency of `op-dbus run`, against the polling intervals of the incumbents.
 
-    python benchmarks/drift.py [ROUNDS]
+    python benchmarks/drift.py [ROUNDS | --smoke]
 
 Boots a fresh lab machine, installs op-dbus there with install.sh (offline, from the lab's wheelhouse) as a
 systemd service, declares a unit, a bridge with an address and an OVS bridge with a port, and runs
@@ -51,7 +51,8 @@ def install(lab: LabMachine, *args: str) -> None:
 
 
 def main() -> int:
-    rounds = sys.argv[1] if len(sys.argv) > 1 else "30"
+    # --smoke: one round (a test runs this to prove the benchmark still runs)
+    rounds = "1" if "--smoke" in sys.argv[1:] else sys.argv[1] if len(sys.argv) > 1 else "30"
     results = {}
     with LabMachine(rootfs.ensure(), wheels.build()) as lab:
         dest = lab.root / "root/op-dbus-install"

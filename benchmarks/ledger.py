@@ -1,6 +1,6 @@
 """The audit log: durable signed append vs a plain SQLite insert, full verification, proofs at a million leaves.
 
-    python benchmarks/ledger.py [--blocks 100000] [--appends 2000] [--leaves 1000000] [--dir /var/tmp]
+    python benchmarks/ledger.py [--blocks 100000] [--appends 2000] [--leaves 1000000] [--dir /var/tmp] [--smoke]
 
 One run, variants interleaved; prints medians and ratios. Uses a temp dir on the same filesystem as
 `--dir` (default: the system temp dir), so fsync costs are that disk's.
@@ -251,7 +251,10 @@ def main() -> int:
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--smoke", action="store_true", help="one round, tiny sizes (a test runs this)")
     args = parser.parse_args()
+    if args.smoke:
+        args.blocks, args.appends, args.leaves, args.rounds = 200, 20, 1000, 1
     with tempfile.TemporaryDirectory(prefix="op-dbus-ledger-bench-", dir=args.dir) as tmp:
         base = Path(tmp)
         os.chmod(base, 0o700)

@@ -14,8 +14,9 @@ import sys
 import time
 from typing import Any
 
+from op_dbus.backends import dbus
 from op_dbus.plugin import Change, Context, Settings, UndoLog
-from op_dbus.plugins.systemd import MANAGER, MANAGER_PATH, SYSTEMD, SystemdPlugin, SystemdState, UnitState, systemd_client
+from op_dbus.plugins.systemd import MANAGER, MANAGER_PATH, SYSTEMD, SystemdPlugin, SystemdState, UnitState
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 LOOP_EVERY = 5  # the 20-process systemctl loop is slow; time it every LOOP_EVERY rounds
@@ -70,7 +71,7 @@ async def main() -> None:
             await plugin.apply([Change("systemd", u, "disable") for u in BATCH], ctx, UndoLog())
 
         async def reload_twice() -> None:
-            client = await systemd_client(ctx)
+            client = await dbus.system_client(ctx)
             for _ in range(2):
                 await client.call(SYSTEMD, MANAGER_PATH, MANAGER, "Reload")
 

@@ -1,6 +1,6 @@
 """op-dbus's native systemd path vs `systemctl`, side by side in one run on a booted lab system.
 
-    python benchmarks/systemd_ops.py [ROUNDS]
+    python benchmarks/systemd_ops.py [ROUNDS | --smoke]
 
 Boots a fresh lab machine, installs op-dbus in it from wheels, and runs benchmarks/systemd_inside.py
 there as root, so both sides pay the same costs (no nsenter on either side). Prints medians and ratios.
@@ -30,7 +30,8 @@ BARS = {  # (native key, CLI key, minimum speed-up)
 
 
 def main() -> int:
-    rounds = sys.argv[1] if len(sys.argv) > 1 else "30"
+    # --smoke: one round (a test runs this to prove the benchmark still runs)
+    rounds = "1" if "--smoke" in sys.argv[1:] else sys.argv[1] if len(sys.argv) > 1 else "30"
     with LabMachine(rootfs.ensure(), wheels.build()) as lab:
         lab.install_op_dbus()
         for i in range(10):

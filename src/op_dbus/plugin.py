@@ -235,7 +235,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "systemd": "op_dbus.plugins.systemd:SystemdPlugin",
     "net": "op_dbus.plugins.net:NetPlugin",
     "login1": "op_dbus.plugins.login1:Login1Plugin",
-    "dbus": "op_dbus.plugins.dbus_props:DbusPropertiesPlugin",
+    "dbus": "op_dbus.plugins.dbus:DbusPropertiesPlugin",
     "containers": "op_dbus.plugins.containers:ContainersPlugin",
     "networkmanager": "op_dbus.plugins.networkmanager:NetworkManagerPlugin",
     "power": "op_dbus.plugins.power:PowerPlugin",

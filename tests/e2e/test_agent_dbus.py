@@ -167,7 +167,7 @@ async def test_dbus_watch_follows_a_service_that_comes_and_goes(lab: Any) -> Non
 
     from op_dbus.backends import dbus
     from op_dbus.plugin import SUBSCRIBED, Context, Settings
-    from op_dbus.plugins.dbus_props import DbusPropertiesPlugin, DbusState, object_name
+    from op_dbus.plugins.dbus import DbusPropertiesPlugin, DbusState, object_name
     from tests.e2e import dbus_test_service as svc
 
     svc.install_policy(lab)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_smoke import run_smoke
 
 
 def test_collector_benchmark_smoke() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "collector.py"), "--smoke"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Ed25519 verify floor" in r.stdout and "sqlite" in r.stdout and "add-checkpoint sustained" in r.stdout
-    assert " 0 refused" in r.stdout
+    out = run_smoke("collector", timeout=300)
+    assert "Ed25519 verify floor" in out and "sqlite" in out and "add-checkpoint sustained" in out
+    assert " 0 refused" in out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from op_dbus.backends import dhcp
 from op_dbus.plugin import Change, UndoLog
 from op_dbus.plugins.net import apply as applier
 from tests.net.conftest import new_netns, sh
@@ -76,7 +77,7 @@ def two_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 def test_stopping_dhcp_in_one_namespace_leaves_the_other_running(two_namespaces: tuple[str, str]) -> None:
     one, two = two_namespaces
-    assert applier.find_dhcp_client() is not None
+    assert dhcp.find_client() is not None
     applier.run_dhcp([step(True)], UndoLog(), one)
     first = settled(one)
     applier.run_dhcp([step(True)], UndoLog(), two)

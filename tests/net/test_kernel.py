@@ -281,7 +281,7 @@ async def test_missing_netns_is_a_problem() -> None:
 
 
 async def test_dhcp_without_client_is_refused(net: Net, netns: str) -> None:
-    from op_dbus.plugins.net.apply import find_dhcp_client
+    from op_dbus.backends.dhcp import find_client as find_dhcp_client
 
     if find_dhcp_client() is not None:
         pytest.skip("a DHCP client is installed; the refusal path needs none")

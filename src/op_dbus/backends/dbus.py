@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -14,6 +14,9 @@ from dbus_fast.errors import AuthError, DBusError
 
 from op_dbus.errors import BackendError, OperationTimeout, PermissionDenied, ServiceUnavailable
 from op_dbus.plugin import Context
+
+if TYPE_CHECKING:
+    from op_dbus.plugin import Context
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 DEFAULT_SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"

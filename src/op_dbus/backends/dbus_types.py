@@ -298,3 +298,13 @@ def _parse_cached(xml: str) -> ObjectInfo:
 
 def child_path(parent: str, name: str) -> str:
     return f"{parent.rstrip('/')}/{name}"
+
+
+def argument_signatures(signature: str) -> list[str]:
+    """The signature of each complete type in `signature` ("sb" -> ["s", "b"]), in order."""
+    return [t.signature for t in SignatureTree(signature).types]
+
+
+def variant(signature: str, value: Any) -> Any:
+    """`value` (already in the library's form, see from_json) wrapped as a D-Bus variant of `signature`."""
+    return Variant(signature, value)

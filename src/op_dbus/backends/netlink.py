@@ -722,7 +722,8 @@ def open_netns(netns: str) -> int:
     return fd
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace `fd` refers to."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -743,14 +744,14 @@ def socket_in(netns: str | None) -> socket.socket:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(target)
+            setns(target)
         except PermissionError as exc:
             raise PermissionDenied(f"cannot enter network namespace {netns!r}: {exc}",
                                    hint="op-dbus needs CAP_SYS_ADMIN to target another namespace") from exc
         try:
             return _new_socket()
         finally:
-            _setns(home)
+            setns(home)
     finally:
         os.close(target)
         os.close(home)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from op_dbus.errors import StateFileError
-from op_dbus.plugins.dbus_props import (
+from op_dbus.plugins.dbus import (
     WELL_KNOWN_SETTERS,
     DbusPropertiesPlugin,
     DbusState,

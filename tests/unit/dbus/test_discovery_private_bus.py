@@ -13,7 +13,7 @@ import pytest
 from op_dbus.backends import dbus
 from op_dbus.discovery import discover
 from op_dbus.plugin import Context, Settings, UndoLog
-from op_dbus.plugins.dbus_props import DbusPropertiesPlugin, DbusState
+from op_dbus.plugins.dbus import DbusPropertiesPlugin, DbusState
 from tests.e2e import dbus_test_service as svc
 
 CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"

@@ -6,7 +6,8 @@ import struct
 from types import SimpleNamespace
 
 from op_dbus.backends import inotify
-from op_dbus.plugins import dbus_props, login1
+from op_dbus.plugins import dbus as dbus_props
+from op_dbus.plugins import login1
 
 LOGIN = login1.Login1State.model_validate({
     "users": {"alice": {"linger": True}, "bob": {}},

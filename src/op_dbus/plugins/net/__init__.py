@@ -61,6 +61,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from op_dbus.backends import dbus, dhcp
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import DEFAULT_SOCKET, Ovsdb
 from op_dbus.errors import InvalidInput, Problem, ServiceUnavailable
@@ -158,9 +159,9 @@ class NetPlugin(Plugin[NetSection]):
                     problems.append(Problem(path, f"interface {iface.name!r}: this kernel does not support interface "
                                                   f"type {iface.type!r} ({text}); nothing was changed"))
             for fam, ip in (("ipv4", iface.ipv4), ("ipv6", iface.ipv6)):
-                if ip is not None and ip.dhcp and (ip.enabled is not False) and applier.find_dhcp_client() is None:
+                if ip is not None and ip.dhcp and (ip.enabled is not False) and dhcp.find_client() is None:
                     problems.append(Problem(f"{path}.{fam}.dhcp", f"interface {iface.name!r}: dhcp is requested but no "
-                                            f"DHCP client is installed (looked for {', '.join(applier.DHCP_CLIENTS)})"))
+                                            f"DHCP client is installed (looked for {', '.join(dhcp.CLIENTS)})"))
         ovs_ports: set[str] = set()
         if needs_ovs:
             db = await self._ovsdb(ctx, self._ovsdb_path(desired, ctx))  # raises ServiceUnavailable with the hint
@@ -179,7 +180,7 @@ class NetPlugin(Plugin[NetSection]):
             return [Problem(path, "op-dbus sets DNS on a link through systemd-resolved; list an interface with static "
                                   "addresses in this file to carry it (as nmstate does)")]
         try:
-            missing = await dns.resolved_missing(await dns.client(ctx))
+            missing = await dns.resolved_missing(await dbus.system_client(ctx))
         except ServiceUnavailable as exc:
             missing = f"{exc.message}; op-dbus sets DNS only through systemd-resolved"
         return [Problem(path, missing)] if missing else []
@@ -261,7 +262,7 @@ class NetPlugin(Plugin[NetSection]):
         index = next((link.index for link in links if link.name == name), None)
         if index is None:
             return None  # the carrier is created by this file: nothing is set yet
-        return await dns.read(await dns.client(ctx), index)
+        return await dns.read(await dbus.system_client(ctx), index)
 
     def diff(self, desired: NetSection, current: NetSection) -> list[Change]:
         return compute_diff(desired, current)
@@ -295,7 +296,7 @@ class NetPlugin(Plugin[NetSection]):
                         if reply.error:
                             raise nl.error_for(reply, f"net: bring up {name}")
             elif backend == "dns":
-                await dns.run(await dns.client(ctx), await self._netlink(ctx, netns), group, undo)
+                await dns.run(await dbus.system_client(ctx), await self._netlink(ctx, netns), group, undo)
             else:
                 applier.run_dhcp(group, undo, netns)
             i = j

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import signal
 import socket
-import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from op_dbus.backends import dhcp
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import Ovsdb, OvsdbError, named, oset, uuid
 from op_dbus.errors import BackendError, InvalidInput
@@ -26,10 +24,6 @@ from .query import OvsView, read_ovs
 
 NetlinkOpener = Callable[[str | None], Awaitable[nl.Netlink]]
 OvsdbOpener = Callable[[str | None], Awaitable[Ovsdb]]
-
-# Which DHCP clients op-dbus knows how to hand an interface to, in order of preference.
-DHCP_CLIENTS = ("dhclient", "udhcpc")
-
 
 def backend_of(change: Change) -> str:
     op = change.payload["op"]
@@ -364,71 +358,21 @@ async def run_ovs(db: Ovsdb, changes: list[Change], undo: UndoLog, timeout: floa
 
 # --- DHCP ---
 
-def find_dhcp_client() -> str | None:
-    for name in DHCP_CLIENTS:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def netns_inode(netns: str | None) -> int:
-    """The namespace's inode: the same however it is named (by name or path), different for every namespace."""
-    return os.stat(nl.netns_path(netns) if netns else "/proc/thread-self/ns/net").st_ino
-
-
-def _pidfile(ifname: str, family: int, netns_ino: int) -> str:
-    # keyed by namespace: the same interface name in two namespaces has two clients
-    return f"/run/op-dbus-dhcp{family}-net{netns_ino}-{ifname}.pid"
-
-
-def _stop_client(pidfile: str, netns_ino: int) -> None:
-    """SIGTERM to the client the pid file names, only if that process lives in the namespace the file is for."""
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-        if pid > 0 and os.stat(f"/proc/{pid}/ns/net").st_ino == netns_ino:
-            os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass  # no client, or it is gone: nothing to stop
-
-
 def run_dhcp(changes: list[Change], undo: UndoLog, netns: str | None) -> None:
-    try:
-        netns_ino = netns_inode(netns)
-    except OSError as exc:
-        raise BackendError(f"network namespace {netns!r}: {exc.strerror or exc}") from exc
+    netns_ino = dhcp.netns_inode(netns)
     for change in changes:
         p = change.payload
-        ifname, family = p["ifname"], p["family"]
-        pidfile = _pidfile(ifname, family, netns_ino)
         if not p["start"]:
-            _stop_client(pidfile, netns_ino)
+            dhcp.stop(p["ifname"], p["family"], netns_ino)
             continue
-        client = find_dhcp_client()
-        if client is None:
-            raise BackendError(f"{change.summary()}: no DHCP client found (looked for {', '.join(DHCP_CLIENTS)})",
-                               hint="install isc-dhcp-client or busybox's udhcpc, or give static addresses")
-        name = os.path.basename(client)
-        if name == "dhclient":
-            argv = [client, "-nw", "-pf", pidfile] + (["-6"] if family == 6 else []) + [ifname]
-        else:
-            argv = [client, "-b", "-i", ifname, "-p", pidfile]
+        if dhcp.find_client() is None:
+            raise BackendError(f"{change.summary()}: no DHCP client found (looked for {', '.join(dhcp.CLIENTS)})",
+                               hint=dhcp.INSTALL_HINT)
         entry = inverse(change)
         if entry is not None:
             undo.record(entry)
-        fd = nl.open_netns(netns) if netns else None
-
-        def enter(fd: int | None = fd) -> None:
-            if fd is not None:
-                nl._setns(fd)
-
         try:
-            subprocess.Popen(argv, preexec_fn=enter, start_new_session=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError as exc:
+            dhcp.start(p["ifname"], p["family"], netns, netns_ino)
+        except BackendError as exc:
             _forget(undo, entry)
-            raise BackendError(f"{change.summary()}: cannot start {client}: {exc}") from exc
-        finally:
-            if fd is not None:
-                os.close(fd)
+            raise BackendError(f"{change.summary()}: {exc}") from exc

@@ -14,7 +14,7 @@ from typing import Any
 from op_dbus.backends import dbus
 from op_dbus.backends import netlink as nl
 from op_dbus.errors import InvalidInput
-from op_dbus.plugin import Change, Context, UndoLog
+from op_dbus.plugin import Change, UndoLog
 
 from .model import DnsConfig, NetSection
 
@@ -34,10 +34,6 @@ def carrier(section: NetSection) -> str | None:
                 return iface.name
     return None
 
-
-async def client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system", lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout), dbus.close_client)
 
 
 async def resolved_missing(bus: dbus.Client) -> str | None:
