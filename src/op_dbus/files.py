@@ -61,10 +61,7 @@ def _check_dir_stat(st: os.stat_result, path: Path | str, what: str, error: type
     if not owner_ok(st):
         raise error(f"{what} {path} is owned by uid {st.st_uid}, not root or uid {os.geteuid()}; refusing it",
                     hint=_fix_owner(path))
-    # A directory group-writable by root's own group (gid 0) is as safe as one only root can write: LXC makes
-    # each container's directory 0770 root:root, and nobody but root is in that group on a sane system.
-    unsafe_bits = 0o002 if st.st_gid == 0 and st.st_uid == 0 else 0o022
-    if st.st_mode & unsafe_bits and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+    if st.st_mode & 0o022 and not (sticky_ok and st.st_mode & stat.S_ISVTX):
         raise error(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
                     "refusing it", hint=f"chmod go-w {path}")
 
