@@ -226,9 +226,12 @@ class LxcBackend(ContainerBackend):
             script = delta / INIT.lstrip("/")
             script.write_text("#!/bin/sh\nexec " + shlex.join(spec.command) + "\n")
             script.chmod(0o755)
-        # 0600, atomic, never through a link: the config carries the environment, secrets included
+        # 0600, atomic, never through a link: the config carries the environment, secrets included. lxc-create
+        # makes the container's directory 0770 root:root, which the trusted-directory check refuses; the write is
+        # made relative to that directory opened once, so no planted link is followed.
         files.atomic_write(self.config_file(spec.name),
-                           render_config(spec, self.lxcpath, template, cgroup_v1_memory()).encode(), 0o600)
+                           render_config(spec, self.lxcpath, template, cgroup_v1_memory()).encode(), 0o600,
+                           check_dir=False)
 
     async def start(self, name: str) -> None:
         await self._run(*self._tool("lxc-start", name, "-d"))
