@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -107,7 +108,12 @@ def test_wifi_and_wireguard_are_stored_secrets_hidden_but_not_activated(lab: Any
     assert r.returncode == 0, r.stdout + r.stderr
     assert PSK not in r.stdout + r.stderr and VPN_KEY not in r.stdout + r.stderr
     assert lab.run([op_dbus, "diff", state], check=False).returncode == 0
-    assert nmcli(lab, "-s", "-g", "vpn.secrets", "connection", "show", "vpn1").strip() == f"password = {VPN_KEY}"
+    # nmcli asks NetworkManager for the secrets with a short timeout of its own: under load it can answer empty
+    deadline = time.monotonic() + 20
+    while (shown := nmcli(lab, "-s", "-g", "vpn.secrets", "connection", "show", "vpn1").strip()) != \
+            f"password = {VPN_KEY}" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert shown == f"password = {VPN_KEY}"
     peers = lab.run(["sh", "-c", "cat /etc/NetworkManager/system-connections/wg0.nmconnection"]).stdout
     assert "endpoint=198.18.70.2:51820" in peers and "198.18.71.0/24" in peers
     # Read back: the profile and its secret are NetworkManager's, op-dbus shows only an HMAC.
