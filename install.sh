@@ -66,6 +66,7 @@ purge=false
 collector=false
 db=
 listen=127.0.0.1:8470
+collector_opts=   # the collector's options given, refused without --collector
 tls_cert=
 tls_key=
 workers=1
@@ -91,11 +92,11 @@ while [ $# -gt 0 ]; do
         --uninstall) action=uninstall ;;
         --purge) purge=true ;;
         --collector) collector=true ;;
-        --db) db=${2:?--db needs a URL}; shift ;;
-        --listen) listen=${2:?--listen needs HOST:PORT}; shift ;;
-        --tls-cert) tls_cert=${2:?--tls-cert needs a file}; shift ;;
-        --tls-key) tls_key=${2:?--tls-key needs a file}; shift ;;
-        --workers) workers=${2:?--workers needs a number}; shift ;;
+        --db) collector_opts="$collector_opts --db"; db=${2:?--db needs a URL}; shift ;;
+        --listen) collector_opts="$collector_opts --listen"; listen=${2:?--listen needs HOST:PORT}; shift ;;
+        --tls-cert) collector_opts="$collector_opts --tls-cert"; tls_cert=${2:?--tls-cert needs a file}; shift ;;
+        --tls-key) collector_opts="$collector_opts --tls-key"; tls_key=${2:?--tls-key needs a file}; shift ;;
+        --workers) collector_opts="$collector_opts --workers"; workers=${2:?--workers needs a number}; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -136,6 +137,7 @@ port_ok() {  # NAME PORT
     case "$2" in ""|*[!0-9]*|0*) die "$1: not a port: '$2'" ;; esac
     [ "${#2}" -le 5 ] && [ "$2" -le 65535 ] || die "$1: not a port: '$2'"
 }
+[ "$collector" = true ] || [ -z "$collector_opts" ] || die "${collector_opts# } go with --collector"
 if [ "$collector" = true ]; then
     positive --workers "$workers" 64
     if [ -n "$tls_cert" ] || [ -n "$tls_key" ]; then

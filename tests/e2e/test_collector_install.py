@@ -94,3 +94,10 @@ def test_the_collector_unit_runs_sandboxed_and_its_witness_answers_on_loopback(b
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (box.lab.root / UNIT).exists() and not (box.lab.root / "opt/op-dbus").exists()
     assert not key.exists()
+
+
+def test_collector_options_without_collector_are_refused(box: Box) -> None:
+    r = box.lab.run(["sh", "/root/op-dbus-install/install.sh", "--wheelhouse", "/wheels", "--no-start",
+                     "--listen", "0.0.0.0:8470"], check=False, timeout=300)
+    assert r.returncode != 0 and "--listen go with --collector" in r.stderr, r.stdout + r.stderr
+    assert not (box.lab.root / "opt/op-dbus").exists()

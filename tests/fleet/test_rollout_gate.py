@@ -4,9 +4,11 @@ collector is down. A collector that refuses the host holds the commit."""
 
 from __future__ import annotations
 
+import io
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from op_dbus.fleet.client import Collector
 from op_dbus.gitops.rollout import CollectorGate
@@ -83,3 +85,59 @@ def test_the_collector_holds_a_commit_until_its_wave_opens_and_the_time_gate_tak
         out = take(src)
         assert out.kind == "new" and out.commit == third and "collector unreachable" in out.reason, out
         assert second != third
+
+
+async def test_the_agent_applies_a_commit_only_once_the_collector_opens_its_wave(tmp_path: Path) -> None:
+    import asyncio
+    import logging
+
+    from op_dbus.agent import Agent, AgentConfig
+    from op_dbus.agent.logs import setup
+    from op_dbus.agent.notify import Notifier
+    from op_dbus.plugin import Plugin, Settings
+    from tests.unit.agent.test_loop import Store, until
+
+    d = tmp_path / "collector"
+    d.mkdir(mode=0o700)
+    db_url = f"sqlite:///{d}/fleet.db"
+    fleet = Fleet(tmp_path / "fleet")
+    state_dir = tmp_path / "web-1"
+    store = Store({"x": 0})
+    with ExitStack() as stack:
+        canary = stack.enter_context(Ledger.open(tmp_path / "canary"))
+        host = stack.enter_context(Ledger.open(state_dir))
+        for name, log in (("canary", canary), ("web-1", host)):
+            grow(log, 1)
+            assert op_dbus("collector", "enroll", name, "--key", str(log.public_key_path), "--db", db_url).returncode == 0
+        url = start_collector(stack, db_url, d / "witness.key")
+        vkey = op_dbus("collector", "key", "--db", db_url, "--key-file", str(d / "witness.key")).stdout.strip()
+        operator = op_dbus("collector", "api-token", "create", "--role", "operator", "--db", db_url).stdout.strip()
+        fleet.write("hosts/web-1.json", state({"x": 1}))
+        commit = fleet.commit("first", fleet.ops)
+        r = op_dbus("fleet", "rollout", "start", commit, "--wave", "canary", "--wave", "100%", "--collector", url,
+                    "--token", operator)
+        assert r.returncode == 0, r.stderr
+
+        def plugins(names: list[str] | None) -> dict[str, Plugin[Any]]:
+            return {"mem": store}
+
+        src = GitSource(GitSettings(fleet.url, allowed_signers=fleet.allowed, interval=0.2, hostname="web-1"),
+                        state_dir, load=plugins, gate=CollectorGate(lambda: Ledger.open(state_dir),
+                                                                    [Collector.parse(url, vkey)]))
+        agent = Agent(AgentConfig(Path("git"), mode="enforce", debounce=0.01, source=src),
+                      Settings(state_dir=state_dir), ledger=lambda: Ledger.open(state_dir), load=plugins,
+                      logger=setup(io.StringIO(), logging.DEBUG), notifier=Notifier({}))
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: (agent.status()["git"]["waiting"] or {}).get("commit") == commit, 30)
+            await asyncio.sleep(1.0)  # several polls, each asking the collector
+            assert store.values["x"] == 0 and agent.status()["git"]["kept"] is None
+            _applied(canary, commit)
+            r = await asyncio.to_thread(op_dbus, "report", "--collector", f"{url}={vkey}",
+                                        state_dir=canary.state_dir)
+            assert r.returncode == 0, r.stdout + r.stderr
+            await until(lambda: store.values["x"] == 1, 30)
+            assert agent.status()["git"]["kept"] == commit
+        finally:
+            agent.inbox.put_nowait(("stop", "test"))
+            assert await asyncio.wait_for(task, 20) == 0
