@@ -59,6 +59,15 @@ def test_the_collector_holds_a_commit_until_its_wave_opens_and_the_time_gate_tak
         assert out.kind == "waiting", out
         assert "wave 1 is not open" in out.reason and src.status()["waiting"]["commit"] == first
         assert take(src).kind == "waiting"  # asked again on every poll, still closed
+        # `op-dbus run --git ... --collector URL=VKEY` builds the same gate, signing with the state dir's log
+        from op_dbus.cli.common import Options
+        from op_dbus.cli.gitops import git_source
+
+        cli = git_source(Options(None, str(host_dir), 30.0, "text"), fleet.url, "main", src.settings.template,
+                         str(fleet.allowed), 60.0, False, None, "web-1", collectors=[target])
+        assert isinstance(cli.gate, CollectorGate)
+        asked = cli.gate.decide(first, 0, None, "web-1")
+        assert not asked.open and f"collector {url}: rollout running, wave 1" in asked.reason, asked
 
         # The canary reports the commit applied: the collector opens the next wave, and the host takes it.
         _applied(logs["canary"], first)
