@@ -212,6 +212,7 @@ uninstall_collector() {
         systemctl disable --now op-dbus-collector.service >/dev/null 2>&1 || true
     fi
     rm -f "$COLLECTOR_UNIT" "$COLLECTOR_ETC/collector.env"
+    rm -rf "$COLLECTOR_UNIT.d"
     have_systemd && systemctl daemon-reload || true
     rmdir "$COLLECTOR_ETC" 2>/dev/null || true
     # the package stays while the agent uses it (its unit is installed)
@@ -270,7 +271,18 @@ must hold the collector extra's wheels)"
     install -d -m 0755 -o root -g root "$COLLECTOR_ETC"
     collector_args="--listen $listen --workers $workers"
     [ -n "$db" ] && collector_args="--db $db $collector_args"
-    [ -n "$tls_cert" ] && collector_args="$collector_args --tls-cert $tls_cert --tls-key $tls_key"
+    # The service's dynamic user cannot read root's 0600 key: systemd hands both files to it as credentials
+    # (a copy only that user can read, in a fixed directory) through a drop-in.
+    creds=/run/credentials/op-dbus-collector.service
+    if [ -n "$tls_cert" ]; then
+        collector_args="$collector_args --tls-cert $creds/tls-cert --tls-key $creds/tls-key"
+        install -d -m 0755 "$COLLECTOR_UNIT.d"
+        printf '[Service]\nLoadCredential=tls-cert:%s\nLoadCredential=tls-key:%s\n' "$tls_cert" "$tls_key" \
+            > "$COLLECTOR_UNIT.d/tls.conf"   # both checked above: absolute, A-Z a-z 0-9 . _ / - only
+        chmod 0644 "$COLLECTOR_UNIT.d/tls.conf"
+    else
+        rm -rf "$COLLECTOR_UNIT.d"
+    fi
     cat > "$COLLECTOR_ETC/collector.env.tmp" <<EOF
 # Options of \`op-dbus collector serve\` (written by install.sh). Restart op-dbus-collector after a change.
 OP_DBUS_COLLECTOR_ARGS="$collector_args"

@@ -101,3 +101,43 @@ def test_collector_options_without_collector_are_refused(box: Box) -> None:
                      "--listen", "0.0.0.0:8470"], check=False, timeout=300)
     assert r.returncode != 0 and "--listen go with --collector" in r.stderr, r.stdout + r.stderr
     assert not (box.lab.root / "opt/op-dbus").exists()
+
+
+def test_off_loopback_the_collector_serves_https_with_a_key_only_root_can_read(box: Box) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    tls = box.lab.root / "etc/collector-tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    (tls / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tls / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    (tls / "key.pem").chmod(0o600)
+    r = install_sh(box, "--listen", "0.0.0.0:8472", "--tls-cert", "/etc/collector-tls/cert.pem",
+                   "--tls-key", "/etc/collector-tls/key.pem")
+    assert r.returncode == 0, r.stdout + r.stderr
+    script = ("import ssl, urllib.request\n"
+              "ctx = ssl.create_default_context(cafile='/etc/collector-tls/cert.pem')\n"
+              "print(urllib.request.urlopen('https://127.0.0.1:8472/healthz', context=ctx, timeout=5).status)\n")
+    wait_for("the collector over HTTPS",
+             lambda: box.lab.run(["python3", "-c", script], check=False).stdout.strip() == "200", timeout=60)
+    plain = box.lab.run(["python3", "-c", "import urllib.request; urllib.request.urlopen("
+                         "'http://127.0.0.1:8472/healthz', timeout=5)"], check=False)
+    assert plain.returncode != 0  # no plain HTTP on that port
+    r = install_sh(box, "--uninstall", "--purge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (box.lab.root / "etc/systemd/system/op-dbus-collector.service.d").exists()
