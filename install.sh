@@ -6,6 +6,11 @@
 #   ./install.sh --agent-only        D-Bus plugins only, no audit log (drift goes to the journal)
 #   ./install.sh --read-only         discovery: the agent never changes the system (combines with the above)
 #   ./install.sh --uninstall [--purge]
+#   ./install.sh --collector [--db URL] [--listen HOST:PORT] [--tls-cert PEM --tls-key PEM] [--workers N]
+#                                    the fleet collector instead (op-dbus[collector] in the same venv, the unit
+#                                    op-dbus-collector.service, its options in /etc/op-dbus-collector/collector.env,
+#                                    0600); --collector --uninstall [--purge] removes it (--purge: its database and
+#                                    witness key too). No agent is installed or touched.
 #
 # Other options:
 #   --wheelhouse DIR     install offline from a directory of wheels (pip --no-index --find-links DIR), pinned by
@@ -21,6 +26,12 @@
 #   --metrics HOST:PORT  serve Prometheus metrics on loopback
 #   --watchdog SECONDS   WatchdogSec of the service (default 30)
 #   --no-start           install and enable, but do not (re)start the service now
+#   --db URL             collector: its database, sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST[:PORT]/DB[?...]
+#                        (default: SQLite in its state directory); never a password in the URL: authenticate by
+#                        peer, certificate or a password file
+#   --listen HOST:PORT   collector: where it serves (default 127.0.0.1:8470); an address off loopback needs
+#                        --tls-cert and --tls-key (absolute paths the service can read)
+#   --workers N          collector: server processes, 1 to 64 (default 1)
 #   --purge              with --uninstall: also remove the audit log, /etc/op-dbus and the user
 #
 # Idempotent: running it again upgrades the package, rewrites the unit and keeps state.json and the log.
@@ -52,6 +63,13 @@ watchdog=30
 start=true
 action=install
 purge=false
+collector=false
+db=
+listen=127.0.0.1:8470
+collector_opts=   # the collector's options given, refused without --collector
+tls_cert=
+tls_key=
+workers=1
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -73,6 +91,12 @@ while [ $# -gt 0 ]; do
         --no-start) start=false ;;
         --uninstall) action=uninstall ;;
         --purge) purge=true ;;
+        --collector) collector=true ;;
+        --db) collector_opts="$collector_opts --db"; db=${2:?--db needs a URL}; shift ;;
+        --listen) collector_opts="$collector_opts --listen"; listen=${2:?--listen needs HOST:PORT}; shift ;;
+        --tls-cert) collector_opts="$collector_opts --tls-cert"; tls_cert=${2:?--tls-cert needs a file}; shift ;;
+        --tls-key) collector_opts="$collector_opts --tls-key"; tls_key=${2:?--tls-key needs a file}; shift ;;
+        --workers) collector_opts="$collector_opts --workers"; workers=${2:?--workers needs a number}; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -107,6 +131,43 @@ printable() {  # NAME VALUE: no control characters, no leading '-' (it would rea
 [ -z "$requirements" ] || printable --requirements "$requirements"
 [ -z "$source" ] || printable --source "$source"
 [ -z "$requirements" ] || [ -n "$wheelhouse" ] || die "--requirements goes with --wheelhouse"
+
+# -- the collector's arguments: they end up in its environment file, split on blanks into its command line -------
+port_ok() {  # NAME PORT
+    case "$2" in ""|*[!0-9]*|0*) die "$1: not a port: '$2'" ;; esac
+    [ "${#2}" -le 5 ] && [ "$2" -le 65535 ] || die "$1: not a port: '$2'"
+}
+[ "$collector" = true ] || [ -z "$collector_opts" ] || die "${collector_opts# } go with --collector"
+if [ "$collector" = true ]; then
+    positive --workers "$workers" 64
+    if [ -n "$tls_cert" ] || [ -n "$tls_key" ]; then
+        [ -n "$tls_cert" ] && [ -n "$tls_key" ] || die "--tls-cert and --tls-key go together"
+        for f in "$tls_cert" "$tls_key"; do
+            case "$f" in /*) ;; *) die "--tls-cert/--tls-key: expected an absolute path, got '$f'" ;; esac
+            case "$f" in *[!A-Za-z0-9._/-]*|*/../*|*/..) die "--tls-cert/--tls-key: only A-Z a-z 0-9 . _ / - in a path: '$f'" ;; esac
+        done
+    fi
+    case "$listen" in *:*) ;; *) die "--listen: expected HOST:PORT, got '$listen'" ;; esac
+    host=${listen%:*}
+    port_ok --listen "${listen##*:}"
+    bare=${host#\[}; bare=${bare%\]}   # an IPv6 address in brackets: checked without them
+    case "$bare" in ""|*[!A-Za-z0-9.:-]*) die "--listen: not a host name or address: '$listen'" ;; esac
+    case "$host" in
+        127.0.0.1|localhost|"[::1]") ;;
+        *) [ -n "$tls_cert" ] || die "--listen: $host is not loopback: plain HTTP is served on loopback only, give --tls-cert and --tls-key" ;;
+    esac
+    if [ -n "$db" ]; then
+        case "$db" in *[!A-Za-z0-9._/@:%+=?\&,-]*) die "--db: only A-Z a-z 0-9 and . _ / @ : % + = ? & , - in the URL: '$db'" ;; esac
+        case "$db" in
+            sqlite:////?*) ;;
+            postgresql://?*|postgresql+psycopg://?*)
+                userinfo=${db#*://}; userinfo=${userinfo%%/*}
+                case "$userinfo" in *@*) case "${userinfo%@*}" in *:*) die "--db: no password in the URL (it would sit in \
+the environment file and the process list): authenticate by peer, certificate or a password file" ;; esac ;; esac ;;
+            *) die "--db: expected sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST/DB, got '$db'" ;;
+        esac
+    fi
+fi
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs a system service)"
 
@@ -143,8 +204,30 @@ uninstall() {
     fi
 }
 
+COLLECTOR_ETC=/etc/op-dbus-collector
+COLLECTOR_UNIT=/etc/systemd/system/op-dbus-collector.service
+
+uninstall_collector() {
+    if have_systemd && [ -f "$COLLECTOR_UNIT" ]; then
+        systemctl disable --now op-dbus-collector.service >/dev/null 2>&1 || true
+    fi
+    rm -f "$COLLECTOR_UNIT" "$COLLECTOR_ETC/collector.env"
+    rm -rf "$COLLECTOR_UNIT.d"
+    have_systemd && systemctl daemon-reload || true
+    rmdir "$COLLECTOR_ETC" 2>/dev/null || true
+    # the package stays while the agent uses it (its unit is installed)
+    [ -f "$UNIT" ] || { rm -rf "$PREFIX"; rm -f /usr/local/bin/op-dbus; }
+    if [ "$purge" = true ]; then
+        # DynamicUser keeps the state in /var/lib/private, behind the /var/lib/op-dbus-collector link
+        rm -rf /var/lib/op-dbus-collector /var/lib/private/op-dbus-collector "$COLLECTOR_ETC"
+        say "removed the collector, its database and its witness key"
+    else
+        say "removed the collector; kept its database and witness key in /var/lib/op-dbus-collector (--purge removes them)"
+    fi
+}
+
 if [ "$action" = uninstall ]; then
-    uninstall
+    if [ "$collector" = true ]; then uninstall_collector; else uninstall; fi
     exit 0
 fi
 
@@ -160,6 +243,8 @@ fi
 if [ -z "$source" ]; then
     if [ -f "$HERE/pyproject.toml" ] && [ -z "$wheelhouse" ]; then source=$HERE; else source=op-dbus; fi
 fi
+# the collector's web and database stack comes with the extra (from a wheelhouse: the pins list it)
+[ "$collector" = true ] && case "$source" in *\[*) ;; *) source="$source[collector]" ;; esac
 pip="$PREFIX/bin/pip install -q --disable-pip-version-check --root-user-action=ignore --upgrade"
 if [ -n "$wheelhouse" ]; then
     [ -d "$wheelhouse" ] || die "no wheelhouse at $wheelhouse"
@@ -177,6 +262,51 @@ mkdir -p "$PREFIX/share/doc/op-dbus"
 [ -f "$HERE/README.md" ] && cp "$HERE/README.md" "$PREFIX/share/doc/op-dbus/README.md"
 umask 077
 say "installed $("$PREFIX/bin/op-dbus" --version) in $PREFIX"
+
+# -- the collector: its options and unit, and nothing of the agent -------------------------------------------------
+if [ "$collector" = true ]; then
+    "$PREFIX/bin/python" -c 'import op_dbus.fleet.app' 2>/dev/null \
+        || die "the collector's dependencies are missing from $PREFIX: install op-dbus[collector] (a wheelhouse for it \
+must hold the collector extra's wheels)"
+    install -d -m 0755 -o root -g root "$COLLECTOR_ETC"
+    collector_args="--listen $listen --workers $workers"
+    [ -n "$db" ] && collector_args="--db $db $collector_args"
+    # The service's dynamic user cannot read root's 0600 key: systemd hands both files to it as credentials
+    # (a copy only that user can read, in a fixed directory) through a drop-in.
+    creds=/run/credentials/op-dbus-collector.service
+    if [ -n "$tls_cert" ]; then
+        collector_args="$collector_args --tls-cert $creds/tls-cert --tls-key $creds/tls-key"
+        install -d -m 0755 "$COLLECTOR_UNIT.d"
+        printf '[Service]\nLoadCredential=tls-cert:%s\nLoadCredential=tls-key:%s\n' "$tls_cert" "$tls_key" \
+            > "$COLLECTOR_UNIT.d/tls.conf"   # both checked above: absolute, A-Z a-z 0-9 . _ / - only
+        chmod 0644 "$COLLECTOR_UNIT.d/tls.conf"
+    else
+        rm -rf "$COLLECTOR_UNIT.d"
+    fi
+    cat > "$COLLECTOR_ETC/collector.env.tmp" <<EOF
+# Options of \`op-dbus collector serve\` (written by install.sh). Restart op-dbus-collector after a change.
+OP_DBUS_COLLECTOR_ARGS="$collector_args"
+EOF
+    chmod 0600 "$COLLECTOR_ETC/collector.env.tmp"
+    mv "$COLLECTOR_ETC/collector.env.tmp" "$COLLECTOR_ETC/collector.env"
+    sed "s|/opt/op-dbus/|$PREFIX/|g" "$HERE/packaging/op-dbus-collector.service" > "$COLLECTOR_UNIT.tmp"
+    chmod 0644 "$COLLECTOR_UNIT.tmp"
+    mv "$COLLECTOR_UNIT.tmp" "$COLLECTOR_UNIT"
+    if have_systemd; then
+        systemctl daemon-reload
+        systemctl enable op-dbus-collector.service >/dev/null 2>&1
+        if [ "$start" = true ]; then
+            systemctl restart op-dbus-collector.service \
+                || die "op-dbus-collector.service did not start: journalctl -u op-dbus-collector"
+            say "op-dbus-collector.service is running on $listen; \`op-dbus collector key\` prints its witness key"
+        else
+            say "op-dbus-collector.service is enabled; start it with \`systemctl start op-dbus-collector\`"
+        fi
+    else
+        say "no systemd running here: installed $COLLECTOR_UNIT, not started"
+    fi
+    exit 0
+fi
 
 # -- the user, directories and the D-Bus policy --------------------------------------------------------
 created_user=$(manifest_get created_user)

@@ -19,6 +19,8 @@ from lab.cache import locked, publish, recipe_hash, remove_stale_temps, remove_t
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 
 WHEELHOUSE = WORK_DIR / "wheels"
+#: The collector's wheelhouse, a subdirectory (so /wheels/collector in the lab): the agent's own stays small.
+COLLECTOR_WHEELHOUSE = WHEELHOUSE / "collector"
 PROJECT_STAMP = WORK_DIR / "project-wheel.sha256"
 
 
@@ -32,6 +34,15 @@ def runtime_dependencies() -> list[str]:
     project = _pyproject().get("project", {})
     assert isinstance(project, dict)
     return sorted(str(requirement) for requirement in project.get("dependencies", []))
+
+
+def collector_dependencies() -> list[str]:
+    """The runtime requirements plus the `collector` extra's, as declared in pyproject.toml."""
+    project = _pyproject().get("project", {})
+    assert isinstance(project, dict)
+    extras = project.get("optional-dependencies", {})
+    assert isinstance(extras, dict)
+    return sorted({*runtime_dependencies(), *(str(requirement) for requirement in extras.get("collector", []))})
 
 
 def build_requirements() -> list[str]:
@@ -76,9 +87,10 @@ def helper_venv(interpreter: dict[str, str]) -> Path:
     return final
 
 
-def dependency_wheels(venv: Path, interpreter: dict[str, str]) -> Path:
-    """Binary wheels of the runtime dependencies for the container's interpreter, cached by the dependency list."""
-    requirements = runtime_dependencies()
+def dependency_wheels(venv: Path, interpreter: dict[str, str], requirements: list[str] | None = None) -> Path:
+    """Binary wheels of the runtime dependencies (or ``requirements``) for the container's interpreter, cached by
+    the dependency list."""
+    requirements = runtime_dependencies() if requirements is None else requirements
     final = CACHE_DIR / f"wheels-deps-{recipe_hash({'interpreter': interpreter, 'dependencies': requirements})}"
     if final.is_dir():
         return final
@@ -152,24 +164,36 @@ def pin_requirements(wheelhouse: Path) -> Path:
     return target
 
 
+def _fill(into: Path, deps: Path) -> None:
+    """Make ``into`` hold exactly the wheels of ``deps`` (plus the op-dbus wheel, handled by the caller)."""
+    into.mkdir(exist_ok=True)
+    wanted = {path.name for path in deps.glob("*.whl")}
+    for stale in into.glob("*.whl"):
+        if stale.name not in wanted and not stale.name.startswith("op_dbus-"):
+            stale.unlink()
+    for name in wanted:
+        source, target = deps / name, into / name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+
+
 def build() -> Path:
-    """Make the wheelhouse (dependency wheels + this checkout's op-dbus wheel) and return its directory."""
+    """Make the wheelhouse (dependency wheels + this checkout's op-dbus wheel) and return its directory; its
+    ``collector/`` subdirectory is the same with the `collector` extra's wheels, for `install.sh --collector`."""
     started = time.monotonic()
     interpreter = target_interpreter()
     venv = helper_venv(interpreter)
     deps = dependency_wheels(venv, interpreter)
+    collector_deps = dependency_wheels(venv, interpreter, collector_dependencies())
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     with locked(WORK_DIR / ".wheels.lock"):
-        WHEELHOUSE.mkdir(exist_ok=True)
-        wanted = {path.name for path in deps.glob("*.whl")}
-        for stale in WHEELHOUSE.glob("*.whl"):
-            if stale.name not in wanted and not stale.name.startswith("op_dbus-"):
-                stale.unlink()
-        for name in wanted:
-            source, target = deps / name, WHEELHOUSE / name
-            if not target.exists() or target.stat().st_size != source.stat().st_size:
-                shutil.copy2(source, target)
-        project_wheel(venv, WHEELHOUSE)
+        _fill(WHEELHOUSE, deps)
+        wheel = project_wheel(venv, WHEELHOUSE)
         pin_requirements(WHEELHOUSE)
+        _fill(COLLECTOR_WHEELHOUSE, collector_deps)
+        for old in COLLECTOR_WHEELHOUSE.glob("op_dbus-*.whl"):
+            old.unlink()
+        shutil.copy2(wheel, COLLECTOR_WHEELHOUSE / wheel.name)
+        pin_requirements(COLLECTOR_WHEELHOUSE)
     log(f"wheelhouse ready: {WHEELHOUSE} ({len(list(WHEELHOUSE.glob('*.whl')))} wheels, {time.monotonic() - started:.1f} s)")
     return WHEELHOUSE

@@ -62,6 +62,10 @@ def test_wheelhouse_requirements_come_from_pyproject() -> None:
     names = {requirement.split(">")[0].split("<")[0].split("=")[0].strip() for requirement in requirements}
     assert {"dbus-fast", "pydantic", "click", "cryptography"} <= names
     assert any(requirement.startswith("hatchling") for requirement in wheels.build_requirements())
+    # the collector's wheelhouse (/wheels/collector) adds the extra's web and database stack to the same pins
+    collector = wheels.collector_dependencies()
+    assert set(requirements) < set(collector)
+    assert any(r.startswith("starlette") for r in collector) and not any(r.startswith("starlette") for r in requirements)
 
 
 def test_project_digest_tracks_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,8 @@ from op_dbus.errors import ExitCode, InvalidInput
 
 def git_source(opts: Options, url: str, ref: str, template: str, allowed_signers: str | None, interval: float,
                allow_rewind: bool, group: str | None, host: str | None, ssh_key: str | None = None,
-               known_hosts: str | None = None) -> Any:
+               known_hosts: str | None = None, collectors: list[Any] | None = None) -> Any:
+    from op_dbus.gitops.rollout import CollectorGate
     from op_dbus.gitops.source import GitSettings, GitSource, host_group
 
     settings = GitSettings(url, ref=ref, template=template, interval=interval, allow_rewind=allow_rewind,
@@ -24,7 +25,9 @@ def git_source(opts: Options, url: str, ref: str, template: str, allowed_signers
                            known_hosts=Path(known_hosts) if known_hosts else None)
     if host:
         settings.hostname = host
-    return GitSource(settings, opts.state_dir)
+    # with collectors, they open the waves (`op-dbus fleet rollout`); the time gate when none answers
+    gate = CollectorGate(opts.ledger, collectors) if collectors else None
+    return GitSource(settings, opts.state_dir, gate=gate)
 
 
 def check(opts: Options, paths: list[Path], template: str) -> int:

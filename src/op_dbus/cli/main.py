@@ -436,7 +436,8 @@ def key_rotate(opts: Options) -> int:
               help="Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9469).")
 @click.option("--collector", "collectors", metavar="URL=WITNESS-VKEY", multiple=True,
               help="Send each new checkpoint to this collector (repeatable) and keep its cosignature; "
-                   "a collector that is down is retried with backoff.")
+                   "a collector that is down is retried with backoff. With --git, the collectors also open "
+                   "rollout waves (`op-dbus fleet rollout`); when none answers, the time gate decides.")
 @click.pass_obj
 def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str, git_path: str,
         git_allowed_signers: str | None, git_interval: float, git_allow_rewind: bool, git_group: str | None,
@@ -470,7 +471,7 @@ def run(opts: Options, state_file: str | None, git_url: str | None, git_ref: str
         from op_dbus.cli.gitops import git_source
 
         source = git_source(opts, git_url, git_ref, git_path, git_allowed_signers, git_interval, git_allow_rewind,
-                            git_group, git_host, git_ssh_key, git_known_hosts)
+                            git_group, git_host, git_ssh_key, git_known_hosts, targets)
     config = AgentConfig(Path(state_file or "git"), mode=mode, read_only=read_only, interval=interval,
                          debounce=debounce, metrics=metrics, source=source, collectors=tuple(targets))
     agent = Agent(config, settings, ledger=None if no_log else opts.ledger)

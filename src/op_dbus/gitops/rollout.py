@@ -107,3 +107,49 @@ class TimeGate:
         if self.clock() >= opens:
             return Decision(True, wave, opens, f"wave {wave} is open")
         return Decision(False, wave, opens, f"wave {wave} opens {int(opens - self.clock())} s from now")
+
+
+class CollectorGate:
+    """Waves opened by the collectors (`op-dbus fleet rollout start|resume|halt`): each is asked in turn with a
+    question signed by the host's log key, and the first that answers decides.
+
+    A commit the collector runs no rollout of (state "unknown"), or no collector reachable: `fallback` (the time
+    gate) decides, so a collector that is down delays nothing beyond the repository's own plan. A collector that
+    answers but refuses (host unknown or revoked, a bad signature) holds the commit: that is a misconfiguration the
+    operator must see, not a reason to bypass the collector.
+    """
+
+    def __init__(self, open_ledger: Callable[[], Any], collectors: list[Any], fallback: RolloutGate | None = None,
+                 timeout: float = 3.0) -> None:
+        self.open_ledger = open_ledger  # the log whose key signs the question (opened per question: poll thread)
+        self.collectors = collectors  # op_dbus.fleet.client.Collector
+        self.fallback: RolloutGate = fallback or TimeGate()
+        self.timeout = timeout
+
+    def decide(self, commit: str, commit_time: int, plan: Rollout | None, host: str) -> Decision:
+        from op_dbus.fleet.client import gate_open
+
+        unreachable: list[str] = []
+        with self.open_ledger() as ledger:
+            for target in self.collectors:
+                try:
+                    answer = gate_open(ledger, target, commit, timeout=self.timeout)
+                except PermissionError as e:  # before OSError: it is one
+                    return Decision(False, reason=f"collector {target.url} refused the gate question: {e}")
+                except ValueError as e:
+                    return Decision(False, reason=f"collector {target.url}: {e}")
+                except OSError as e:
+                    unreachable.append(f"{target.url}: {getattr(e, 'reason', e)}")
+                    continue
+                if answer.get("state") == "unknown":
+                    break  # no rollout of this commit on the collector: the repository's plan decides
+                wave = answer.get("wave") if isinstance(answer.get("wave"), int) else None
+                state = answer.get("state")
+                if answer["open"]:
+                    return Decision(True, wave, reason=f"collector {target.url}: wave {wave} is open")
+                return Decision(False, wave, reason=f"collector {target.url}: rollout {state}, wave {wave} is "
+                                f"not open yet (opened: {answer.get('opened')})")
+        decided = self.fallback.decide(commit, commit_time, plan, host)
+        why = f"collector unreachable ({'; '.join(unreachable)}), time gate: " if unreachable else \
+            "no collector rollout of this commit, time gate: "
+        return Decision(decided.open, decided.wave, decided.opens_at, why + decided.reason)
