@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "nm.py"
+from tests.benchmark_smoke import run_smoke
 
 
 def test_nm_benchmark_smoke(lab_assets: Any) -> None:
-    res = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    assert "N = 3" in res.stdout
+    out = run_smoke("nm")
+    assert "N = 3" in out
     for step in ("apply", "query"):
-        assert any(line.split()[:1] == [step] and line.endswith("x") for line in res.stdout.splitlines()), res.stdout
+        assert any(line.split()[:1] == [step] and line.endswith("x") for line in out.splitlines()), out

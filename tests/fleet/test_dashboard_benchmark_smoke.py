@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_smoke import run_smoke
 
 
 def test_dashboard_benchmark_smoke() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dashboard.py"), "--smoke"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "overview server time" in r.stdout and "first contentful paint" in r.stdout
-    assert "GET /v1/hosts" in r.stdout
+    out = run_smoke("dashboard", timeout=300)
+    assert "overview server time" in out and "first contentful paint" in out
+    assert "GET /v1/hosts" in out
