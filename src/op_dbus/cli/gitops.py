@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from op_dbus.cli.main import Options, _emit_json
+from op_dbus.cli.common import Options
+from op_dbus.cli.main import _emit_json
 from op_dbus.errors import ExitCode, InvalidInput
 
 
@@ -84,10 +85,13 @@ def _render_diff(opts: Options, repo: Path, layers: list[str], refs: tuple[str, 
 
     variants: set[tuple[str, str | None]] = set()
     for c in commits:
-        variants |= set(host_variants(layers, lambda d, c=c: git.list_dir(c, d)))
+        def lister(d: str, c: str = c) -> list[str]:
+            return git.list_dir(c, d)
+
+        variants |= set(host_variants(layers, lister))
     if host is not None:
         variants = {(host, group)}
-    hosts = []
+    hosts: list[dict[str, Any]] = []
     for h, g in sorted(variants, key=lambda v: (v[0], v[1] or "")):
         old, new = (composed_or_error(reader_at(c), layers, h, g) for c in commits)
         changes = diff_values(old, new)

@@ -116,6 +116,7 @@ class Users:
             with self.engine.begin() as conn:
                 conn.execute(f.insert(), [{"key": k, "time": now} for k in keys])
             raise PermissionError("unknown user or wrong password")
+        assert row is not None  # ok is False without a row
         with self.engine.begin() as conn:
             conn.execute(delete(f).where(f.c.key == keys[0]))
             conn.execute(delete(db.sessions).where(db.sessions.c.expires < now))

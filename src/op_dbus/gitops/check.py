@@ -100,7 +100,7 @@ def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
     import yaml
 
     out: dict[tuple[Any, ...], int] = {}
-    todo = [(yaml.compose(text, Loader=yaml.SafeLoader), ())]
+    todo: list[tuple[Any, tuple[Any, ...]]] = [(yaml.compose(text, Loader=yaml.SafeLoader), ())]
     while todo:
         node, path = todo.pop()
         if node is None:
@@ -248,8 +248,11 @@ def check_repo(root: Path, template: str, load: Any = None) -> tuple[list[Findin
                 parse_rollout(data, name)
             except StateFileError as e:
                 lines = line_index(data, name)
-                findings += _findings(e, lambda p, n=name, ls=lines: (n, _line_of(ls, split_path(p.path)) or 1),
-                                      None)
+
+                def place(p: Problem, n: str = name, ls: dict[tuple[Any, ...], int] = lines) -> tuple[str, int]:
+                    return n, _line_of(ls, split_path(p.path)) or 1
+
+                findings += _findings(e, place, None)
     variants = host_variants(layers, lister)
     if not variants:
         findings.append(Finding(template, 1, "no host file matches the --git-path template in this repository"))

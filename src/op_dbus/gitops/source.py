@@ -99,8 +99,7 @@ class GitSource:
         check_name("host name", settings.hostname)
         self.paths = expand(self.layers, {"hostname": settings.hostname, "group": settings.group})
         if settings.allowed_signers is not None:
-            path = settings.allowed_signers
-            _check_trusted(path, "allowed signers file", "--git-allowed-signers", secret=False)
+            _check_trusted(settings.allowed_signers, "allowed signers file", "--git-allowed-signers", secret=False)
             if shutil.which("ssh-keygen", path=clean_env(state_dir)["PATH"]) is None:
                 raise ServiceUnavailable("--git-allowed-signers: git checks SSH signatures with ssh-keygen, which "
                                          "is not installed", hint="apt install openssh-client")

@@ -69,7 +69,7 @@ class DbusState(Section):
             raise ValidationError.from_exception_data(e.title, errors) from None
 
     @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inner = super().model_json_schema(*args, **kwargs)
         setters = inner["properties"]["setters"]
         return {

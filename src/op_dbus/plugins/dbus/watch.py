@@ -94,6 +94,7 @@ async def watch(scope: DbusState, ctx: Context) -> AsyncIterator[WatchEvent]:
                 yield WatchEvent(PLUGIN, objects, f"dbus {service} appeared", await callers.recent([service]))
                 continue
             interface, changed, invalidated = msg.body
+            assert msg.path is not None  # accept() lets through only a (path, interface) of targets
             objects = changed_objects(targets[(msg.path, interface)], owners, msg.sender, msg.path, interface,
                                       set(changed) | set(invalidated))
             if objects:

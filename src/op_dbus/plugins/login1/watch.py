@@ -95,7 +95,7 @@ async def watch(scope: Login1State, ctx: Context) -> AsyncIterator[WatchEvent]:
     def accept(msg: Any) -> bool:
         if msg.member == "PropertiesChanged":
             return msg.body[0] == USER and "Linger" in set(msg.body[1]) | set(msg.body[2])
-        return msg.interface == MANAGER and msg.path == LOGIN1_PATH
+        return bool(msg.interface == MANAGER and msg.path == LOGIN1_PATH)
 
     async def from_bus() -> None:
         async for msg in client.signals(rules, accept, ready=True):

@@ -401,9 +401,9 @@ def _remove_interface(plan: _Plan, c: Interface, current: NetSection, cur_routes
     if c.type not in KERNEL_KINDS:
         raise InvalidInput(f"interface {c.name!r} of type {c.type!r} cannot be removed (only virtual interfaces can); "
                            "use state: down")
-    for port in c.ports or []:
-        plan.add("link_set", f"interface {port}", "set", {"op": "link_set", "ifname": port, "master": ""},
-                 {"op": "link_set", "ifname": port, "master": c.name},
+    for member in c.ports or []:
+        plan.add("link_set", f"interface {member}", "set", {"op": "link_set", "ifname": member, "master": ""},
+                 {"op": "link_set", "ifname": member, "master": c.name},
                  before={"controller": c.name}, after={"controller": None})
     peer = c.veth.peer if c.type == "veth" and c.veth is not None else None
     if peer is not None and peer in des and des[peer].state == "absent" and c.name > peer:
@@ -552,8 +552,8 @@ def _update_bridge(plan: _Plan, d: Interface, c: Interface | None) -> None:
         change = {k: v for k, v in port_knobs(port).items() if current.get(k) != v}
         if not change:
             continue
-        old = {k: current.get(k, _PORT_DEFAULTS.get(k)) for k in change}
-        old = {k: v for k, v in old.items() if v is not None}
+        known = {k: current.get(k, _PORT_DEFAULTS.get(k)) for k in change}
+        old = {k: v for k, v in known.items() if v is not None}
         plan.add("link_set", f"bridge port {port.name} of {name}", "set",
                  {"op": "bridge_port_set", "ifname": port.name, "options": change},
                  {"op": "bridge_port_set", "ifname": port.name, "options": old} if old else None,

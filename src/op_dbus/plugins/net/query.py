@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from op_dbus.backends import netlink as nl
 from op_dbus.backends.ovsdb import Ovsdb, optional, set_values
@@ -121,7 +121,9 @@ def _route_metrics(m: dict[str, int]) -> dict[str, Any]:
     return out
 
 
-_RULE_ACTION_NAMES = {v: k for k, v in nl.RULE_ACTIONS.items()}
+# The backend keys its table by plain str; these are exactly RouteRule.action's values.
+_RULE_ACTION_NAMES = cast("dict[int, Literal['blackhole', 'unreachable', 'prohibit']]",
+                          {v: k for k, v in nl.RULE_ACTIONS.items()})
 
 
 def route_rules(rules: list[nl.Rule]) -> list[RouteRule]:
@@ -130,7 +132,7 @@ def route_rules(rules: list[nl.Rule]) -> list[RouteRule]:
     for r in rules:
         if r.protocol == nl.RTPROT_KERNEL or (r.action != nl.FR_ACT_TO_TBL and r.action not in _RULE_ACTION_NAMES):
             continue
-        fam = "ipv4" if r.family == socket.AF_INET else "ipv6"
+        fam: Literal["ipv4", "ipv6"] = "ipv4" if r.family == socket.AF_INET else "ipv6"
         out.append(RouteRule(
             family=fam, ip_from=f"{r.src}/{r.src_len}" if r.src else None, ip_to=f"{r.dst}/{r.dst_len}" if r.dst else None,
             priority=r.priority, route_table=r.table if r.action == nl.FR_ACT_TO_TBL else None,

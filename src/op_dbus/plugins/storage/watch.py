@@ -51,6 +51,7 @@ async def watch(client: dbus.Client, scope: StorageState) -> AsyncIterator[Watch
             if device is not None or msg.member == "InterfacesRemoved":
                 yield WatchEvent("storage", (device,) if device else (), f"udisks2 {msg.member}")
             continue
+        assert msg.path is not None  # the D-Bus spec requires a path on every signal
         device = paths.get(msg.path)
         if device is not None:
             yield WatchEvent("storage", (device,), f"udisks2 {msg.body[0].rsplit('.', 1)[-1]} changed")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, model_validator
 
@@ -48,7 +49,7 @@ class SystemdState(Section):
     units: dict[UnitName, UnitState] = {}
 
 
-def normalise_active(active_state: str) -> str:
+def normalise_active(active_state: str) -> Literal["active", "inactive"]:
     """systemd's ActiveState folded to the two declarable values: up (or coming up) vs not running."""
     return "active" if active_state in ("active", "reloading", "activating", "refreshing") else "inactive"
 
@@ -79,7 +80,7 @@ CHANGING_METHODS = frozenset({
     "EnableUnitFilesWithFlags", "DisableUnitFilesWithFlags", "DisableUnitFilesWithFlagsAndInstallInfo",
     "ReenableUnitFiles", "MaskUnitFiles", "UnmaskUnitFiles", "LinkUnitFiles", "PresetUnitFiles",
 })
-FILE_METHODS = {
+FILE_METHODS: dict[str, tuple[str, str, Callable[[list[str]], list[Any]]]] = {
     "enable": ("EnableUnitFiles", "asbb", lambda files: [files, False, True]),
     "disable": ("DisableUnitFiles", "asb", lambda files: [files, False]),
     "mask": ("MaskUnitFiles", "asbb", lambda files: [files, False, True]),

@@ -74,6 +74,7 @@ async def watch(scope: SystemdState, ctx: Context) -> AsyncIterator[WatchEvent]:
                 yield WatchEvent(PLUGIN, source=SUBSCRIBED)
                 continue
             if msg.member == "PropertiesChanged":
+                assert msg.path is not None  # accept() lets through only a path of by_path
                 objects = tuple(by_path.get(msg.path, ()))
             elif msg.member == "JobRemoved":
                 objects = tuple(by_id.get(msg.body[2], ()))
