@@ -2,6 +2,10 @@
 
     python benchmarks/converge.py [--sizes 20,100] [--rounds 5]
     python benchmarks/converge.py --smoke            (N = 3, one round: proves the benchmark runs)
+    python benchmarks/converge.py --peer-wheels DIR  (also pyinfra and Ansible, installed offline from DIR)
+
+DIR is a wheelhouse made on the host with the lab's Python (Debian 12's python3), for example
+`/usr/bin/python3 -m pip download --only-binary=:all: -d DIR pyinfra ansible-core`.
 
 Boots a fresh lab machine, installs op-dbus in it from the offline wheelhouse, writes N Type=simple units, and
 times inside the lab, each tool as a whole process (interpreter start, reading, verifying and recording
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 UNIT = "[Service]\nType=simple\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
 OP_DBUS = "/opt/op-dbus/bin/op-dbus"
 INSIDE = "/root/converge.py"
+PEERS = "/opt/peers"
 
 
 def unit_names(n: int) -> list[str]:
@@ -42,7 +47,9 @@ def unit_names(n: int) -> list[str]:
 
 def _timed(argv: list[str] | str) -> float:
     t = time.perf_counter()
-    subprocess.run(argv, check=True, shell=isinstance(argv, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(argv, shell=isinstance(argv, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"{argv!r} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     return time.perf_counter() - t
 
 
@@ -58,7 +65,7 @@ def _tools(n: int, work: Path) -> dict[str, list[str] | str]:
         "shell loop": "for u in " + " ".join(names) + "; do systemctl enable --now $u; done",
     }
     if shutil.which("pyinfra"):
-        tools["pyinfra"] = ["pyinfra", "-y", "--quiet", "@local", str(_pyinfra_deploy(names, work))]
+        tools["pyinfra"] = ["pyinfra", "-y", "@local", str(_pyinfra_deploy(names, work))]
     if shutil.which("ansible-playbook"):
         tools["Ansible"] = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(_ansible_playbook(names, work))]
     return tools
@@ -104,15 +111,23 @@ def inside(sizes: list[int], rounds: int) -> dict[str, Any]:
 
 # --- on the host ------------------------------------------------------------------------------------------------
 
-def run_in(lab: Any, sizes: list[int], rounds: int) -> dict[str, Any]:
+def run_in(lab: Any, sizes: list[int], rounds: int, peer_wheels: Path | None = None) -> dict[str, Any]:
     """Install op-dbus and the units in a booted lab machine, run the rounds there, return the medians."""
     lab.install_op_dbus()
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    if peer_wheels is not None:
+        # the peers get their own venv so their dependencies cannot change op-dbus's
+        shutil.copytree(peer_wheels, lab.root / "root/peer-wheels", dirs_exist_ok=True)
+        lab.run(["python3", "-m", "venv", PEERS], timeout=300)
+        lab.run([f"{PEERS}/bin/pip", "install", "-q", "--disable-pip-version-check", "--root-user-action=ignore",
+                 "--no-index", "--find-links", "/root/peer-wheels", "pyinfra", "ansible-core"], timeout=900)
+        path = f"{PEERS}/bin:{path}"
     for u in unit_names(max(sizes)):
         (lab.root / f"etc/systemd/system/{u}").write_text(UNIT)
     lab.run(["systemctl", "daemon-reload"])
     shutil.copy(Path(__file__), lab.root / INSIDE.lstrip("/"))
     res = lab.run(["/opt/op-dbus/bin/python", INSIDE, "--inside", "--sizes", ",".join(map(str, sizes)),
-                   "--rounds", str(rounds)], timeout=3600)
+                   "--rounds", str(rounds)], timeout=3600, env={"PATH": path})
     return json.loads(str(res.stdout).strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -134,6 +149,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="20,100", help="unit counts (comma-separated)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="N = 3, one round")
+    ap.add_argument("--peer-wheels", type=Path, metavar="DIR",
+                    help="wheelhouse holding pyinfra and ansible-core to install in the lab (offline)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the part that runs in the lab
     args = ap.parse_args()
     if args.smoke:
@@ -147,7 +164,7 @@ def main() -> int:
     from lab.machine import LabMachine
 
     with LabMachine(rootfs.ensure(), wheels.build()) as lab:
-        results = run_in(lab, sizes, args.rounds)
+        results = run_in(lab, sizes, args.rounds, args.peer_wheels)
     print(report(results, args.rounds))
     return 0
 
