@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ class Intent:
     @classmethod
     def new(cls, source: str, checkpoint: dict[str, Any], changes: list[dict[str, Any]],
             settings: dict[str, Any]) -> Intent:
-        return cls(uuid.uuid4().hex, os.getpid(), time.time(), source, checkpoint, changes, settings)
+        return cls(os.urandom(16).hex(), os.getpid(), time.time(), source, checkpoint, changes, settings)
 
 
 class Journal:
