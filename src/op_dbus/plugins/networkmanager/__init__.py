@@ -52,14 +52,6 @@ from .query import DEVICE_WIFI, build_state, device_types, read_profiles
 __all__ = ["NetworkManagerPlugin", "NetworkManagerSection", "Profile"]
 
 
-async def bus_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
-
 def kernel_has_wireguard() -> bool:
     return netlink.genl_family_exists("wireguard")
 
@@ -80,7 +72,7 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
     async def check(self, desired: NetworkManagerSection, ctx: Context) -> list[Problem]:
         if not desired.connections:
             return []
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         live = await read_profiles(client, set(desired.connections))
         wants_device = any(p.active and p.state == "present" for p in desired.connections.values())
         devices = await device_types(client) if wants_device else {}
@@ -126,7 +118,7 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
         return problems
 
     async def query(self, ctx: Context, scope: NetworkManagerSection | None = None) -> NetworkManagerSection:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         ids = None if scope is None else set(scope.connections)
         if ids == set():
             return NetworkManagerSection.model_validate({})
@@ -142,7 +134,7 @@ class NetworkManagerPlugin(Plugin[NetworkManagerSection]):
         return compute_diff(desired, current)
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
-        await applier.run(await bus_client(ctx), changes, undo)
+        await applier.run(await dbus.system_client(ctx), changes, undo)
 
     async def watch(self, scope: NetworkManagerSection, ctx: Context) -> AsyncIterator[WatchEvent]:
         """NewConnection/ConnectionRemoved/Updated and ActiveConnections changes (see `watch.py`)."""

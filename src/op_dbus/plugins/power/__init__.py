@@ -30,14 +30,6 @@ from .query import ppd, profiles, upower_status
 __all__ = ["PowerPlugin", "PowerSection"]
 
 
-async def bus_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
-
 class PowerPlugin(Plugin[PowerSection]):
     name = "power"
     model = PowerSection
@@ -45,7 +37,7 @@ class PowerPlugin(Plugin[PowerSection]):
     async def check(self, desired: PowerSection, ctx: Context) -> list[Problem]:
         if desired.profile is None:
             return []
-        _active, offered = await profiles(await bus_client(ctx))
+        _active, offered = await profiles(await dbus.system_client(ctx))
         if desired.profile not in offered:
             return [Problem("plugins.power.profile",
                             f"power profile {desired.profile!r} does not exist on this machine; it offers "
@@ -53,7 +45,7 @@ class PowerPlugin(Plugin[PowerSection]):
         return []
 
     async def query(self, ctx: Context, scope: PowerSection | None = None) -> PowerSection:
-        client = await bus_client(ctx)
+        client = await dbus.system_client(ctx)
         state = PowerSection.model_validate({})
         if scope is None or scope.profile is not None:
             try:
@@ -72,7 +64,7 @@ class PowerPlugin(Plugin[PowerSection]):
         return compute_diff(desired, current)
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
-        await applier.run(await bus_client(ctx), changes, undo)
+        await applier.run(await dbus.system_client(ctx), changes, undo)
 
     async def watch(self, scope: PowerSection, ctx: Context) -> AsyncIterator[WatchEvent]:
         if scope.profile is None:

@@ -61,14 +61,6 @@ from .query import build_state, fact, find_block, status, usage_of
 __all__ = ["StoragePlugin", "StorageState"]
 
 
-async def bus_client(ctx: Context) -> dbus.Client:
-    return await ctx.resource(  # type: ignore[no-any-return]
-        "dbus.system",
-        lambda: dbus.open_client(ctx.settings.bus_address, ctx.settings.job_timeout),
-        dbus.close_client,
-    )
-
-
 def _unavailable(exc: ServiceUnavailable) -> ServiceUnavailable:
     return ServiceUnavailable(f"storage: UDisks2 is not available: {exc.message}", hint=u.START_HINT)
 
@@ -81,7 +73,7 @@ class StoragePlugin(Plugin[StorageState]):
 
     async def _objects(self, ctx: Context) -> dict[str, dict[str, dict[str, Any]]]:
         try:
-            return await u.UDisks2(await bus_client(ctx)).objects()
+            return await u.UDisks2(await dbus.system_client(ctx)).objects()
         except ServiceUnavailable as exc:
             raise _unavailable(exc) from None
 
@@ -121,7 +113,7 @@ class StoragePlugin(Plugin[StorageState]):
         if scope is None:
             try:
                 # a read of everything must not start UDisks2 (it is bus-activated): only one that runs is asked
-                client = await bus_client(ctx)
+                client = await dbus.system_client(ctx)
                 (running,) = await client.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                                                "NameHasOwner", "s", [u.UDISKS2])
                 objects = await self._objects(ctx) if running else {}
@@ -140,7 +132,7 @@ class StoragePlugin(Plugin[StorageState]):
         return compute_diff(desired, current)
 
     async def apply(self, changes: list[Change], ctx: Context, undo: UndoLog) -> None:
-        disks = u.UDisks2(await bus_client(ctx))
+        disks = u.UDisks2(await dbus.system_client(ctx))
         for change in changes:
             await apply_change(disks, change, undo, ctx.settings.job_timeout)
 
@@ -155,7 +147,7 @@ class StoragePlugin(Plugin[StorageState]):
         if not scope.filesystems:
             return
         try:
-            async for event in watcher.watch(await bus_client(ctx), scope):
+            async for event in watcher.watch(await dbus.system_client(ctx), scope):
                 yield event
         except ServiceUnavailable as exc:
             raise _unavailable(exc) from None
