@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from op_dbus.ledger.note import SIG_PREFIX, NoteError, check_key_name, check_text
+from op_dbus.ledger.note import SIG_PREFIX, NoteError, check_key_name, check_text, split_vkey
 
 ALG_COSIGNATURE_V1 = 0x04
 HEADER = "cosignature/v1\n"
@@ -52,19 +52,10 @@ class WitnessVerifier:
 
     @classmethod
     def from_vkey(cls, vkey: str) -> WitnessVerifier:
-        parts = vkey.strip().split("+", 2)
-        if len(parts) != 3:
-            raise NoteError("witness key must look like <name>+<hex key ID>+<base64 key>")
-        name, hex_id, b64 = parts
-        try:
-            raw = base64.b64decode(b64, validate=True)
-            claimed = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError) as exc:
-            raise NoteError("witness key is not valid hex/base64") from exc
-        if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
-            raise NoteError("witness key is not an Ed25519 cosignature/v1 key (type 0x04)")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
-        if len(hex_id) != 8 or claimed != verifier.key_id:
+        name, hex_id, public = split_vkey(vkey, ALG_COSIGNATURE_V1, "witness key",
+                                          "an Ed25519 cosignature/v1 key (type 0x04)")
+        verifier = cls(name, public)
+        if len(hex_id) != 8 or bytes.fromhex(hex_id) != verifier.key_id:
             raise NoteError(f"witness key for {name!r} has a key ID that does not match the key")
         return verifier
 

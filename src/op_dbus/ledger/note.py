@@ -49,6 +49,23 @@ def key_id(name: str, public: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public).digest()[:4]
 
 
+def split_vkey(vkey: str, alg: int, what: str, kind: str) -> tuple[str, str, Ed25519PublicKey]:
+    """A C2SP verifier key `<name>+<hex key ID>+<base64 type byte || Ed25519 key>`: the name, the key ID as written
+    (the caller checks it against its own key ID rule) and the key; NoteError names `what` when malformed."""
+    parts = vkey.strip().split("+", 2)  # base64 may itself contain '+'; a name never does
+    if len(parts) != 3:
+        raise NoteError(f"{what} must look like <name>+<hex key ID>+<base64 key>")
+    name, hex_id, b64 = parts
+    try:
+        raw = base64.b64decode(b64, validate=True)
+        bytes.fromhex(hex_id)
+    except (binascii.Error, ValueError) as exc:
+        raise NoteError(f"{what} is not valid hex/base64") from exc
+    if len(raw) != 33 or raw[0] != alg:
+        raise NoteError(f"{what} is not {kind}")
+    return name, hex_id, Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
 class Verifier:
     """An Ed25519 verifier key with its name."""
 
@@ -61,19 +78,9 @@ class Verifier:
 
     @classmethod
     def from_vkey(cls, vkey: str) -> Verifier:
-        parts = vkey.strip().split("+", 2)  # base64 may itself contain '+'; a name never does
-        if len(parts) != 3:
-            raise NoteError("verifier key must look like <name>+<hex key ID>+<base64 key>")
-        name, hex_id, b64 = parts
-        try:
-            raw = base64.b64decode(b64, validate=True)
-            claimed = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError) as exc:
-            raise NoteError("verifier key is not valid hex/base64") from exc
-        if len(raw) != 33 or raw[0] != ALG_ED25519:
-            raise NoteError("verifier key is not an Ed25519 key")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
-        if len(hex_id) != 8 or claimed != verifier.key_id:
+        name, hex_id, public = split_vkey(vkey, ALG_ED25519, "verifier key", "an Ed25519 key")
+        verifier = cls(name, public)
+        if len(hex_id) != 8 or bytes.fromhex(hex_id) != verifier.key_id:
             raise NoteError(f"verifier key for {name!r} has a key ID that does not match the key")
         return verifier
 
