@@ -83,7 +83,13 @@ def test_an_op_dbus_in_the_lab_is_witnessed_by_the_host_collector(lab: Any, tmp_
                            "/root/fleet-state.json", "--collector", f"http://127.0.0.1:{PORT}={vkey}"], check=False)
         assert started.returncode == 0, started.stderr
         try:
-            time.sleep(3)  # the agent's first reconciliation
+            # the agent's first reconciliation: its sources in place before the change it must see
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = lab.run([exe, "-o", "json", "status"], check=False)
+                if st.returncode == 0 and json.loads(st.stdout).get("watching", {}).get("systemd") == "watching":
+                    break
+                time.sleep(0.5)
             lab.run(["systemctl", "stop", "nginx.service"])
             deadline = time.monotonic() + 90
             while True:
@@ -91,7 +97,8 @@ def test_an_op_dbus_in_the_lab_is_witnessed_by_the_host_collector(lab: Any, tmp_
                 if (grown > size and [vkey, grown] in rows) or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
-            assert grown > size and [vkey, grown] in rows, (rows, grown, size)
+            journal = lab.run(["journalctl", "-u", "op-dbus-fleet-agent", "-n", "30", "--no-pager"], check=False).stdout
+            assert grown > size and [vkey, grown] in rows, (rows, grown, size, journal)
             hosts = subprocess.run([sys.executable, "-m", "op_dbus", "-o", "json", "collector", "hosts", "--db",
                                     db_url], capture_output=True, text=True, check=True)
             assert json.loads(hosts.stdout)[0]["size"] == grown
